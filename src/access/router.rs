@@ -1,0 +1,238 @@
+//! The fast path for the Deis router's access lines (nginx `log_format upstreaminfo`):
+//!
+//! ```text
+//! [$time_iso8601] - $app_name - $remote_addr - $remote_user - $status - "$request" - $bytes_sent - "$http_referer" - "$http_user_agent" - "$server_name" - $upstream_addr - $http_host - $upstream_response_time - $request_time
+//! ```
+//!
+//! Older routers wrote `[$time_local]`. Fields are separated by ` - `, which a quoted field
+//! may contain (`"Probe - Health/2.1"`): the old split-based parser broke on exactly that, so
+//! quoted fields are read up to their closing quote. nginx escapes `"` inside a quoted field as
+//! `\x22`, so the first `"` always closes it.
+
+use nom::{
+    bytes::complete::{tag, take_until},
+    character::complete::digit1,
+    error::{Error, ErrorKind},
+    sequence::{delimited, terminated},
+    IResult, Parser,
+};
+
+use super::{AccessRecord, Classified, Method, Reject};
+
+const SEP: &str = " - ";
+
+type Res<'a, O> = IResult<&'a [u8], O, Error<&'a [u8]>>;
+
+/// An unquoted field and the separator after it.
+fn bare(i: &[u8]) -> Res<'_, &[u8]> {
+    terminated(take_until(SEP), tag(SEP)).parse(i)
+}
+
+/// A quoted field and the separator after it.
+fn quoted(i: &[u8]) -> Res<'_, &[u8]> {
+    terminated(delimited(tag("\""), take_until("\""), tag("\"")), tag(SEP)).parse(i)
+}
+
+/// A nom failure as a rejection: running out of line is `Truncated`, anything else `Malformed`.
+fn reject(e: nom::Err<Error<&[u8]>>) -> Reject {
+    match e {
+        // The line ended where a field, a separator or a closing quote was still expected.
+        nom::Err::Error(e) | nom::Err::Failure(e)
+            if e.code == ErrorKind::TakeUntil || SEP.as_bytes().starts_with(e.input) =>
+        {
+            Reject::Truncated
+        }
+        _ => Reject::Malformed,
+    }
+}
+
+fn parse_u64(b: &[u8]) -> Result<u64, Reject> {
+    std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).ok_or(Reject::BadNumber)
+}
+
+fn parse_seconds(b: &[u8]) -> Result<f64, Reject> {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|t| t.is_finite() && *t >= 0.0)
+        .ok_or(Reject::BadNumber)
+}
+
+/// Classifies one line of a router's log (without its line break).
+///
+/// A line that starts with `[` is taken for an access line and either parses or is rejected
+/// with a reason; any other line (nginx's `2016/05/31 16:56:12 [error] …`) is `Other`.
+pub fn classify(line: &[u8]) -> Classified<'_> {
+    if line.first() != Some(&b'[') {
+        return Classified::Other;
+    }
+    match parse(line) {
+        Ok(record) => Classified::Access(record),
+        Err(reason) => Classified::Rejected(reason),
+    }
+}
+
+/// Parses one access line.
+pub fn parse(line: &[u8]) -> Result<AccessRecord<'_>, Reject> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let (i, time) =
+        terminated(delimited(tag("["), take_until("]"), tag("]")), tag(SEP)).parse(line).map_err(reject)?;
+    let time_ns = crate::timefmt::parse_access_time(time).map_err(|_| Reject::BadTime)?;
+    let (i, app) = bare(i).map_err(reject)?;
+    let (i, _remote_addr) = bare(i).map_err(reject)?;
+    let (i, _remote_user) = bare(i).map_err(reject)?;
+    let (i, status) = terminated(digit1, tag(SEP)).parse(i).map_err(|e| match reject(e) {
+        Reject::Truncated => Reject::Truncated,
+        _ => Reject::BadStatus,
+    })?;
+    let (i, request) = quoted(i).map_err(reject)?;
+    let (i, bytes_sent) = bare(i).map_err(reject)?;
+    let (i, _referer) = quoted(i).map_err(reject)?;
+    let (i, _user_agent) = quoted(i).map_err(reject)?;
+    let (i, _server_name) = quoted(i).map_err(reject)?;
+    let (i, _upstream_addr) = bare(i).map_err(reject)?;
+    let (i, _http_host) = bare(i).map_err(reject)?;
+    let (request_time, upstream_times) = bare(i).map_err(reject)?;
+
+    let status = match status {
+        [a, b, c] => u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'),
+        _ => return Err(Reject::BadStatus),
+    };
+    Ok(AccessRecord {
+        time_ns,
+        app: std::str::from_utf8(app).map_err(|_| Reject::InvalidUtf8)?,
+        status,
+        method: Method::of_request(request),
+        bytes_sent: parse_u64(bytes_sent)?,
+        upstream_times,
+        request_time: parse_seconds(request_time.trim_ascii_end())?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_795_234_941_000_000_000; // date -u -d 2026-11-21T04:22:21 +%s
+
+    // Lines from ../shared/data/router/access.log, expectations read off the lines by eye.
+    #[test]
+    fn plain_line() {
+        let line = br#"[2026-11-21T04:22:21+00:00] - web - 127.0.0.1 - - - 200 - "GET /fast HTTP/1.1" - 169 - "-" - "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36" - "web.example.com" - 127.0.0.1:19001 - web.example.com - 0.000 - 0.000"#;
+        let r = parse(line).unwrap();
+        assert_eq!(r.time_ns, T0);
+        assert_eq!(r.app, "web");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.method, Method::Get);
+        assert_eq!(r.bytes_sent, 169);
+        assert_eq!(r.upstream_times, b"0.000");
+        assert_eq!(r.request_time, 0.0);
+    }
+
+    #[test]
+    fn no_upstream() {
+        let line = br#"[2026-11-21T04:22:21+00:00] - router-default - 127.0.0.1 - - - 404 - "PUT /ms50 HTTP/1.1" - 308 - "https://unknown.example.com/from?page=19" - "curl/8.5.0" - "_" - - - unknown.example.com - - - 0.000"#;
+        let r = parse(line).unwrap();
+        assert_eq!((r.app, r.status, r.method, r.bytes_sent), ("router-default", 404, Method::Put, 308));
+        assert_eq!(r.upstream_times, b"-");
+        assert_eq!(r.upstream_time_total(), None);
+        assert_eq!(r.upstream_time_compat(), 0.0);
+    }
+
+    #[test]
+    fn retried_upstreams() {
+        let line = br#"[2026-11-21T04:22:32+00:00] - shop - 127.0.0.1 - - - 200 - "DELETE /ms10 HTTP/1.1" - 169 - "-" - "Mozilla/5.0 (compatible; Probe - Health/2.1)" - "shop.example.com" - 127.0.0.1:19009, 127.0.0.1:19001 - shop.example.com - 0.000, 0.010 - 0.010"#;
+        let r = parse(line).unwrap();
+        assert_eq!(r.time_ns, T0 + 11_000_000_000);
+        assert_eq!((r.app, r.status, r.method), ("shop", 200, Method::Delete));
+        assert_eq!(r.upstream_times, b"0.000, 0.010");
+        assert_eq!(r.upstream_time_compat(), 0.0);
+        assert_eq!(r.upstream_time_total(), Some(0.010));
+        assert_eq!(r.request_time, 0.010);
+    }
+
+    #[test]
+    fn escaped_quotes_and_empty_agent() {
+        let line = br#"[2026-11-21T04:22:21+00:00] - api - 127.0.0.1 - - - 200 - "GET /fast/\x22quoted\x22 HTTP/1.1" - 169 - "https://api.example.com/from?page=78" - "" - "api.example.com" - 127.0.0.1:19002 - api.example.com - 0.005 - 0.005"#;
+        let r = parse(line).unwrap();
+        assert_eq!((r.app, r.status, r.bytes_sent, r.request_time), ("api", 200, 169, 0.005));
+    }
+
+    #[test]
+    fn client_closed_499() {
+        let line = br#"[2026-11-21T04:22:36+00:00] - web - 127.0.0.1 - - - 499 - "POST /ms50 HTTP/1.1" - 0 - "-" - "Mozilla/5.0 (compatible; Probe - Health/2.1)" - "web.example.com" - 127.0.0.1:19001 - web.example.com - - - 0.042"#;
+        let r = parse(line).unwrap();
+        assert_eq!((r.status, r.method, r.bytes_sent, r.request_time), (499, Method::Post, 0, 0.042));
+        assert_eq!(r.upstream_time_total(), None);
+    }
+
+    #[test]
+    fn time_local_variant() {
+        // The format of older routers; date -u -d '2016-05-31 16:56:12' +%s → 1464713772.
+        let line = br#"[31/May/2016:16:56:12 +0000] - foo - 10.0.0.1 - - - 200 - "GET / HTTP/1.1" - 211 - "-" - "curl/7.43.0" - "foo.example.com" - 10.2.3.4:5000 - foo.example.com - 0.002 - 0.046"#;
+        let r = parse(line).unwrap();
+        assert_eq!(r.time_ns, 1_464_713_772_000_000_000);
+        assert_eq!((r.app, r.bytes_sent, r.request_time), ("foo", 211, 0.046));
+    }
+
+    #[test]
+    fn non_access_lines_are_other() {
+        let err = b"2026/11/21 04:22:21 [error] 16272#16272: *10 connect() failed (111: Connection refused) while connecting to upstream";
+        assert_eq!(classify(err), Classified::Other);
+        assert_eq!(classify(b""), Classified::Other);
+        assert_eq!(classify(b"2016/05/31 16:56:12 [notice] 1#1: signal process started"), Classified::Other);
+    }
+
+    #[test]
+    fn rejections_have_reasons() {
+        let good = br#"[2026-11-21T04:22:21+00:00] - web - 127.0.0.1 - - - 200 - "GET /fast HTTP/1.1" - 169 - "-" - "curl" - "web.example.com" - 127.0.0.1:19001 - web.example.com - 0.000 - 0.000"#;
+        assert!(parse(good).is_ok());
+        for cut in [10, 40, 60, 120, good.len() - 12] {
+            assert_eq!(classify(&good[..cut]), Classified::Rejected(Reject::Truncated), "cut at {cut}");
+        }
+        let bad_time = br#"[2026-11-21 04:22] - web - 127.0.0.1 - - - 200 - "GET / HTTP/1.1" - 169 - "-" - "curl" - "w" - - - w - - - 0.000"#;
+        assert_eq!(classify(bad_time), Classified::Rejected(Reject::BadTime));
+        let bad_status = br#"[2026-11-21T04:22:21+00:00] - web - 127.0.0.1 - - - 2000 - "GET / HTTP/1.1" - 169 - "-" - "curl" - "w" - - - w - - - 0.000"#;
+        assert_eq!(classify(bad_status), Classified::Rejected(Reject::BadStatus));
+        let bad_bytes = br#"[2026-11-21T04:22:21+00:00] - web - 127.0.0.1 - - - 200 - "GET / HTTP/1.1" - 1x9 - "-" - "curl" - "w" - - - w - - - 0.000"#;
+        assert_eq!(classify(bad_bytes), Classified::Rejected(Reject::BadNumber));
+        let bad_time_value = br#"[2026-11-21T04:22:21+00:00] - web - 127.0.0.1 - - - 200 - "GET / HTTP/1.1" - 19 - "-" - "curl" - "w" - - - w - - - NaN"#;
+        assert_eq!(classify(bad_time_value), Classified::Rejected(Reject::BadNumber));
+        let unquoted = br#"[2026-11-21T04:22:21+00:00] - web - 127.0.0.1 - - - 200 - GET / HTTP/1.1 - 19 - "-" - "curl" - "w" - - - w - - - 0.1"#;
+        assert_eq!(classify(unquoted), Classified::Rejected(Reject::Malformed));
+        let latin1 = b"[2026-11-21T04:22:21+00:00] - w\xe9b - 127.0.0.1 - - - 200 - \"GET / HTTP/1.1\" - 19 - \"-\" - \"curl\" - \"w\" - - - w - - - 0.1";
+        assert_eq!(classify(latin1), Classified::Rejected(Reject::InvalidUtf8));
+    }
+
+    #[test]
+    fn invalid_utf8_outside_tags_is_fine() {
+        let line = b"[2026-11-21T04:22:21+00:00] - web - 127.0.0.1 - - - 200 - \"GET /\xff\xfe HTTP/1.1\" - 19 - \"-\" - \"\xc3\x28\" - \"w\" - - - w - - - 0.1\r";
+        let r = parse(line).unwrap();
+        assert_eq!((r.app, r.request_time), ("web", 0.1));
+    }
+
+    #[test]
+    fn a_mebibyte_line_is_rejected_not_panicking() {
+        let mut line = br#"[2026-11-21T04:22:21+00:00] - web - 127.0.0.1 - - - 200 - "GET /"#.to_vec();
+        line.resize(1 << 20, b'a');
+        assert_eq!(classify(&line), Classified::Rejected(Reject::Truncated));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let _ = classify(&bytes);
+            let mut with_bracket = b"[".to_vec();
+            with_bracket.extend_from_slice(&bytes);
+            let _ = classify(&with_bracket);
+        }
+
+        #[test]
+        fn mutated_lines_never_panic(pos in 0usize..200, byte in proptest::num::u8::ANY) {
+            let mut line = br#"[2026-11-21T04:22:21+00:00] - web - 127.0.0.1 - - - 200 - "GET /fast HTTP/1.1" - 169 - "-" - "curl" - "web.example.com" - 127.0.0.1:19001 - web.example.com - 0.000, 0.001 - 0.000"#.to_vec();
+            let at = pos % line.len();
+            line[at] = byte;
+            let _ = classify(&line);
+        }
+    }
+}

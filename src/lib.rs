@@ -1,0 +1,31 @@
+//! logmill turns a Kubernetes (Deis Workflow / Hephy) cluster's logs into metrics.
+//!
+//! Module map. Pure modules (no I/O, no tokio) sit at the bottom; roles wire them to files,
+//! sockets and the clock.
+//!
+//! - [`timefmt`]: the timestamps logs carry (RFC 3339, nginx `$time_local`) to Unix ns. Pure.
+//! - [`access`]: access lines. [`access::router`] is the `nom` fast path for the Deis router
+//!   format; [`access::rules`] runs the declarative definitions of `parsers/*.toml`. Pure.
+//! - [`metrics`]: points. [`metrics::point`] the owned point, [`metrics::line_protocol`] the
+//!   InfluxDB line protocol encoder and parser, [`metrics::compat`] the three points per access
+//!   line of the old fluentd plugin, [`metrics::aggregate`] `router_requests` windows,
+//!   [`metrics::sketch`] the percentile sketch. Pure.
+//! - [`tail`]: reading log files. [`tail::lines`] splits a byte stream into capped lines with
+//!   offsets; [`tail::container`] decodes Docker json-file and CRI records and joins partial
+//!   ones. Pure.
+//! - [`pipeline`]: the per-line path every role shares (classify, compat points, aggregate).
+//! - [`config`]: TOML file + the old stack's environment → validated [`config::Settings`].
+//! - [`telemetry`]: the service's own `logmill_*` counters, Prometheus `/metrics`, `/healthz`,
+//!   and the same counters as points.
+//! - [`shutdown`]: cancellation token, task tracker, drain order.
+//! - [`roles`]: the commands, wiring only ([`roles::replay`]).
+
+pub mod access;
+pub mod config;
+pub mod metrics;
+pub mod pipeline;
+pub mod roles;
+pub mod shutdown;
+pub mod tail;
+pub mod telemetry;
+pub mod timefmt;

@@ -1,0 +1,154 @@
+//! The `logmill` command line: parses arguments and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use logmill::config::RawConfig;
+use logmill::roles::replay::{self, FormatChoice, ReplayOptions};
+
+/// logmill turns a Kubernetes (Deis Workflow / Hephy) cluster's logs into metrics.
+///
+/// It parses Deis router (nginx) access lines into the InfluxDB series the old fluentd/telegraf
+/// stack wrote (deis_router_request_time_ms, deis_router_response_time_ms,
+/// deis_router_bytes_sent: one point per access line, stamped with the line's own time) and
+/// into aggregated `router_requests` points (counts, bytes, percentiles and histograms per
+/// event-time window).
+///
+/// Settings come from the TOML file given with --config (every key documented in the README),
+/// then from the old stack's environment variables (NSQ_LOG_TOPIC, NSQ_METRIC_TOPIC,
+/// DEIS_NSQD_ADDRS, DEIS_NSQD_SERVICE_HOST, INFLUXDB_URLS, NODE_NAME…), then from flags.
+#[derive(Debug, Parser)]
+#[command(name = "logmill", version, max_term_width = 100)]
+struct Cli {
+    /// Configuration file (TOML). Without it, the documented defaults.
+    #[arg(long, short, global = true, env = "LOGMILL_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Log filter for logmill's own diagnostics on stderr (e.g. `info`, `logmill=debug`).
+    #[arg(long, global = true, env = "LOGMILL_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Push finished log files through the same code as the agent and write both point families
+    /// as line protocol to stdout; a summary goes to stderr. Needs no server.
+    ///
+    /// Files are read once to their end, in the order given (one router's log and its rotations,
+    /// oldest first). Docker json-file and CRI wrapping is decoded and partial lines are joined.
+    /// Every open window is flushed at the end.
+    Replay {
+        /// How lines are wrapped: `auto` decides per file from its first line.
+        #[arg(long, value_enum, default_value = "auto")]
+        format: FormatChoice,
+        /// Node name for the `host` tag [default: `host` of the config, $NODE_NAME, or this
+        /// machine's host name].
+        #[arg(long)]
+        host: Option<String>,
+        /// `router_requests` window length, seconds [default: `aggregate.window_secs`, 10].
+        #[arg(long)]
+        window: Option<u64>,
+        /// The log-format definition to parse lines with (`logmill parsers` lists them).
+        #[arg(long, default_value = "deis-router")]
+        parser: String,
+        /// A directory of extra `*.toml` log-format definitions [default: `parsers.dir`].
+        #[arg(long)]
+        parsers_dir: Option<PathBuf>,
+        /// Log files to replay.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Validate a configuration (file, environment) and print the effective settings.
+    CheckConfig {
+        /// The file to check [default: --config].
+        file: Option<PathBuf>,
+    },
+    /// List the log-format definitions in force (built-ins and `parsers.dir`).
+    Parsers {
+        /// A directory of extra `*.toml` definitions [default: `parsers.dir`].
+        #[arg(long)]
+        parsers_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("logmill: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<RawConfig> {
+    let mut raw = RawConfig::load(path.map(PathBuf::as_path))?;
+    raw.apply_env(|k| std::env::var(k).ok())?;
+    Ok(raw)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Replay { format, host, window, parser, parsers_dir, files } => {
+            let mut raw = load_config(cli.config.as_ref())?;
+            if host.is_some() {
+                raw.host = host;
+            }
+            if let Some(w) = window {
+                raw.aggregate.window_secs = w;
+            }
+            if parsers_dir.is_some() {
+                raw.parsers.dir = parsers_dir;
+            }
+            let settings = raw.validate().context("invalid settings")?;
+            let shutdown = logmill::shutdown::Shutdown::new();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            // Reading is blocking file I/O; the runtime only watches for signals meanwhile.
+            let summary = runtime.block_on(async {
+                shutdown.cancel_on_signals();
+                let cancel = shutdown.token.clone();
+                let options = ReplayOptions { files, format, parser };
+                let result = tokio::task::spawn_blocking(move || {
+                    let stdout = std::io::stdout();
+                    let mut out = stdout.lock();
+                    replay::replay(&settings, &options, &mut out, &cancel)
+                })
+                .await;
+                shutdown.token.cancel();
+                result
+            })??;
+            eprint!("{}", summary.render());
+            Ok(if summary.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS })
+        }
+        Command::CheckConfig { file } => {
+            let raw = load_config(file.as_ref().or(cli.config.as_ref()))?;
+            let settings = raw.validate().context("invalid settings")?;
+            print!("{}", raw.to_toml());
+            println!("\n# effective host: {}", settings.host);
+            let names: Vec<&str> = settings.parsers.iter().map(|d| d.name.as_str()).collect();
+            println!("# parser definitions: {}", names.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Parsers { parsers_dir } => {
+            let mut raw = load_config(cli.config.as_ref())?;
+            if parsers_dir.is_some() {
+                raw.parsers.dir = parsers_dir;
+            }
+            let settings = raw.validate().context("invalid settings")?;
+            for d in settings.parsers.iter() {
+                let origin = if d.builtin { "built-in" } else { "user" };
+                println!("{:<20} {:<9} {}", d.name, origin, d.description);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

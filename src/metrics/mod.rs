@@ -1,0 +1,7 @@
+//! Points and what produces them. Pure: no I/O.
+
+pub mod aggregate;
+pub mod compat;
+pub mod line_protocol;
+pub mod point;
+pub mod sketch;

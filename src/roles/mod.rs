@@ -1,0 +1,3 @@
+//! The commands of the one binary. Wiring only: the work is in the modules they call.
+
+pub mod replay;

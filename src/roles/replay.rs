@@ -1,0 +1,263 @@
+//! `logmill replay FILE…`: push finished log files through the same per-line path as the agent
+//! (no tailing: each file is read once to its end), and write both point families.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio_util::sync::CancellationToken;
+
+use crate::access::LineOrigin;
+use crate::config::Settings;
+use crate::pipeline::{LineCounts, LineParser, LineProcessor};
+use crate::tail::container::{self, Reassembler, Wrapping};
+use crate::tail::lines::{Line, LineSplitter};
+
+/// Read size: large enough that a read costs little per line, small enough to stay in cache.
+const CHUNK_BYTES: usize = 256 * 1024;
+/// Output is handed to the writer in pieces of about this size.
+const FLUSH_BYTES: usize = 1 << 20;
+
+/// How the lines of the files are wrapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatChoice {
+    /// Decide per file from its first line.
+    Auto,
+    /// Plain lines, as nginx writes them.
+    Raw,
+    /// Docker json-file (`{"log":…,"stream":…,"time":…}`).
+    Docker,
+    /// CRI (`<time> <stream> <P|F> <line>`).
+    Cri,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    pub files: Vec<PathBuf>,
+    pub format: FormatChoice,
+    /// The definition in `parsers/` to parse lines with.
+    pub parser: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    #[error("no parser definition named `{0}` (see `logmill parsers`)")]
+    UnknownParser(String),
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("writing output: {0}")]
+    Write(std::io::Error),
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default)]
+pub struct ReplaySummary {
+    pub files: usize,
+    pub bytes: u64,
+    pub counts: LineCounts,
+    /// Container-log lines that could not be decoded, by reason.
+    pub undecodable: Vec<(&'static str, u64)>,
+    pub truncated: u64,
+    pub evictions: u64,
+    pub late_lines: u64,
+    pub elapsed: Duration,
+    pub interrupted: bool,
+}
+
+impl ReplaySummary {
+    /// The human summary printed to stderr.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let c = &self.counts;
+        let mut s = String::new();
+        let secs = self.elapsed.as_secs_f64();
+        let rate = if secs > 0.0 { c.lines as f64 / secs } else { 0.0 };
+        let _ = writeln!(
+            s,
+            "logmill replay: {} file(s), {} bytes, {} lines in {:.3} s ({:.0} lines/s){}",
+            self.files,
+            self.bytes,
+            c.lines,
+            secs,
+            rate,
+            if self.interrupted { ", INTERRUPTED" } else { "" }
+        );
+        let _ = writeln!(s, "  access lines      {}", c.access);
+        let _ = writeln!(s, "  other lines       {}", c.other);
+        let _ = write!(s, "  rejected          {}", c.rejected_total());
+        let reasons: Vec<String> = crate::access::Reject::ALL
+            .iter()
+            .filter(|r| c.rejected(**r) > 0)
+            .map(|r| format!("{} {}", r.as_str(), c.rejected(*r)))
+            .collect();
+        if !reasons.is_empty() {
+            let _ = write!(s, " ({})", reasons.join(", "));
+        }
+        s.push('\n');
+        let undecodable: u64 = self.undecodable.iter().map(|(_, n)| n).sum();
+        if undecodable > 0 {
+            let reasons: Vec<String> = self.undecodable.iter().map(|(e, n)| format!("{e}: {n}")).collect();
+            let _ = writeln!(s, "  undecodable       {undecodable} ({})", reasons.join(", "));
+        }
+        if self.truncated > 0 {
+            let _ = writeln!(s, "  truncated lines   {}", self.truncated);
+        }
+        let _ = writeln!(s, "  compat points     {}", c.compat_points);
+        let _ = writeln!(s, "  router_requests   {} points", c.aggregate_points);
+        if c.encode_errors > 0 {
+            let _ = writeln!(s, "  encode errors     {}", c.encode_errors);
+        }
+        let _ = writeln!(s, "  series evicted    {}", self.evictions);
+        let _ = writeln!(s, "  late lines        {}", self.late_lines);
+        s
+    }
+}
+
+/// One file's decoding state: its wrapping and the partial records of its streams.
+struct FileDecoder {
+    wrapping: Option<Wrapping>,
+    max_line_bytes: usize,
+    reassembler: Reassembler,
+    scratch: Vec<u8>,
+}
+
+/// Counts of the decoding step, across files.
+#[derive(Default)]
+struct DecodeCounts {
+    undecodable: std::collections::BTreeMap<&'static str, u64>,
+    truncated: u64,
+}
+
+impl FileDecoder {
+    fn new(format: FormatChoice, max_line_bytes: usize) -> Self {
+        let wrapping = match format {
+            FormatChoice::Auto => None,
+            FormatChoice::Raw => Some(Wrapping::Raw),
+            FormatChoice::Docker => Some(Wrapping::Docker),
+            FormatChoice::Cri => Some(Wrapping::Cri),
+        };
+        Self { wrapping, max_line_bytes, reassembler: Reassembler::new(max_line_bytes), scratch: Vec::new() }
+    }
+
+    /// A wrapped line carries JSON or CRI framing around its text, and JSON escapes can make it
+    /// up to six times longer (`\u00XX`): the splitter leaves room for that, and the text
+    /// itself is capped at max_line_bytes after decoding.
+    fn splitter_cap(max_line_bytes: usize) -> usize {
+        max_line_bytes.saturating_mul(6).saturating_add(4096)
+    }
+
+    fn feed(
+        &mut self,
+        line: Line<'_>,
+        processor: &mut LineProcessor,
+        counts: &mut DecodeCounts,
+        out: &mut BytesMut,
+    ) {
+        let wrapping = *self.wrapping.get_or_insert_with(|| container::detect_wrapping(line.bytes));
+        if wrapping == Wrapping::Raw {
+            let truncated = line.truncated || line.bytes.len() > self.max_line_bytes;
+            counts.truncated += u64::from(truncated);
+            let origin = LineOrigin { runtime_time_ns: None, file_offset: line.offset };
+            let text = &line.bytes[..line.bytes.len().min(self.max_line_bytes)];
+            processor.process(text, truncated, origin, out);
+            return;
+        }
+        let fragment = match container::decode(wrapping, line.bytes, &mut self.scratch) {
+            Ok(f) => f,
+            Err(e) => {
+                *counts.undecodable.entry(e.reason()).or_default() += 1;
+                return;
+            }
+        };
+        if let Some(record) = self.reassembler.push(fragment) {
+            counts.truncated += u64::from(record.truncated);
+            let origin = LineOrigin { runtime_time_ns: record.time_ns, file_offset: line.offset };
+            processor.process(&record.text, record.truncated, origin, out);
+        }
+    }
+
+    /// Docker writes a container's last line without its `\n` until the next one comes: at
+    /// the end of a finished file, a record still in pieces is whole as it is.
+    fn finish(
+        &mut self,
+        file_offset: u64,
+        processor: &mut LineProcessor,
+        counts: &mut DecodeCounts,
+        out: &mut BytesMut,
+    ) {
+        self.reassembler.flush(|record| {
+            counts.truncated += u64::from(record.truncated);
+            let origin = LineOrigin { runtime_time_ns: record.time_ns, file_offset };
+            processor.process(&record.text, record.truncated, origin, out);
+        });
+    }
+}
+
+/// Replays the files in order through one processor (one router's logs: a file and its
+/// rotations, oldest first) and writes line protocol to `out`.
+pub fn replay(
+    settings: &Settings,
+    options: &ReplayOptions,
+    out: &mut dyn Write,
+    cancel: &CancellationToken,
+) -> Result<ReplaySummary, ReplayError> {
+    let started = Instant::now();
+    let definition = settings
+        .parsers
+        .get(&options.parser)
+        .ok_or_else(|| ReplayError::UnknownParser(options.parser.clone()))?;
+    let mut processor = LineProcessor::new(
+        settings.host.clone(),
+        LineParser::for_definition(definition),
+        settings.aggregate.clone(),
+    );
+    let mut summary = ReplaySummary::default();
+    let mut counts = DecodeCounts::default();
+    let mut buf = BytesMut::with_capacity(FLUSH_BYTES + CHUNK_BYTES);
+    let mut chunk = vec![0u8; CHUNK_BYTES];
+
+    'files: for path in &options.files {
+        let shown = path.display().to_string();
+        let read_err = |source| ReplayError::Read { path: shown.clone(), source };
+        let mut file = File::open(path).map_err(read_err)?;
+        summary.files += 1;
+        let mut decoder = FileDecoder::new(options.format, settings.max_line_bytes);
+        let mut splitter = LineSplitter::new(FileDecoder::splitter_cap(settings.max_line_bytes), 0);
+        loop {
+            if cancel.is_cancelled() {
+                summary.interrupted = true;
+                break 'files;
+            }
+            let n = match file.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(read_err(e)),
+            };
+            summary.bytes += n as u64;
+            splitter.push(&chunk[..n], |line| decoder.feed(line, &mut processor, &mut counts, &mut buf));
+            if buf.len() >= FLUSH_BYTES {
+                out.write_all(&buf).map_err(ReplayError::Write)?;
+                buf.clear();
+            }
+        }
+        splitter.finish(|line| decoder.feed(line, &mut processor, &mut counts, &mut buf));
+        decoder.finish(splitter.committed_offset(), &mut processor, &mut counts, &mut buf);
+    }
+    // Interrupted or not, what was read is flushed: a window is never left unwritten.
+    processor.finish(&mut buf);
+    out.write_all(&buf).map_err(ReplayError::Write)?;
+    out.flush().map_err(ReplayError::Write)?;
+
+    let stats = processor.aggregate_stats();
+    summary.counts = processor.counts();
+    summary.undecodable = counts.undecodable.into_iter().collect();
+    summary.truncated = counts.truncated;
+    summary.evictions = stats.evictions;
+    summary.late_lines = stats.late_lines;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}

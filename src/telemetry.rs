@@ -1,0 +1,239 @@
+//! The service's own counters: one registry, served as Prometheus text on `/metrics` (with
+//! `/healthz`), and turned into points so they reach InfluxDB like Telegraf's `internal` input.
+//!
+//! Counters are `logmill_<noun>_<unit>_total`. Hot paths count into plain integers and add them
+//! here once per batch, so an atomic add is never paid per line.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::point::{FieldValue, Point};
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Debug)]
+struct Family {
+    help: &'static str,
+    kind: Kind,
+    series: BTreeMap<Labels, Arc<AtomicU64>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// A monotonically increasing count.
+#[derive(Debug, Clone, Default)]
+pub struct Counter(Arc<AtomicU64>);
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        if n > 0 {
+            self.0.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down (queue depth, live series).
+#[derive(Debug, Clone, Default)]
+pub struct Gauge(Arc<AtomicU64>);
+
+impl Gauge {
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The registry; clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct Telemetry {
+    families: Arc<Mutex<BTreeMap<&'static str, Family>>>,
+}
+
+impl Telemetry {
+    /// The counter `name{labels}`, created on first use.
+    pub fn counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Counter {
+        Counter(self.register(name, help, Kind::Counter, labels))
+    }
+
+    pub fn gauge(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        Gauge(self.register(name, help, Kind::Gauge, labels))
+    }
+
+    fn register(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        kind: Kind,
+        labels: &[(&'static str, &str)],
+    ) -> Arc<AtomicU64> {
+        let labels: Labels = labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        // A poisoned lock only means another thread panicked mid-registration; the map is
+        // still consistent (inserts are single operations), so keep serving it.
+        let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        let family = families.entry(name).or_insert_with(|| Family { help, kind, series: BTreeMap::new() });
+        family.series.entry(labels).or_default().clone()
+    }
+
+    /// Every series in the Prometheus text exposition format.
+    pub fn render_prometheus(&self) -> String {
+        use std::fmt::Write;
+        let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        for (name, family) in families.iter() {
+            let kind = match family.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
+            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", family.help);
+            for (labels, value) in &family.series {
+                out.push_str(name);
+                if !labels.is_empty() {
+                    out.push('{');
+                    for (i, (k, v)) in labels.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                        let _ = write!(out, "{k}=\"{v}\"");
+                    }
+                    out.push('}');
+                }
+                let _ = writeln!(out, " {}", value.load(Ordering::Relaxed));
+            }
+        }
+        out
+    }
+
+    /// Every series as a point: measurement = metric name, tags = labels plus `host`, field
+    /// `value` (integer), stamped `now_ns`.
+    pub fn points(&self, host: &str, now_ns: i64) -> Vec<Point> {
+        let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        let mut points = Vec::new();
+        for (name, family) in families.iter() {
+            for (labels, value) in &family.series {
+                let mut p = Point::new(*name);
+                for (k, v) in labels {
+                    p.tags.push(((*k).to_owned(), v.clone()));
+                }
+                p.tags.push(("host".to_owned(), host.to_owned()));
+                let v = value.load(Ordering::Relaxed).min(i64::MAX as u64) as i64;
+                points.push(p.field("value", FieldValue::Int(v)).timestamp(now_ns));
+            }
+        }
+        points
+    }
+}
+
+/// Serves `GET /metrics` and `GET /healthz` until `cancel` fires.
+///
+/// A few lines of HTTP/1.0 by hand rather than an HTTP server crate: two fixed routes read by
+/// Prometheus and a kubelet probe do not justify the dependency.
+pub async fn serve(listener: TcpListener, telemetry: Telemetry, cancel: CancellationToken) {
+    loop {
+        let (mut stream, _) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::warn!(%error, "telemetry accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let telemetry = telemetry.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await;
+            let Ok(Ok(n)) = read else { return };
+            let request = &buf[..n];
+            let (status, content_type, body) = if request.starts_with(b"GET /metrics ") {
+                ("200 OK", "text/plain; version=0.0.4", telemetry.render_prometheus())
+            } else if request.starts_with(b"GET /healthz ") {
+                ("200 OK", "text/plain", "ok\n".to_owned())
+            } else {
+                ("404 Not Found", "text/plain", "not found\n".to_owned())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text() {
+        let t = Telemetry::default();
+        t.counter("logmill_lines_read_total", "Lines read.", &[]).add(3);
+        let c = t.counter("logmill_lines_rejected_total", "Lines rejected.", &[("reason", "too_long")]);
+        c.add(2);
+        // The same name and labels give the same counter.
+        t.counter("logmill_lines_rejected_total", "Lines rejected.", &[("reason", "too_long")]).add(1);
+        t.gauge("logmill_series_live", "Live series.", &[]).set(7);
+        assert_eq!(
+            t.render_prometheus(),
+            "# HELP logmill_lines_read_total Lines read.\n# TYPE logmill_lines_read_total counter\nlogmill_lines_read_total 3\n\
+             # HELP logmill_lines_rejected_total Lines rejected.\n# TYPE logmill_lines_rejected_total counter\nlogmill_lines_rejected_total{reason=\"too_long\"} 3\n\
+             # HELP logmill_series_live Live series.\n# TYPE logmill_series_live gauge\nlogmill_series_live 7\n"
+        );
+        let points = t.points("n1", 5);
+        assert_eq!(points.len(), 3);
+        assert_eq!(points[1].measurement, "logmill_lines_rejected_total");
+        assert_eq!(points[1].tag_value("reason"), Some("too_long"));
+        assert_eq!(points[1].tag_value("host"), Some("n1"));
+        assert_eq!(points[1].field_value("value"), Some(&FieldValue::Int(3)));
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_and_healthz() {
+        let t = Telemetry::default();
+        t.counter("logmill_lines_read_total", "Lines read.", &[]).add(42);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, t, cancel.clone()));
+        for (path, want_status, want_body) in [
+            ("/metrics", "200", "logmill_lines_read_total 42"),
+            ("/healthz", "200", "ok"),
+            ("/nope", "404", "not found"),
+        ] {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+            let mut response = String::new();
+            s.read_to_string(&mut response).await.unwrap();
+            assert!(response.starts_with(&format!("HTTP/1.1 {want_status}")), "{response}");
+            assert!(response.contains(want_body), "{response}");
+        }
+        cancel.cancel();
+        server.await.unwrap();
+    }
+}
