@@ -208,7 +208,7 @@ pub struct Settings {
 impl RawConfig {
     /// Reads a file; `None` gives the documented defaults.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let Some(path) = path else { return Ok(Self::from_toml("(defaults)", "")?) };
+        let Some(path) = path else { return Self::from_toml("(defaults)", "") };
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;

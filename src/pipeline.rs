@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 
 use crate::access::rules::{Definition, DEIS_ROUTER};
-use crate::access::{router, Classified, LineOrigin, Reject};
+use crate::access::{router, AccessRecord, Classified, LineOrigin, Reject};
 use crate::metrics::aggregate::{AggregateSettings, AggregateStats, Aggregator};
 use crate::metrics::compat::write_compat_points;
 use crate::metrics::line_protocol::encode_point;
@@ -54,6 +54,15 @@ impl LineParser {
     }
 }
 
+/// What became of one line.
+enum Outcome<'l> {
+    /// Not a line of this format (nginx's error lines among access lines).
+    Other,
+    /// Parsed; the record feeds the aggregate when the format has one.
+    Parsed(Option<AccessRecord<'l>>),
+    Rejected(Reject),
+}
+
 /// Turns one router's lines into points.
 pub struct LineProcessor {
     host: String,
@@ -88,44 +97,48 @@ impl LineProcessor {
     /// `max_line_bytes`. Compat points go to `out` at once; aggregated points whenever a
     /// window closes.
     pub fn process(&mut self, line: &[u8], truncated: bool, origin: LineOrigin, out: &mut BytesMut) {
-        self.counts.lines += 1;
-        match &self.parser {
+        let Self { host, parser, aggregator, counts } = self;
+        counts.lines += 1;
+        let outcome = match parser {
             LineParser::FastPath => match router::classify(line) {
-                Classified::Other => self.counts.other += 1,
-                Classified::Rejected(reason) => self.reject(reason),
-                // A cut line can still parse when the cut fell in its last number; it is
-                // rejected all the same rather than counted with a wrong value.
-                Classified::Access(_) if truncated => self.reject(Reject::TooLong),
+                Classified::Other => Outcome::Other,
+                // A cut access line is rejected for its length, whatever the cut left behind
+                // (it may even parse, with a wrong last number).
+                _ if truncated => Outcome::Rejected(Reject::TooLong),
+                Classified::Rejected(reason) => Outcome::Rejected(reason),
                 Classified::Access(record) => {
-                    self.counts.access += 1;
-                    match write_compat_points(&record, &self.host, origin, out) {
-                        Ok(()) => self.counts.compat_points += 3,
-                        Err(_) => self.counts.encode_errors += 3,
+                    match write_compat_points(&record, host, origin, out) {
+                        Ok(()) => counts.compat_points += 3,
+                        Err(_) => counts.encode_errors += 3,
                     }
-                    self.aggregator.observe(&record, &self.host);
+                    Outcome::Parsed(Some(record))
                 }
             },
-            LineParser::Rules(definition) => {
-                let definition = definition.clone();
-                match definition.parse(line) {
-                    Ok(None) => self.counts.other += 1,
-                    Err(reason) => self.reject(reason),
-                    Ok(Some(_)) if truncated => self.reject(Reject::TooLong),
-                    Ok(Some(parsed)) => {
-                        let record = match definition.access_record(&parsed) {
-                            None => None,
-                            Some(Ok(record)) => Some(record),
-                            Some(Err(reason)) => return self.reject(reason),
-                        };
-                        match definition.write_points(&parsed, &self.host, origin, out) {
-                            Ok(n) => self.counts.compat_points += n as u64,
-                            Err(reason) => return self.reject(reason),
+            LineParser::Rules(definition) => match definition.parse(line) {
+                Ok(None) => Outcome::Other,
+                _ if truncated => Outcome::Rejected(Reject::TooLong),
+                Err(reason) => Outcome::Rejected(reason),
+                Ok(Some(parsed)) => {
+                    let written = definition.access_record(&parsed).transpose().and_then(|record| {
+                        Ok((record, definition.write_points(&parsed, host, origin, out)?))
+                    });
+                    match written {
+                        Ok((record, n)) => {
+                            counts.compat_points += n as u64;
+                            Outcome::Parsed(record)
                         }
-                        self.counts.access += 1;
-                        if let Some(record) = record {
-                            self.aggregator.observe(&record, &self.host);
-                        }
+                        Err(reason) => Outcome::Rejected(reason),
                     }
+                }
+            },
+        };
+        match outcome {
+            Outcome::Other => counts.other += 1,
+            Outcome::Rejected(reason) => counts.rejected[reason as usize] += 1,
+            Outcome::Parsed(record) => {
+                counts.access += 1;
+                if let Some(record) = record {
+                    aggregator.observe(&record, host);
                 }
             }
         }
@@ -136,10 +149,6 @@ impl LineProcessor {
     pub fn finish(&mut self, out: &mut BytesMut) {
         self.aggregator.flush_all();
         self.write_ready(out);
-    }
-
-    fn reject(&mut self, reason: Reject) {
-        self.counts.rejected[reason as usize] += 1;
     }
 
     fn write_ready(&mut self, out: &mut BytesMut) {
