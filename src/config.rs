@@ -12,6 +12,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::access::rules::{Registry, RulesError};
+use crate::influx::api::{Api, Auth};
+use crate::influx::writer::InfluxSettings;
 use crate::metrics::aggregate::AggregateSettings;
 
 #[derive(Debug, thiserror::Error)]
@@ -174,23 +176,226 @@ fn default_channel() -> String {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawInflux {
-    /// InfluxDB base URLs; empty: no InfluxDB output. Env: `INFLUXDB_URLS` (comma separated)
-    /// or `INFLUXDB_URL`.
+    /// InfluxDB base URLs, tried in turn (failover); empty: no InfluxDB output.
+    /// Env: `INFLUXDB_URLS` (comma separated, as the old telegraf) or `INFLUXDB_URL`.
     #[serde(default)]
     pub urls: Vec<String>,
-    /// Database. Env: `INFLUXDB_DATABASE`.
+    /// Write API: 1 (`/write`, InfluxDB 1.x) or 2 (`/api/v2/write`: 2.x, 3, and 1.8+).
+    #[serde(default = "default_api_version")]
+    pub api_version: u8,
+    /// 1.x database. Env: `INFLUXDB_DATABASE`.
     #[serde(default = "default_database")]
     pub database: String,
+    /// 1.x retention policy; empty: the database's default.
+    #[serde(default)]
+    pub retention_policy: String,
+    /// When set (e.g. `"30d"`) and the database is created, also create `retention_policy`
+    /// with this duration, as the default.
+    #[serde(default)]
+    pub retention_policy_duration: String,
+    /// Create a missing 1.x database on `database not found`.
+    #[serde(default = "default_true")]
+    pub create_database: bool,
+    /// 1.x user. Env: `INFLUXDB_USERNAME`.
+    #[serde(default)]
+    pub username: String,
+    /// File holding the 1.x password (the password itself is never a setting or a flag).
+    /// Env: `INFLUXDB_PASSWORD` (the value).
+    #[serde(default)]
+    pub password_file: String,
+    /// 2.x organisation.
+    #[serde(default)]
+    pub org: String,
+    /// 2.x bucket.
+    #[serde(default)]
+    pub bucket: String,
+    /// File holding an API token (`Authorization: Token`). Env: `INFLUXDB_TOKEN` (the value).
+    #[serde(default)]
+    pub token_file: String,
+    /// PEM file of a CA to trust for `https://` URLs, besides the built-in roots.
+    #[serde(default)]
+    pub ca_file: String,
+    /// Compress request bodies with gzip.
+    #[serde(default = "default_true")]
+    pub gzip: bool,
+    /// A batch is sent when it holds this many points…
+    #[serde(default = "default_batch_max_points")]
+    pub batch_max_points: usize,
+    /// …or this many bytes of line protocol…
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// …or has waited this long.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    /// Line protocol accepted but not yet stored, at most; callers wait beyond it.
+    #[serde(default = "default_buffer_max_bytes")]
+    pub buffer_max_bytes: usize,
+    /// Batches sent at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Timeout of one HTTP request.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Retry backoff: first wait, doubled per failed round over the URLs up to the cap, ±25 %.
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Set from `INFLUXDB_PASSWORD`; never read from or written to the file.
+    #[serde(skip)]
+    pub password_from_env: Option<String>,
+    /// Set from `INFLUXDB_TOKEN`; never read from or written to the file.
+    #[serde(skip)]
+    pub token_from_env: Option<String>,
 }
 
 impl Default for RawInflux {
     fn default() -> Self {
-        Self { urls: Vec::new(), database: default_database() }
+        // The defaults of every field are those of an empty table.
+        toml::from_str("").unwrap_or_else(|e| unreachable!("empty [influx] must parse: {e}"))
     }
 }
 
+fn default_api_version() -> u8 {
+    1
+}
 fn default_database() -> String {
     "kubernetes".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_batch_max_points() -> usize {
+    5000
+}
+fn default_batch_max_bytes() -> usize {
+    1 << 20
+}
+fn default_flush_interval_ms() -> u64 {
+    1000
+}
+fn default_buffer_max_bytes() -> usize {
+    64 << 20
+}
+fn default_max_in_flight() -> usize {
+    2
+}
+fn default_timeout_secs() -> u64 {
+    10
+}
+fn default_backoff_initial_ms() -> u64 {
+    100
+}
+fn default_backoff_max_ms() -> u64 {
+    30_000
+}
+
+impl RawInflux {
+    /// The writer's settings; `None` when no URL is configured.
+    pub fn validate(&self) -> Result<Option<InfluxSettings>, ConfigError> {
+        if self.urls.is_empty() {
+            return Ok(None);
+        }
+        let mut urls = Vec::with_capacity(self.urls.len());
+        for url in &self.urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains('?') {
+                return Err(invalid(
+                    "influx.urls",
+                    format!("`{url}` is not an http:// or https:// base URL"),
+                ));
+            }
+            urls.push(url.trim_end_matches('/').to_owned());
+        }
+        let read_secret = |key: &'static str, path: &str| -> Result<Option<String>, ConfigError> {
+            if path.is_empty() {
+                return Ok(None);
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| invalid(key, format!("{path}: {e}")))?;
+            Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
+        };
+        let token = match &self.token_from_env {
+            Some(t) => Some(t.clone()),
+            None => read_secret("influx.token_file", &self.token_file)?,
+        };
+        let password = match &self.password_from_env {
+            Some(p) => Some(p.clone()),
+            None => read_secret("influx.password_file", &self.password_file)?,
+        };
+        let auth = match (token, self.username.is_empty()) {
+            (Some(token), _) => Auth::Token(token),
+            (None, false) => {
+                Auth::Basic { username: self.username.clone(), password: password.unwrap_or_default() }
+            }
+            (None, true) => Auth::None,
+        };
+        let api = match self.api_version {
+            1 => {
+                if self.database.is_empty() {
+                    return Err(invalid("influx.database", "must not be empty"));
+                }
+                Api::V1 {
+                    database: self.database.clone(),
+                    retention_policy: Some(self.retention_policy.clone()).filter(|r| !r.is_empty()),
+                }
+            }
+            2 => {
+                if self.org.is_empty() || self.bucket.is_empty() {
+                    return Err(invalid("influx.org", "api_version 2 needs `org` and `bucket`"));
+                }
+                Api::V2 { org: self.org.clone(), bucket: self.bucket.clone() }
+            }
+            v => return Err(invalid("influx.api_version", format!("`{v}`: must be 1 or 2"))),
+        };
+        let retention = match (self.retention_policy.is_empty(), self.retention_policy_duration.is_empty()) {
+            (_, true) => None,
+            (false, false) => Some((self.retention_policy.clone(), self.retention_policy_duration.clone())),
+            (true, false) => {
+                return Err(invalid(
+                    "influx.retention_policy_duration",
+                    "needs `retention_policy` (its name)",
+                ))
+            }
+        };
+        if let Some((_, d)) = &retention {
+            let unit_ok = d.ends_with(['s', 'm', 'h', 'd', 'w']) || d == "INF";
+            if !unit_ok || !d.trim_end_matches(char::is_alphabetic).chars().all(|c| c.is_ascii_digit()) {
+                return Err(invalid(
+                    "influx.retention_policy_duration",
+                    format!("`{d}` is not an InfluxQL duration like 30d"),
+                ));
+            }
+        }
+        let positive = |key: &'static str, v: u64| {
+            if v == 0 {
+                Err(invalid(key, "must be greater than 0"))
+            } else {
+                Ok(v)
+            }
+        };
+        Ok(Some(InfluxSettings {
+            urls,
+            api,
+            auth,
+            gzip: self.gzip,
+            batch_max_points: positive("influx.batch_max_points", self.batch_max_points as u64)? as usize,
+            batch_max_bytes: positive("influx.batch_max_bytes", self.batch_max_bytes as u64)? as usize,
+            flush_interval: Duration::from_millis(positive(
+                "influx.flush_interval_ms",
+                self.flush_interval_ms,
+            )?),
+            buffer_max_bytes: positive("influx.buffer_max_bytes", self.buffer_max_bytes as u64)? as usize,
+            max_in_flight: positive("influx.max_in_flight", self.max_in_flight as u64)? as usize,
+            timeout: Duration::from_secs(positive("influx.timeout_secs", self.timeout_secs)?),
+            ca_file: Some(PathBuf::from(&self.ca_file)).filter(|_| !self.ca_file.is_empty()),
+            create_database: self.create_database,
+            retention,
+            backoff_initial: Duration::from_millis(positive(
+                "influx.backoff_initial_ms",
+                self.backoff_initial_ms,
+            )?),
+            backoff_max: Duration::from_millis(positive("influx.backoff_max_ms", self.backoff_max_ms)?),
+        }))
+    }
 }
 
 /// Validated settings.
@@ -202,7 +407,8 @@ pub struct Settings {
     pub aggregate: AggregateSettings,
     pub telemetry_listen: Option<SocketAddr>,
     pub nsq: RawNsq,
-    pub influx: RawInflux,
+    /// The InfluxDB writer's settings, when `influx.urls` is set.
+    pub influx: Option<InfluxSettings>,
 }
 
 impl RawConfig {
@@ -256,6 +462,11 @@ impl RawConfig {
         if let Some(v) = env("INFLUXDB_DATABASE") {
             self.influx.database = v;
         }
+        if let Some(v) = env("INFLUXDB_USERNAME") {
+            self.influx.username = v;
+        }
+        self.influx.password_from_env = env("INFLUXDB_PASSWORD");
+        self.influx.token_from_env = env("INFLUXDB_TOKEN");
         Ok(())
     }
 
@@ -298,11 +509,6 @@ impl RawConfig {
         if ["consume", "consumer"].contains(&self.nsq.channel.as_str()) {
             return Err(invalid("nsq.channel", "`consume` and `consumer` belong to the Deis logger and telegraf; sharing them would split their messages"));
         }
-        for url in &self.influx.urls {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(invalid("influx.urls", format!("`{url}` is not an http:// or https:// URL")));
-            }
-        }
         Ok(Settings {
             host,
             max_line_bytes: self.max_line_bytes,
@@ -316,7 +522,7 @@ impl RawConfig {
             },
             telemetry_listen,
             nsq: self.nsq.clone(),
-            influx: self.influx.clone(),
+            influx: self.influx.validate()?,
         })
     }
 
@@ -361,7 +567,7 @@ mod tests {
         assert_eq!(s.nsq.log_topic, "logs");
         assert_eq!(s.nsq.metric_topic, "metrics");
         assert_eq!(s.nsq.channel, "logmill");
-        assert_eq!(s.influx.database, "kubernetes");
+        assert!(s.influx.is_none(), "no URL, no writer");
         assert_eq!(s.aggregate.window_ns, 10_000_000_000);
         assert_eq!(s.max_line_bytes, 1 << 20);
         assert!(s.parsers.get("deis-router").is_some());
@@ -406,7 +612,9 @@ mod tests {
         assert_eq!(s.nsq.metric_topic, "m");
         assert_eq!(s.nsq.nsqd_tcp_addresses, ["10.0.0.9:4150"]);
         assert_eq!(s.host, "from-file", "NODE_NAME is only the default of `host`");
-        assert_eq!(s.influx.urls, ["http://a:8086", "http://b:8086"]);
+        let influx = s.influx.unwrap();
+        assert_eq!(influx.urls, ["http://a:8086", "http://b:8086"]);
+        assert_eq!(influx.api, Api::V1 { database: "kubernetes".into(), retention_policy: None });
         let mut raw = RawConfig::load(None).unwrap();
         raw.apply_env(no_env).unwrap();
         assert_eq!(raw.nsq.nsqd_tcp_addresses, ["127.0.0.1:4150"]);

@@ -14,14 +14,17 @@
 //!   offsets; [`tail::container`] decodes Docker json-file and CRI records and joins partial
 //!   ones. Pure.
 //! - [`pipeline`]: the per-line path every role shares (classify, compat points, aggregate).
+//! - [`influx`]: the InfluxDB writer. [`influx::api`] (pure) builds requests and classifies
+//!   answers; [`influx::writer`] batches, gzips, retries, fails over and acknowledges.
 //! - [`config`]: TOML file + the old stack's environment → validated [`config::Settings`].
 //! - [`telemetry`]: the service's own `logmill_*` counters, Prometheus `/metrics`, `/healthz`,
 //!   and the same counters as points.
 //! - [`shutdown`]: cancellation token, task tracker, drain order.
-//! - [`roles`]: the commands, wiring only ([`roles::replay`]).
+//! - [`roles`]: the commands, wiring only ([`roles::replay`]; [`roles::output`] stdout or InfluxDB).
 
 pub mod access;
 pub mod config;
+pub mod influx;
 pub mod metrics;
 pub mod pipeline;
 pub mod roles;

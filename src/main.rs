@@ -5,8 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use logmill::config::RawConfig;
+use logmill::config::{RawConfig, Settings};
+use logmill::influx::writer::InfluxWriter;
+use logmill::roles::output::InfluxSink;
 use logmill::roles::replay::{self, FormatChoice, ReplayOptions};
+use logmill::shutdown::Shutdown;
+use logmill::telemetry::Telemetry;
 
 /// logmill turns a Kubernetes (Deis Workflow / Hephy) cluster's logs into metrics.
 ///
@@ -34,6 +38,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Stdout,
+    Influx,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Push finished log files through the same code as the agent and write both point families
@@ -59,6 +69,23 @@ enum Command {
         /// A directory of extra `*.toml` log-format definitions [default: `parsers.dir`].
         #[arg(long)]
         parsers_dir: Option<PathBuf>,
+        /// Where the points go: line protocol on stdout, or InfluxDB (the `[influx]` settings,
+        /// or the --influx-* flags). With `influx`, exits 1 unless every point was answered.
+        #[arg(long, value_enum, default_value = "stdout")]
+        output: Output,
+        /// InfluxDB base URL (repeat for failover) [default: `influx.urls`, $INFLUXDB_URLS].
+        #[arg(long = "influx-url")]
+        influx_urls: Vec<String>,
+        /// InfluxDB 1.x database [default: `influx.database`, kubernetes].
+        #[arg(long)]
+        influx_db: Option<String>,
+        /// InfluxDB 1.x retention policy [default: the database's default].
+        #[arg(long)]
+        influx_rp: Option<String>,
+        /// InfluxDB user; the password comes from $INFLUXDB_PASSWORD or `influx.password_file`,
+        /// never from the command line.
+        #[arg(long)]
+        influx_user: Option<String>,
         /// Log files to replay.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -80,7 +107,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -96,9 +128,76 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<RawConfig> {
     Ok(raw)
 }
 
+fn run_replay(settings: Settings, options: ReplayOptions, output: Output) -> anyhow::Result<ExitCode> {
+    let influx = match output {
+        Output::Stdout => None,
+        Output::Influx => Some(settings.influx.clone().context(
+            "--output influx needs an InfluxDB URL (--influx-url, influx.urls or $INFLUXDB_URLS)",
+        )?),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let shutdown = Shutdown::new();
+    let (summary, delivery) = runtime.block_on(async {
+        shutdown.cancel_on_signals();
+        let cancel = shutdown.token.clone();
+        // Reading is blocking file I/O, on its own thread; the runtime meanwhile watches for
+        // signals and runs the InfluxDB writer.
+        let result = match influx {
+            None => tokio::task::spawn_blocking(move || {
+                let stdout = std::io::stdout();
+                let mut out = stdout.lock();
+                replay::replay(&settings, &options, &mut out, &cancel)
+            })
+            .await
+            .map(|r| r.map(|s| (s, None))),
+            Some(influx) => {
+                let submit_bytes = influx.batch_max_bytes;
+                let telemetry = Telemetry::default();
+                let writer = InfluxWriter::start(influx, &telemetry, &shutdown.tracker, cancel.clone())?;
+                let mut sink = InfluxSink::new(writer, tokio::runtime::Handle::current(), submit_bytes);
+                let replayed = tokio::task::spawn_blocking(move || {
+                    replay::replay(&settings, &options, &mut sink, &cancel).map(|s| (s, sink))
+                })
+                .await;
+                match replayed {
+                    Ok(Ok((summary, sink))) => Ok(Ok((summary, Some(sink.finish().await)))),
+                    Ok(Err(e)) => Ok(Err(e)),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        shutdown.token.cancel();
+        shutdown.drain(std::time::Duration::from_secs(5)).await;
+        anyhow::Ok(result??)
+    })?;
+    eprint!("{}", summary.render());
+    if let Some(delivery) = &delivery {
+        eprint!("{}", delivery.render());
+    }
+    Ok(if summary.interrupted {
+        ExitCode::from(130)
+    } else if delivery.is_some_and(|d| !d.complete()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Replay { format, host, window, parser, parsers_dir, files } => {
+        Command::Replay {
+            format,
+            host,
+            window,
+            parser,
+            parsers_dir,
+            output,
+            influx_urls,
+            influx_db,
+            influx_rp,
+            influx_user,
+            files,
+        } => {
             let mut raw = load_config(cli.config.as_ref())?;
             if host.is_some() {
                 raw.host = host;
@@ -109,25 +208,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if parsers_dir.is_some() {
                 raw.parsers.dir = parsers_dir;
             }
+            if !influx_urls.is_empty() {
+                raw.influx.urls = influx_urls;
+            }
+            if let Some(db) = influx_db {
+                raw.influx.database = db;
+            }
+            if let Some(rp) = influx_rp {
+                raw.influx.retention_policy = rp;
+            }
+            if let Some(user) = influx_user {
+                raw.influx.username = user;
+            }
             let settings = raw.validate().context("invalid settings")?;
-            let shutdown = logmill::shutdown::Shutdown::new();
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            // Reading is blocking file I/O; the runtime only watches for signals meanwhile.
-            let summary = runtime.block_on(async {
-                shutdown.cancel_on_signals();
-                let cancel = shutdown.token.clone();
-                let options = ReplayOptions { files, format, parser };
-                let result = tokio::task::spawn_blocking(move || {
-                    let stdout = std::io::stdout();
-                    let mut out = stdout.lock();
-                    replay::replay(&settings, &options, &mut out, &cancel)
-                })
-                .await;
-                shutdown.token.cancel();
-                result
-            })??;
-            eprint!("{}", summary.render());
-            Ok(if summary.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS })
+            let options = ReplayOptions { files, format, parser };
+            run_replay(settings, options, output)
         }
         Command::CheckConfig { file } => {
             let raw = load_config(file.as_ref().or(cli.config.as_ref()))?;

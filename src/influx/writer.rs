@@ -1,0 +1,570 @@
+//! The InfluxDB writer: a cloneable [`InfluxWriter`] handle and one task that batches
+//! submissions and sends them, each batch resent byte for byte until InfluxDB has answered it
+//! for good.
+//!
+//! Every submission learns its batch's [`Outcome`], so callers move a checkpoint or FIN a
+//! message only once its points are durable. Memory is bounded by a byte budget: while
+//! InfluxDB is down, [`InfluxWriter::submit`] waits instead of the buffer growing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::api::{self, Api, Auth, Verdict};
+use crate::telemetry::{Counter, Gauge, Telemetry};
+
+/// Validated writer settings.
+#[derive(Debug, Clone)]
+pub struct InfluxSettings {
+    /// Base URLs, tried in turn (failover); no trailing slash.
+    pub urls: Vec<String>,
+    pub api: Api,
+    pub auth: Auth,
+    pub gzip: bool,
+    pub batch_max_points: usize,
+    pub batch_max_bytes: usize,
+    pub flush_interval: Duration,
+    /// Bytes of line protocol accepted but not yet answered for good.
+    pub buffer_max_bytes: usize,
+    pub max_in_flight: usize,
+    pub timeout: Duration,
+    /// PEM file of a CA to trust besides the built-in roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Create a missing 1.x database (and `retention`) on `database not found`.
+    pub create_database: bool,
+    /// (name, duration) of a retention policy to create with the database.
+    pub retention: Option<(String, String)>,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+/// What became of a submission's points.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Stored.
+    Written,
+    /// InfluxDB stored the valid points of the batch and refused `dropped` (a field type
+    /// conflict, an unparsable line); resending would not change that.
+    PartiallyWritten { dropped: u64, message: String },
+    /// Refused for good (credentials, a missing bucket, a point too large…).
+    Rejected { message: String },
+    /// Not known to be stored: the writer stopped (shutdown) before InfluxDB took the batch.
+    /// The caller must not acknowledge upstream; the points come again after a restart.
+    Aborted,
+}
+
+impl Outcome {
+    /// The points are as stored as they will ever be: acknowledge upstream.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Outcome::Aborted)
+    }
+
+    fn severity(&self) -> u8 {
+        match self {
+            Outcome::Written => 0,
+            Outcome::PartiallyWritten { .. } => 1,
+            Outcome::Rejected { .. } => 2,
+            Outcome::Aborted => 3,
+        }
+    }
+
+    /// The outcome of a batch sent in parts: the worst part's, with drops added up.
+    fn combine(self, other: Outcome) -> Outcome {
+        match (self, other) {
+            (
+                Outcome::PartiallyWritten { dropped: a, message },
+                Outcome::PartiallyWritten { dropped: b, .. },
+            ) => Outcome::PartiallyWritten { dropped: a + b, message },
+            (a, b) => {
+                if a.severity() >= b.severity() {
+                    a
+                } else {
+                    b
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriterError {
+    #[error("reading CA file {path}: {source}")]
+    CaFile { path: String, source: std::io::Error },
+    #[error("building the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("the InfluxDB writer has stopped")]
+    Closed,
+}
+
+struct Submission {
+    body: Bytes,
+    points: usize,
+    ack: oneshot::Sender<Outcome>,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// The answer to one submission; resolves once its batch is answered for good.
+pub struct Pending(oneshot::Receiver<Outcome>);
+
+impl std::future::Future for Pending {
+    type Output = Outcome;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Outcome> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Outcome::Aborted))
+    }
+}
+
+/// The handle: clone it freely; the writer task ends when every handle is dropped and what
+/// they submitted is answered (or, after cancellation, abandoned as `Aborted`).
+#[derive(Clone)]
+pub struct InfluxWriter {
+    tx: mpsc::Sender<Submission>,
+    budget: Arc<Semaphore>,
+    budget_bytes: usize,
+}
+
+#[derive(Clone)]
+struct Counters {
+    points_written: Counter,
+    points_dropped: Counter,
+    points_rejected: Counter,
+    points_aborted: Counter,
+    batches: Counter,
+    retries: Counter,
+    splits: Counter,
+    databases_created: Counter,
+    buffered_bytes: Gauge,
+}
+
+impl Counters {
+    fn new(t: &Telemetry) -> Self {
+        Self {
+            points_written: t.counter("logmill_influx_points_written_total", "Points InfluxDB stored.", &[]),
+            points_dropped: t.counter(
+                "logmill_influx_points_dropped_total",
+                "Points InfluxDB refused in a partial write (type conflicts, unparsable lines).",
+                &[],
+            ),
+            points_rejected: t.counter(
+                "logmill_influx_points_rejected_total",
+                "Points of batches InfluxDB refused for good.",
+                &[],
+            ),
+            points_aborted: t.counter(
+                "logmill_influx_points_aborted_total",
+                "Points abandoned unwritten at shutdown (resent after restart).",
+                &[],
+            ),
+            batches: t.counter("logmill_influx_batches_total", "Batches sent to InfluxDB.", &[]),
+            retries: t.counter("logmill_influx_retries_total", "Write attempts that will be retried.", &[]),
+            splits: t.counter("logmill_influx_batch_splits_total", "Batches split after a 413.", &[]),
+            databases_created: t.counter(
+                "logmill_influx_databases_created_total",
+                "Databases created after `database not found`.",
+                &[],
+            ),
+            buffered_bytes: t.gauge(
+                "logmill_influx_buffer_bytes",
+                "Line protocol bytes accepted and not yet answered.",
+                &[],
+            ),
+        }
+    }
+}
+
+impl InfluxWriter {
+    /// Starts the writer task on `tracker`. `cancel` stops retrying: after it fires, a batch
+    /// that fails is answered `Aborted` instead of waiting for InfluxDB.
+    pub fn start(
+        settings: InfluxSettings,
+        telemetry: &Telemetry,
+        tracker: &tokio_util::task::TaskTracker,
+        cancel: CancellationToken,
+    ) -> Result<Self, WriterError> {
+        let mut client = reqwest::Client::builder().timeout(settings.timeout).pool_max_idle_per_host(4);
+        if let Some(path) = &settings.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|source| WriterError::CaFile { path: path.display().to_string(), source })?;
+            client = client.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        }
+        let client = client.build()?;
+        let budget_bytes = settings.buffer_max_bytes.clamp(1, Semaphore::MAX_PERMITS);
+        let budget = Arc::new(Semaphore::new(budget_bytes));
+        let counters = Counters::new(telemetry);
+        telemetry
+            .gauge("logmill_influx_buffer_capacity_bytes", "The writer's byte budget.", &[])
+            .set(budget_bytes as u64);
+        // The channel only hands submissions over; the byte budget is what bounds memory.
+        let (tx, rx) = mpsc::channel(64);
+        let task = Task {
+            sender: Arc::new(Sender { client, settings, cancel, counters }),
+            rx,
+            budget: budget.clone(),
+            budget_bytes,
+        };
+        tracker.spawn(task.run());
+        Ok(Self { tx, budget, budget_bytes })
+    }
+
+    /// Hands over complete lines of line protocol (`points` of them, each ending in `\n`).
+    /// Waits while the buffer is full: that wait is the back-pressure on the caller.
+    pub async fn submit(&self, body: Bytes, points: usize) -> Result<Pending, WriterError> {
+        // A body larger than the whole budget takes all of it, alone.
+        let permits = body.len().clamp(1, self.budget_bytes) as u32;
+        let budget =
+            self.budget.clone().acquire_many_owned(permits).await.map_err(|_| WriterError::Closed)?;
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(Submission { body, points, ack, _budget: budget })
+            .await
+            .map_err(|_| WriterError::Closed)?;
+        Ok(Pending(rx))
+    }
+}
+
+struct Task {
+    sender: Arc<Sender>,
+    rx: mpsc::Receiver<Submission>,
+    budget: Arc<Semaphore>,
+    budget_bytes: usize,
+}
+
+impl Task {
+    async fn run(mut self) {
+        let settings = &self.sender.settings;
+        let mut batch: Vec<Submission> = Vec::new();
+        let (mut batch_points, mut batch_bytes) = (0usize, 0usize);
+        let mut in_flight = JoinSet::new();
+        let mut tick = tokio::time::interval(settings.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut open = true;
+        while open || !batch.is_empty() || !in_flight.is_empty() {
+            let full = batch_points >= settings.batch_max_points || batch_bytes >= settings.batch_max_bytes;
+            let due = full || (!open && !batch.is_empty());
+            if due && in_flight.len() < settings.max_in_flight {
+                let sender = self.sender.clone();
+                let taken = std::mem::take(&mut batch);
+                (batch_points, batch_bytes) = (0, 0);
+                in_flight.spawn(async move { sender.send(taken).await });
+                continue;
+            }
+            self.sender
+                .counters
+                .buffered_bytes
+                .set((self.budget_bytes - self.budget.available_permits()) as u64);
+            tokio::select! {
+                // While a full batch waits for a free slot, take no more input.
+                received = self.rx.recv(), if open && !full => match received {
+                    Some(s) => {
+                        batch_points += s.points;
+                        batch_bytes += s.body.len();
+                        batch.push(s);
+                    }
+                    None => open = false,
+                },
+                _ = tick.tick(), if !batch.is_empty() && in_flight.len() < settings.max_in_flight => {
+                    let sender = self.sender.clone();
+                    let taken = std::mem::take(&mut batch);
+                    (batch_points, batch_bytes) = (0, 0);
+                    in_flight.spawn(async move { sender.send(taken).await });
+                }
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            }
+        }
+        self.sender.counters.buffered_bytes.set(0);
+    }
+}
+
+struct Sender {
+    client: reqwest::Client,
+    settings: InfluxSettings,
+    cancel: CancellationToken,
+    counters: Counters,
+}
+
+impl Sender {
+    /// Sends one batch until it is answered for good, then answers its submissions.
+    async fn send(&self, batch: Vec<Submission>) {
+        let points: usize = batch.iter().map(|s| s.points).sum();
+        let mut body = BytesMut::with_capacity(batch.iter().map(|s| s.body.len()).sum());
+        for s in &batch {
+            body.extend_from_slice(&s.body);
+        }
+        let outcome = self.send_lines(body.freeze(), points).await;
+        match &outcome {
+            Outcome::Written => self.counters.points_written.add(points as u64),
+            Outcome::PartiallyWritten { dropped, message } => {
+                self.counters.points_written.add((points as u64).saturating_sub(*dropped));
+                self.counters.points_dropped.add(*dropped);
+                tracing::warn!(dropped, %message, "InfluxDB partial write: the valid points are stored");
+            }
+            Outcome::Rejected { message } => {
+                self.counters.points_rejected.add(points as u64);
+                tracing::error!(points, %message, "InfluxDB refused a batch");
+            }
+            Outcome::Aborted => self.counters.points_aborted.add(points as u64),
+        }
+        for s in batch {
+            let _ = s.ack.send(outcome.clone());
+        }
+    }
+
+    /// Sends these lines (split on 413) until answered for good.
+    async fn send_lines(&self, lines: Bytes, points: usize) -> Outcome {
+        let body = if self.settings.gzip { gzip(&lines) } else { lines.clone() };
+        match self.send_body(body).await {
+            Err(TooLarge) => {
+                let Some((a, b)) = split_lines(&lines) else {
+                    return Outcome::Rejected {
+                        message: format!(
+                            "a single point of {} bytes is larger than InfluxDB accepts",
+                            lines.len()
+                        ),
+                    };
+                };
+                self.counters.splits.add(1);
+                let (pa, pb) = (count_lines(&a), count_lines(&b));
+                debug_assert_eq!(pa + pb, points);
+                let first = Box::pin(self.send_lines(a, pa)).await;
+                let second = Box::pin(self.send_lines(b, pb)).await;
+                first.combine(second)
+            }
+            Ok(outcome) => outcome,
+        }
+    }
+
+    /// Sends one body, the same bytes on every attempt, rotating through the URLs.
+    async fn send_body(&self, body: Bytes) -> Result<Outcome, TooLarge> {
+        let s = &self.settings;
+        let mut backoff = s.backoff_initial;
+        let mut url_index = 0;
+        let mut created = false;
+        self.counters.batches.add(1);
+        loop {
+            let base = &s.urls[url_index % s.urls.len()];
+            let verdict = match self.post(base, body.clone()).await {
+                Ok((status, retry_after, text)) => api::classify(status, &text, retry_after),
+                Err(e) => Verdict::Retry { after: None, reason: describe(&e) },
+            };
+            match verdict {
+                Verdict::Written => return Ok(Outcome::Written),
+                Verdict::Partial { dropped, message } => {
+                    return Ok(Outcome::PartiallyWritten { dropped, message })
+                }
+                Verdict::TooLarge => return Err(TooLarge),
+                Verdict::DatabaseNotFound if s.create_database && !created => {
+                    created = true;
+                    match self.create_database(base).await {
+                        Ok(()) => {
+                            self.counters.databases_created.add(1);
+                            continue;
+                        }
+                        Err(reason) => {
+                            tracing::warn!(url = %base, %reason, "creating the database failed; retrying");
+                        }
+                    }
+                }
+                Verdict::DatabaseNotFound => {
+                    let database = match &s.api {
+                        Api::V1 { database, .. } => database.as_str(),
+                        Api::V2 { bucket, .. } => bucket.as_str(),
+                    };
+                    if !s.create_database {
+                        return Ok(Outcome::Rejected {
+                            message: format!(
+                                "{base}: database `{database}` not found (and influx.create_database is off)"
+                            ),
+                        });
+                    }
+                }
+                Verdict::Rejected { status, message } => {
+                    let message = match (status, s.auth.username()) {
+                        (401 | 403, Some(user)) => {
+                            format!("{base} refused the credentials of user `{user}` ({status}): {message}")
+                        }
+                        (401 | 403, None) => format!("{base} requires credentials ({status}): {message}"),
+                        _ => format!("{base} refused the batch ({status}): {message}"),
+                    };
+                    return Ok(Outcome::Rejected { message });
+                }
+                Verdict::Retry { after, reason } => {
+                    self.counters.retries.add(1);
+                    tracing::warn!(url = %base, %reason, "InfluxDB write failed; retrying");
+                    url_index += 1;
+                    // Back off once every URL has failed in turn, or when told to wait.
+                    let wait = match after {
+                        Some(after) => after,
+                        None if url_index % s.urls.len() == 0 => {
+                            let w = jitter(backoff);
+                            backoff = (backoff * 2).min(s.backoff_max);
+                            w
+                        }
+                        None => Duration::ZERO,
+                    };
+                    if self.cancel.is_cancelled() {
+                        return Ok(Outcome::Aborted);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.cancel.cancelled() => return Ok(Outcome::Aborted),
+                    }
+                    continue;
+                }
+            }
+            // A failed database creation: wait as for any retry.
+            tokio::select! {
+                _ = tokio::time::sleep(jitter(backoff)) => {}
+                _ = self.cancel.cancelled() => return Ok(Outcome::Aborted),
+            }
+            backoff = (backoff * 2).min(s.backoff_max);
+        }
+    }
+
+    async fn post(&self, base: &str, body: Bytes) -> Result<(u16, Option<Duration>, String), reqwest::Error> {
+        let s = &self.settings;
+        let mut request = self
+            .client
+            .post(api::write_url(base, &s.api))
+            .header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(body);
+        if s.gzip {
+            request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
+        }
+        request = self.authorize(request);
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(api::parse_retry_after);
+        let text = response.text().await.unwrap_or_default();
+        Ok((status, retry_after, text))
+    }
+
+    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.settings.auth {
+            Auth::None => request,
+            Auth::Basic { username, password } => request.basic_auth(username, Some(password)),
+            Auth::Token(token) => request.header(reqwest::header::AUTHORIZATION, format!("Token {token}")),
+        }
+    }
+
+    async fn create_database(&self, base: &str) -> Result<(), String> {
+        let Api::V1 { database, .. } = &self.settings.api else {
+            return Err("2.x buckets are not created by logmill".into());
+        };
+        let retention = self.settings.retention.as_ref().map(|(n, d)| (n.as_str(), d.as_str()));
+        for statement in api::create_statements(database, retention) {
+            let request = self
+                .client
+                .post(format!("{base}/query"))
+                .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(format!("q={}", api::encode_query_value(&statement)));
+            let response = self.authorize(request).send().await.map_err(|e| describe(&e))?;
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            // /query answers 200 even when a statement fails; the error is in the body.
+            if !status.is_success() || text.contains("\"error\"") {
+                return Err(format!("{statement}: {status} {text}"));
+            }
+            tracing::info!(url = %base, %statement, "created");
+        }
+        Ok(())
+    }
+}
+
+/// A 413: the caller splits the batch.
+struct TooLarge;
+
+fn describe(e: &reqwest::Error) -> String {
+    // reqwest's Display names the URL; its source says what went wrong underneath.
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+/// Up to ±25 % of `d`, so that many writers do not retry in step.
+fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh RandomState is randomly keyed: enough randomness for jitter without a crate.
+    let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let factor = 0.75 + (r % 1000) as f64 / 2000.0;
+    d.mul_f64(factor)
+}
+
+fn gzip(lines: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(lines.len() / 4), flate2::Compression::fast());
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(lines);
+    Bytes::from(encoder.finish().unwrap_or_default())
+}
+
+fn count_lines(lines: &[u8]) -> usize {
+    memchr::memchr_iter(b'\n', lines).count()
+}
+
+/// Splits lines into two halves at a line boundary; `None` for a single line.
+fn split_lines(lines: &Bytes) -> Option<(Bytes, Bytes)> {
+    let middle = lines.len() / 2;
+    let cut = memchr::memchr(b'\n', &lines[middle..])
+        .map(|i| middle + i + 1)
+        .filter(|&c| c < lines.len())
+        .or_else(|| memchr::memrchr(b'\n', &lines[..middle]).map(|i| i + 1).filter(|&c| c > 0))?;
+    Some((lines.slice(..cut), lines.slice(cut..)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitting_keeps_whole_lines() {
+        let lines = Bytes::from_static(b"a v=1\nbb v=2\nccc v=3\n");
+        let (a, b) = split_lines(&lines).unwrap();
+        assert_eq!((&a[..], &b[..]), (&b"a v=1\nbb v=2\n"[..], &b"ccc v=3\n"[..]));
+        let (a, b) = split_lines(&Bytes::from_static(b"a v=1\nbbbbbbbbbbbbbbbbbbbbbbbb v=2\n")).unwrap();
+        assert_eq!((&a[..], &b[..]), (&b"a v=1\n"[..], &b"bbbbbbbbbbbbbbbbbbbbbbbb v=2\n"[..]));
+        assert!(split_lines(&Bytes::from_static(b"one v=1\n")).is_none());
+    }
+
+    #[test]
+    fn outcomes_combine_to_the_worst() {
+        let p = |n| Outcome::PartiallyWritten { dropped: n, message: "m".into() };
+        assert_eq!(Outcome::Written.combine(Outcome::Written), Outcome::Written);
+        assert_eq!(Outcome::Written.combine(p(2)), p(2));
+        assert_eq!(p(1).combine(p(2)), p(3));
+        let r = Outcome::Rejected { message: "x".into() };
+        assert_eq!(p(1).combine(r.clone()), r);
+        assert_eq!(r.clone().combine(Outcome::Aborted), Outcome::Aborted);
+        assert!(!Outcome::Aborted.is_final() && r.is_final());
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        use std::io::Read;
+        let lines = b"m v=1 1\n".repeat(100);
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&gzip(&lines)[..]).read_to_end(&mut out).unwrap();
+        assert_eq!(out, lines);
+    }
+
+    #[test]
+    fn jitter_stays_within_a_quarter() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(1000));
+            assert!(j >= Duration::from_millis(750) && j <= Duration::from_millis(1250), "{j:?}");
+        }
+    }
+}
