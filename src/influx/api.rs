@@ -152,8 +152,9 @@ pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> Verdi
         400 | 422 => {
             let message = error_message(body);
             if message.contains("partial write") {
-                // 2.x says how many were written, not dropped; unknown counts as 1.
-                Verdict::Partial { dropped: dropped_count(&message).unwrap_or(1), message }
+                // A partial write drops at least one point, whatever it says: 1.6 reports
+                // `dropped=0` for unparsable lines, and 2.x counts the written, not the dropped.
+                Verdict::Partial { dropped: dropped_count(&message).unwrap_or(1).max(1), message }
             } else {
                 Verdict::Rejected { status, message }
             }
@@ -212,6 +213,8 @@ mod tests {
         assert!(matches!(classify(400, conflict, None), Verdict::Partial { dropped: 1, .. }));
         let v2_partial = r#"{"code":"invalid","message":"partial write error (5 written): unable to parse 'x': missing fields"}"#;
         assert!(matches!(classify(400, v2_partial, None), Verdict::Partial { dropped: 1, .. }));
+        let unparsable_among_good = r#"{"error":"partial write: unable to parse 'this is not line protocol': invalid field format dropped=0"}"#;
+        assert!(matches!(classify(400, unparsable_among_good, None), Verdict::Partial { dropped: 1, .. }));
         let unparsable = r#"{"error":"unable to parse 'garbage': missing fields"}"#;
         assert_eq!(
             classify(400, unparsable, None),
