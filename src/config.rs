@@ -534,10 +534,7 @@ impl RawConfig {
 
 /// NSQ's rule for topic and channel names: `^[.a-zA-Z0-9_-]+(#ephemeral)?$`, 1 to 64 bytes.
 pub fn valid_nsq_name(name: &str) -> bool {
-    let base = name.strip_suffix("#ephemeral").unwrap_or(name);
-    (1..=64).contains(&name.len())
-        && !base.is_empty()
-        && base.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    crate::nsq::protocol::valid_name(name)
 }
 
 fn machine_host_name() -> String {

@@ -16,6 +16,9 @@
 //! - [`pipeline`]: the per-line path every role shares (classify, compat points, aggregate).
 //! - [`influx`]: the InfluxDB writer. [`influx::api`] (pure) builds requests and classifies
 //!   answers; [`influx::writer`] batches, gzips, retries, fails over and acknowledges.
+//! - [`nsq`]: NSQ. [`nsq::protocol`] frames, commands, error codes and names (pure; its
+//!   `server` side decodes commands as nsqd does, for the test broker); [`nsq::codec`] the
+//!   `tokio_util` glue.
 //! - [`config`]: TOML file + the old stack's environment → validated [`config::Settings`].
 //! - [`telemetry`]: the service's own `logmill_*` counters, Prometheus `/metrics`, `/healthz`,
 //!   and the same counters as points.
@@ -26,6 +29,7 @@ pub mod access;
 pub mod config;
 pub mod influx;
 pub mod metrics;
+pub mod nsq;
 pub mod pipeline;
 pub mod roles;
 pub mod shutdown;

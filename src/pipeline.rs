@@ -6,7 +6,7 @@ use bytes::BytesMut;
 use crate::access::rules::{Definition, DEIS_ROUTER};
 use crate::access::{router, AccessRecord, Classified, LineOrigin, Reject};
 use crate::metrics::aggregate::{AggregateSettings, AggregateStats, Aggregator};
-use crate::metrics::compat::write_compat_points;
+use crate::metrics::compat::CompatEncoder;
 use crate::metrics::line_protocol::encode_point;
 use std::sync::Arc;
 
@@ -68,6 +68,7 @@ pub struct LineProcessor {
     host: String,
     parser: LineParser,
     aggregator: Aggregator,
+    compat: CompatEncoder,
     counts: LineCounts,
 }
 
@@ -77,6 +78,7 @@ impl LineProcessor {
             host: host.into(),
             parser,
             aggregator: Aggregator::new(aggregate),
+            compat: CompatEncoder::default(),
             counts: LineCounts::default(),
         }
     }
@@ -97,7 +99,7 @@ impl LineProcessor {
     /// `max_line_bytes`. Compat points go to `out` at once; aggregated points whenever a
     /// window closes.
     pub fn process(&mut self, line: &[u8], truncated: bool, origin: LineOrigin, out: &mut BytesMut) {
-        let Self { host, parser, aggregator, counts } = self;
+        let Self { host, parser, aggregator, compat, counts } = self;
         counts.lines += 1;
         let outcome = match parser {
             LineParser::FastPath => match router::classify(line) {
@@ -107,7 +109,7 @@ impl LineProcessor {
                 _ if truncated => Outcome::Rejected(Reject::TooLong),
                 Classified::Rejected(reason) => Outcome::Rejected(reason),
                 Classified::Access(record) => {
-                    match write_compat_points(&record, host, origin, out) {
+                    match compat.write(&record, host, origin, out) {
                         Ok(()) => counts.compat_points += 3,
                         Err(_) => counts.encode_errors += 3,
                     }

@@ -70,14 +70,18 @@ pub struct AccessRecord<'a> {
     pub method: Method,
     /// `$bytes_sent`.
     pub bytes_sent: u64,
+    /// `$bytes_sent` as written, to copy into points without formatting a number.
+    pub bytes_sent_text: &'a [u8],
     /// `$upstream_response_time` as written: `-`, `0.002`, or one time per attempt
     /// (`0.000, 0.012`, and `:` between internal redirects).
     pub upstream_times: &'a [u8],
     /// `$request_time`, seconds.
     pub request_time: f64,
+    /// `$request_time` as written.
+    pub request_time_text: &'a [u8],
 }
 
-impl AccessRecord<'_> {
+impl<'a> AccessRecord<'a> {
     /// `$status` as the three characters of a tag value.
     pub fn status_text(&self) -> StatusText {
         StatusText::new(self.status)
@@ -89,13 +93,18 @@ impl AccessRecord<'_> {
         ruby_to_f(self.upstream_times)
     }
 
+    /// The text [`upstream_time_compat`](Self::upstream_time_compat) reads its number from
+    /// (empty for `-`).
+    pub fn upstream_time_compat_text(&self) -> &'a [u8] {
+        ruby_to_f_text(self.upstream_times)
+    }
+
     /// The time spent in upstreams, summed over every attempt of a retried request; `None`
     /// when no attempt has a time (`-`).
     pub fn upstream_time_total(&self) -> Option<f64> {
         let mut total = None;
         for part in self.upstream_times.split(|&b| b == b',' || b == b':') {
-            let part = part.trim_ascii();
-            if let Some(t) = std::str::from_utf8(part).ok().and_then(|s| s.parse::<f64>().ok()) {
+            if let Some(t) = parse_decimal(part.trim_ascii()) {
                 if t.is_finite() {
                     *total.get_or_insert(0.0) += t;
                 }
@@ -121,9 +130,56 @@ impl StatusText {
     }
 }
 
+/// A decimal number as `str::parse::<f64>` reads it, with a fast path for the plain decimals
+/// logs write (`0.046`, `211`): with at most 15 digits and at most 22 after the point, the
+/// digits as an integer and the power of ten are both exact doubles, so one division is
+/// correctly rounded, the same value the general parser returns (Clinger's fast path).
+pub fn parse_decimal(b: &[u8]) -> Option<f64> {
+    const POW10: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17,
+        1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    let mut mantissa: u64 = 0;
+    let mut digits = 0;
+    let mut frac_digits = None;
+    for &c in b {
+        match c {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + u64::from(c - b'0');
+                digits += 1;
+                if let Some(f) = frac_digits.as_mut() {
+                    *f += 1;
+                }
+                if digits > 15 {
+                    return parse_decimal_slow(b);
+                }
+            }
+            b'.' if frac_digits.is_none() => frac_digits = Some(0usize),
+            _ => return parse_decimal_slow(b),
+        }
+    }
+    if digits == 0 {
+        return parse_decimal_slow(b);
+    }
+    let frac_digits = frac_digits.unwrap_or(0);
+    match POW10.get(frac_digits) {
+        Some(p) => Some(mantissa as f64 / p),
+        None => parse_decimal_slow(b),
+    }
+}
+
+fn parse_decimal_slow(b: &[u8]) -> Option<f64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
 /// Ruby's `String#to_f`, which the old fluentd plugin applied to every number: skip leading
 /// whitespace, read the longest leading decimal number, 0.0 when there is none.
 pub fn ruby_to_f(b: &[u8]) -> f64 {
+    parse_decimal(ruby_to_f_text(b)).filter(|v| v.is_finite()).unwrap_or(0.0)
+}
+
+/// The leading number that Ruby's `to_f` reads (empty when there is none).
+pub fn ruby_to_f_text(b: &[u8]) -> &[u8] {
     let b = b.trim_ascii_start();
     let mut end = 0;
     if matches!(b.first(), Some(b'+' | b'-')) {
@@ -139,7 +195,7 @@ pub fn ruby_to_f(b: &[u8]) -> f64 {
         }
     }
     if int_digits + frac_digits == 0 {
-        return 0.0;
+        return &b[..0];
     }
     if matches!(b.get(end), Some(b'e' | b'E')) {
         let mut e = end + 1;
@@ -151,11 +207,7 @@ pub fn ruby_to_f(b: &[u8]) -> f64 {
             end = e + exp_digits;
         }
     }
-    std::str::from_utf8(&b[..end])
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|v| v.is_finite())
-        .unwrap_or(0.0)
+    &b[..end]
 }
 
 /// Where a line came from: what its compat points' timestamps are derived from.
@@ -269,8 +321,10 @@ mod tests {
             status: 200,
             method: Method::Get,
             bytes_sent: 0,
+            bytes_sent_text: b"0",
             upstream_times: upstream,
             request_time: 0.0,
+            request_time_text: b"0.000",
         }
     }
 
@@ -282,6 +336,17 @@ mod tests {
         assert_eq!(record(b"0.004, - : 0.010").upstream_time_total(), Some(0.014));
         assert_eq!(record(b"0.002, 0.010").upstream_time_compat(), 0.002);
         assert_eq!(record(b"-").upstream_time_compat(), 0.0);
+        assert_eq!(record(b"0.002, 0.010").upstream_time_compat_text(), b"0.002");
+        assert_eq!(record(b"-").upstream_time_compat_text(), b"");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decimals_parse_as_std_does(text in "[0-9]{0,20}(\\.[0-9]{0,25})?|[-+0-9.eE]{0,8}|inf|NaN") {
+            let std = text.parse::<f64>().ok();
+            let fast = parse_decimal(text.as_bytes());
+            proptest::prop_assert_eq!(fast.map(f64::to_bits), std.map(f64::to_bits), "{}", text);
+        }
     }
 
     #[test]

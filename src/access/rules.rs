@@ -365,10 +365,12 @@ impl Definition {
                     .ok()
                     .and_then(|s| s.parse().ok())
                     .ok_or(Reject::BadNumber)?,
+                bytes_sent_text: get(a.bytes_sent),
                 upstream_times: get(a.upstream_time),
                 request_time: number(get(a.request_time))
                     .filter(|t| t.is_finite() && *t >= 0.0)
                     .ok_or(Reject::BadNumber)?,
+                request_time_text: get(a.request_time).trim_ascii_end(),
             })
         };
         Some(record())

@@ -2,44 +2,76 @@
 //! kept exactly (names, tags, float values in seconds and bytes) plus a `method` tag and a
 //! timestamp that keys each line uniquely (see [`LineOrigin::point_timestamp`]).
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 
-use super::line_protocol::{EncodeError, LineBuilder};
+use super::line_protocol::{write_float, write_plain_decimal, write_tag_set, write_timestamp, EncodeError};
 use crate::access::{AccessRecord, LineOrigin};
 
 pub const REQUEST_TIME: &str = "deis_router_request_time_ms";
 pub const RESPONSE_TIME: &str = "deis_router_response_time_ms";
 pub const BYTES_SENT: &str = "deis_router_bytes_sent";
 
-/// Writes the three compat points of one access line; `host` is the router pod's node.
-pub fn write_compat_points(
-    record: &AccessRecord<'_>,
-    host: &str,
-    origin: LineOrigin,
-    out: &mut BytesMut,
-) -> Result<(), EncodeError> {
-    let start = out.len();
-    let timestamp = Some(origin.point_timestamp(record.time_ns));
-    let status = record.status_text();
-    let values = [
-        (REQUEST_TIME, record.request_time),
-        (RESPONSE_TIME, record.upstream_time_compat()),
-        // Precision loss only past 2^53 bytes.
-        (BYTES_SENT, record.bytes_sent as f64),
-    ];
-    for (measurement, value) in values {
-        let mut line = LineBuilder::new(out, measurement);
-        line.tag("app", record.app)
-            .tag("status_code", status.as_str())
-            .tag("host", host)
-            .tag("method", record.method.as_str())
-            .field_f64("value", value);
-        if let Err(e) = line.finish(timestamp) {
-            out.truncate(start);
-            return Err(e);
+/// A compat measurement, the text its value is read from, and the value when that text is not
+/// a plain decimal.
+type CompatValue<'t> = (&'static str, &'t [u8], fn(&AccessRecord<'_>) -> f64);
+
+/// Writes the compat points of access lines. The three points of a line share their tags and
+/// timestamp, which are encoded once per line and copied.
+#[derive(Debug, Default)]
+pub struct CompatEncoder {
+    /// The line's tag set, then ` <timestamp>\n` from `tags_end` on.
+    shared: BytesMut,
+}
+
+impl CompatEncoder {
+    /// Writes the three compat points of one access line; `host` is the router pod's node. On
+    /// error nothing is written.
+    pub fn write(
+        &mut self,
+        record: &AccessRecord<'_>,
+        host: &str,
+        origin: LineOrigin,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        let status = record.status_text();
+        self.shared.clear();
+        write_tag_set(
+            &mut self.shared,
+            &[
+                ("app", record.app),
+                ("status_code", status.as_str()),
+                ("host", host),
+                ("method", record.method.as_str()),
+            ],
+        )?;
+        let tags_end = self.shared.len();
+        self.shared.put_u8(b' ');
+        write_timestamp(&mut self.shared, origin.point_timestamp(record.time_ns));
+        self.shared.put_u8(b'\n');
+
+        // Each value from the line's own text when it is a plain decimal, as it almost always
+        // is; the float otherwise. Either way the same bytes (see `write_plain_decimal`).
+        let values: [CompatValue<'_>; 3] = [
+            (REQUEST_TIME, record.request_time_text, |r| r.request_time),
+            (RESPONSE_TIME, record.upstream_time_compat_text(), |r| r.upstream_time_compat()),
+            // Precision loss only past 2^53 bytes.
+            (BYTES_SENT, record.bytes_sent_text, |r| r.bytes_sent as f64),
+        ];
+        let start = out.len();
+        for (measurement, text, value) in values {
+            out.extend_from_slice(measurement.as_bytes());
+            out.extend_from_slice(&self.shared[..tags_end]);
+            out.extend_from_slice(b" value=");
+            if !write_plain_decimal(out, text) {
+                if let Err(e) = write_float(out, value(record)) {
+                    out.truncate(start);
+                    return Err(e);
+                }
+            }
+            out.extend_from_slice(&self.shared[tags_end..]);
         }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -47,16 +79,20 @@ mod tests {
     use super::*;
     use crate::access::router;
 
+    fn write(line: &[u8], host: &str, origin: LineOrigin) -> String {
+        let record = router::parse(line).unwrap();
+        let mut out = BytesMut::new();
+        CompatEncoder::default().write(&record, host, origin, &mut out).unwrap();
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
     #[test]
     fn the_old_plugins_three_lines() {
         // The example of the design brief, as fluentd wrote it, plus `method` and a timestamp.
         let line = br#"[31/May/2016:16:56:12 +0000] - foo - 10.0.0.1 - - - 200 - "GET / HTTP/1.1" - 211 - "-" - "curl/7.43.0" - "foo.example.com" - 10.2.3.4:5000, 10.2.3.5:5000 - foo.example.com - 0.002, 0.010 - 0.046"#;
-        let record = router::parse(line).unwrap();
-        let mut out = BytesMut::new();
         let origin = LineOrigin { runtime_time_ns: None, file_offset: 42 };
-        write_compat_points(&record, "node-1", origin, &mut out).unwrap();
         assert_eq!(
-            std::str::from_utf8(&out).unwrap(),
+            write(line, "node-1", origin),
             "deis_router_request_time_ms,app=foo,status_code=200,host=node-1,method=GET value=0.046 1464713772000000042\n\
              deis_router_response_time_ms,app=foo,status_code=200,host=node-1,method=GET value=0.002 1464713772000000042\n\
              deis_router_bytes_sent,app=foo,status_code=200,host=node-1,method=GET value=211.0 1464713772000000042\n"
@@ -66,12 +102,36 @@ mod tests {
     #[test]
     fn runtime_time_keys_wrapped_lines() {
         let line = br#"[2026-11-21T04:22:21+00:00] - router-default - 127.0.0.1 - - - 404 - "PUT /ms50 HTTP/1.1" - 308 - "-" - "curl/8.5.0" - "_" - - - unknown.example.com - - - 0.000"#;
-        let record = router::parse(line).unwrap();
-        let mut out = BytesMut::new();
         let origin = LineOrigin { runtime_time_ns: Some(1_795_234_941_000_001_194), file_offset: 9 };
-        write_compat_points(&record, "n", origin, &mut out).unwrap();
-        let text = std::str::from_utf8(&out).unwrap();
+        let text = write(line, "n", origin);
         assert!(text.contains("deis_router_response_time_ms,app=router-default,status_code=404,host=n,method=PUT value=0.0 1795234941000001194\n"), "{text}");
+        assert!(
+            text.contains(
+                "deis_router_request_time_ms,app=router-default,status_code=404,host=n,method=PUT value=0.0 "
+            ),
+            "{text}"
+        );
         assert!(text.contains("value=308.0 1795234941000001194\n"), "{text}");
+    }
+
+    #[test]
+    fn odd_numbers_fall_back_to_the_float() {
+        // `0.1e1` is no plain decimal: Ruby's to_f reads 1.0, written as the float.
+        let line = br#"[31/May/2016:16:56:12 +0000] - foo - 10.0.0.1 - - - 200 - "GET / HTTP/1.1" - 211 - "-" - "c" - "f" - 10.2.3.4:5000 - f - 0.1e1 - 0.046"#;
+        let text = write(line, "n", LineOrigin { runtime_time_ns: Some(5), file_offset: 0 });
+        assert!(
+            text.contains(
+                "deis_router_response_time_ms,app=foo,status_code=200,host=n,method=GET value=1.0 5\n"
+            ),
+            "{text}"
+        );
+        // Escapes in tag values reach all three points.
+        let line = br#"[31/May/2016:16:56:12 +0000] - a,b c - 10.0.0.1 - - - 200 - "GET / HTTP/1.1" - 1 - "-" - "c" - "f" - - - f - - - 0.5"#;
+        let text = write(line, "n=1", LineOrigin { runtime_time_ns: Some(5), file_offset: 0 });
+        assert_eq!(
+            text.matches(",app=a\\,b\\ c,status_code=200,host=n\\=1,method=GET value=").count(),
+            3,
+            "{text}"
+        );
     }
 }

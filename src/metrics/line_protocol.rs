@@ -293,6 +293,88 @@ impl Drop for LineBuilder<'_> {
     }
 }
 
+/// Appends `,key=value` for each tag, escaped, omitting empty values as [`LineBuilder::tag`]
+/// does: the part of a line that several points of one source share, so a caller can encode it
+/// once and copy it (the three compat points of an access line). On error `out` is unchanged.
+pub fn write_tag_set(out: &mut BytesMut, tags: &[(&str, &str)]) -> Result<(), EncodeError> {
+    let start = out.len();
+    for (key, value) in tags {
+        let result = if value.is_empty() {
+            check_name(key)
+        } else {
+            out.put_u8(b',');
+            write_name(out, key, true).and_then(|()| {
+                out.put_u8(b'=');
+                write_name(out, value, true)
+            })
+        };
+        if let Err(e) = result {
+            out.truncate(start);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Appends a float value as [`LineBuilder::field_f64`] writes it.
+pub fn write_float(out: &mut BytesMut, v: f64) -> Result<(), EncodeError> {
+    if !v.is_finite() {
+        return Err(EncodeError::NonFinite);
+    }
+    write_f64(out, v);
+    Ok(())
+}
+
+/// Appends a timestamp (`ns`) as [`LineBuilder::finish`] writes it, without the space.
+pub fn write_timestamp(out: &mut BytesMut, ns: i64) {
+    write_i64(out, ns);
+}
+
+/// Appends the float that `text` denotes exactly as [`write_float`] would write it, straight
+/// from the text, when `text` is a plain decimal (`123`, `0.046`, `.5`, `7.`) of at most 15
+/// significant digits; returns false, writing nothing, otherwise.
+///
+/// Logs write their numbers as such decimals, and every decimal of at most 15 significant
+/// digits survives the trip through an f64 (DBL_DIG = 15): its shortest round-trip digits are
+/// its own, without leading and trailing zeros. So the canonical text is written without the
+/// float formatting that would otherwise dominate the cost of a compat point.
+pub fn write_plain_decimal(out: &mut BytesMut, text: &[u8]) -> bool {
+    // One pass: where the point is, and the first and last non-zero digits.
+    let mut dot = None;
+    let (mut first_nonzero, mut last_nonzero) = (usize::MAX, 0);
+    for (i, &b) in text.iter().enumerate() {
+        match b {
+            b'1'..=b'9' => {
+                first_nonzero = first_nonzero.min(i);
+                last_nonzero = i;
+            }
+            b'0' => {}
+            b'.' if dot.is_none() => dot = Some(i),
+            _ => return false,
+        }
+    }
+    let dot = dot.unwrap_or(text.len());
+    if text.len() == usize::from(dot < text.len()) {
+        return false; // "" or "."
+    }
+    // Digits from the first non-zero to the last, not counting the point.
+    let significant = match first_nonzero {
+        usize::MAX => 0,
+        f => last_nonzero - f + 1 - usize::from(f < dot && last_nonzero > dot),
+    };
+    if significant > 15 {
+        return false;
+    }
+    let int = &text[..dot];
+    let int = &int[int.len().min(first_nonzero)..];
+    let frac_end = if last_nonzero > dot && first_nonzero != usize::MAX { last_nonzero + 1 } else { dot };
+    let frac = &text[(dot + 1).min(frac_end)..frac_end];
+    out.extend_from_slice(if int.is_empty() { b"0" } else { int });
+    out.put_u8(b'.');
+    out.extend_from_slice(if frac.is_empty() { b"0" } else { frac });
+    true
+}
+
 /// Encodes `point` as one line, through [`LineBuilder`].
 pub fn encode_point(point: &Point, out: &mut BytesMut) -> Result<(), EncodeError> {
     let mut line = LineBuilder::new(out, &point.measurement);
@@ -398,16 +480,28 @@ fn write_f64(out: &mut BytesMut, v: f64) {
 }
 
 fn write_u64(out: &mut BytesMut, mut v: u64) {
+    // Two digits per division: every point ends in a 19-digit timestamp.
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     // u64::MAX has 20 digits.
     let mut digits = [0u8; 20];
     let mut i = digits.len();
-    loop {
+    while v >= 100 {
+        let pair = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if v >= 10 {
+        let pair = v as usize * 2;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+        digits[i] = b'0' + v as u8;
     }
     out.extend_from_slice(&digits[i..]);
 }
@@ -1409,6 +1503,61 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn plain_decimals_as_field_f64_writes_them() {
+        // Expected strings by hand: the shortest digits of the value, with a decimal point.
+        for (text, want) in [
+            ("0.046", "0.046"),
+            ("0.000", "0.0"),
+            ("211", "211.0"),
+            ("007", "7.0"),
+            ("0.010", "0.01"),
+            (".5", "0.5"),
+            ("7.", "7.0"),
+            ("1000", "1000.0"),
+            ("123456789012345", "123456789012345.0"),
+        ] {
+            let mut out = BytesMut::new();
+            assert!(write_plain_decimal(&mut out, text.as_bytes()), "{text}");
+            assert_eq!(&out[..], want.as_bytes(), "{text}");
+        }
+        for text in ["", ".", "-1", "1e3", "1,5", "0x1", "1234567890123456", "0.1234567890123456"] {
+            let mut out = BytesMut::new();
+            assert!(!write_plain_decimal(&mut out, text.as_bytes()), "{text}");
+            assert!(out.is_empty());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plain_decimals_match_float_formatting(int in "[0-9]{0,12}", frac in proptest::option::of("[0-9]{0,12}")) {
+            let text = match &frac { Some(f) => format!("{int}.{f}"), None => int.clone() };
+            let mut fast = BytesMut::new();
+            if write_plain_decimal(&mut fast, text.as_bytes()) {
+                let v: f64 = text.parse().unwrap();
+                let mut slow = BytesMut::new();
+                write_float(&mut slow, v).unwrap();
+                proptest::prop_assert_eq!(&fast[..], &slow[..], "{}", text);
+            }
+        }
+
+        #[test]
+        fn tag_sets_match_the_builder(tags in proptest::collection::vec(("[a-z,= ]{1,6}", "[a-z,= ]{0,6}"), 0..4)) {
+            let pairs: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let mut via_builder = BytesMut::new();
+            let mut line = LineBuilder::new(&mut via_builder, "m");
+            for (k, v) in &pairs {
+                line.tag(k, v);
+            }
+            line.field_i64("f", 1);
+            line.finish(None).unwrap();
+            let mut direct = BytesMut::from(&b"m"[..]);
+            write_tag_set(&mut direct, &pairs).unwrap();
+            direct.extend_from_slice(b" f=1i\n");
+            proptest::prop_assert_eq!(via_builder, direct);
         }
     }
 }

@@ -1,0 +1,16 @@
+//! Shared test support for `mod support;`. Each test binary uses a part of it, hence the
+//! `dead_code` allowance in the files.
+#![allow(dead_code)]
+
+pub mod nsq_broker;
+
+use std::time::Duration;
+
+/// Polls `condition` every 5 ms until it holds, panicking with `what` after `timeout`.
+pub async fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let until = tokio::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < until, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
