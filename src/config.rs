@@ -15,6 +15,9 @@ use crate::access::rules::{Registry, RulesError};
 use crate::influx::api::{Api, Auth};
 use crate::influx::writer::InfluxSettings;
 use crate::metrics::aggregate::AggregateSettings;
+use crate::nsq::connection::{ConnectionSettings, Secret, TlsSettings};
+use crate::nsq::consumer::ConsumerSettings;
+use crate::nsq::producer::ProducerSettings;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -136,6 +139,15 @@ pub struct RawNsq {
     /// nsqlookupd HTTP addresses for the consumer's discovery. Env: `NSQLOOKUPD_HTTP_ADDRESSES`.
     #[serde(default)]
     pub lookupd_http_addresses: Vec<String>,
+    /// Seconds between two polls of the nsqlookupds (go-nsq's `lookupd_poll_interval`); each
+    /// wait is drawn within ±15 % of it, so consumers restarted together spread out.
+    #[serde(default = "default_lookupd_poll_interval_secs")]
+    pub lookupd_poll_interval_secs: u64,
+    /// nsqd HTTP addresses (`host:port` or `http://host:port`) on which the consumer creates its
+    /// topics and channel before subscribing: a channel that does not exist yet misses what is
+    /// published before it does. Env: `NSQD_HTTP_ADDRESSES` (comma separated).
+    #[serde(default)]
+    pub nsqd_http_addresses: Vec<String>,
     /// Topic of app log records. Env: `NSQ_LOG_TOPIC`.
     #[serde(default = "default_log_topic")]
     pub log_topic: String,
@@ -146,6 +158,54 @@ pub struct RawNsq {
     /// logger) or `consumer` (telegraf), which would steal their messages.
     #[serde(default = "default_channel")]
     pub channel: String,
+    /// Messages the consumer has in flight at once, across all nsqd (spread as RDY).
+    #[serde(default = "default_nsq_max_in_flight")]
+    pub max_in_flight: u32,
+    /// Milliseconds a consumed message may stay unfinished before nsqd redelivers it
+    /// (IDENTIFY `msg_timeout`); 0: the server's `--msg-timeout`.
+    #[serde(default = "default_msg_timeout_ms")]
+    pub msg_timeout_ms: u64,
+    /// Milliseconds between nsqd's heartbeats (IDENTIFY `heartbeat_interval`, 1000..=60000).
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Milliseconds to connect to nsqd and finish the handshake.
+    #[serde(default = "default_dial_timeout_ms")]
+    pub dial_timeout_ms: u64,
+    /// Milliseconds pending output may make no progress before the connection is dropped.
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
+    /// Most messages the producer merges into one MPUB.
+    #[serde(default = "default_publish_batch_max_messages")]
+    pub publish_batch_max_messages: usize,
+    /// Most bytes of messages the producer merges into one MPUB (under nsqd's 5 MiB
+    /// `--max-body-size`).
+    #[serde(default = "default_publish_batch_max_bytes")]
+    pub publish_batch_max_bytes: usize,
+    /// Publishes queued for the producer before callers wait (back-pressure).
+    #[serde(default = "default_publish_queue_capacity")]
+    pub publish_queue_capacity: usize,
+    /// Deliveries after which a message is logged and finished unprocessed; 0: never give up.
+    #[serde(default)]
+    pub max_attempts: u16,
+    /// Milliseconds the consumer lets in-flight messages finish on shutdown before requeueing.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// Upgrade connections to TLS (`tls_v1`); fails clearly when nsqd does not offer it.
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM file of a CA to trust for nsqd's certificate, besides the built-in roots.
+    #[serde(default)]
+    pub tls_ca_file: String,
+    /// Name to verify nsqd's certificate against; default: the host of each address.
+    #[serde(default)]
+    pub tls_server_name: String,
+    /// File holding the secret sent with AUTH when nsqd requires it (never a flag).
+    /// Env: `NSQ_AUTH_SECRET` (the value).
+    #[serde(default)]
+    pub auth_secret_file: String,
+    /// Set from `NSQ_AUTH_SECRET`; never read from or written to the file.
+    #[serde(skip)]
+    pub auth_secret_from_env: Option<String>,
 }
 
 impl Default for RawNsq {
@@ -153,15 +213,161 @@ impl Default for RawNsq {
         Self {
             nsqd_tcp_addresses: default_nsqd(),
             lookupd_http_addresses: Vec::new(),
+            lookupd_poll_interval_secs: default_lookupd_poll_interval_secs(),
+            nsqd_http_addresses: Vec::new(),
             log_topic: default_log_topic(),
             metric_topic: default_metric_topic(),
             channel: default_channel(),
+            max_in_flight: default_nsq_max_in_flight(),
+            msg_timeout_ms: default_msg_timeout_ms(),
+            heartbeat_interval_ms: default_heartbeat_interval_ms(),
+            dial_timeout_ms: default_dial_timeout_ms(),
+            write_timeout_ms: default_write_timeout_ms(),
+            publish_batch_max_messages: default_publish_batch_max_messages(),
+            publish_batch_max_bytes: default_publish_batch_max_bytes(),
+            publish_queue_capacity: default_publish_queue_capacity(),
+            max_attempts: 0,
+            drain_timeout_ms: default_drain_timeout_ms(),
+            tls: false,
+            tls_ca_file: String::new(),
+            tls_server_name: String::new(),
+            auth_secret_file: String::new(),
+            auth_secret_from_env: None,
         }
+    }
+}
+
+fn default_nsq_max_in_flight() -> u32 {
+    200
+}
+fn default_msg_timeout_ms() -> u64 {
+    60_000
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    30_000
+}
+fn default_dial_timeout_ms() -> u64 {
+    5_000
+}
+fn default_write_timeout_ms() -> u64 {
+    10_000
+}
+fn default_publish_batch_max_messages() -> usize {
+    200
+}
+fn default_publish_batch_max_bytes() -> usize {
+    512 * 1024
+}
+fn default_publish_queue_capacity() -> usize {
+    10_000
+}
+fn default_drain_timeout_ms() -> u64 {
+    5_000
+}
+
+impl RawNsq {
+    /// How connections to nsqd are opened (TLS roots loaded, the AUTH secret read).
+    pub fn connection_settings(&self, host: &str) -> Result<ConnectionSettings, ConfigError> {
+        for addr in &self.nsqd_tcp_addresses {
+            if !crate::nsq::connection::valid_address(addr) {
+                return Err(invalid("nsq.nsqd_tcp_addresses", format!("`{addr}` is not host:port")));
+            }
+        }
+        if !(1000..=60_000).contains(&self.heartbeat_interval_ms) {
+            return Err(invalid("nsq.heartbeat_interval_ms", "must be between 1000 and 60000"));
+        }
+        if self.msg_timeout_ms != 0 && !(1000..=900_000).contains(&self.msg_timeout_ms) {
+            return Err(invalid(
+                "nsq.msg_timeout_ms",
+                "must be 0 (server default) or between 1000 and 900000",
+            ));
+        }
+        let dial_timeout = Duration::from_millis(self.dial_timeout_ms);
+        if dial_timeout.is_zero() {
+            return Err(invalid("nsq.dial_timeout_ms", "must be greater than 0"));
+        }
+        if self.write_timeout_ms == 0 {
+            return Err(invalid("nsq.write_timeout_ms", "must be greater than 0"));
+        }
+        let tls = if self.tls {
+            let ca = (!self.tls_ca_file.is_empty()).then(|| Path::new(&self.tls_ca_file));
+            let name = (!self.tls_server_name.is_empty()).then(|| self.tls_server_name.clone());
+            Some(TlsSettings::new(ca, name).map_err(|e| invalid("nsq.tls_ca_file", e.to_string()))?)
+        } else {
+            None
+        };
+        let auth_secret = match (&self.auth_secret_from_env, self.auth_secret_file.as_str()) {
+            (Some(secret), _) => Some(Secret(secret.clone().into_bytes())),
+            (None, "") => None,
+            (None, path) => {
+                let text = std::fs::read(path)
+                    .map_err(|e| invalid("nsq.auth_secret_file", format!("{path}: {e}")))?;
+                let end = text.iter().rposition(|&b| b != b'\n' && b != b'\r').map_or(0, |i| i + 1);
+                Some(Secret(text[..end].to_vec()))
+            }
+        };
+        Ok(ConnectionSettings {
+            client_id: host.to_owned(),
+            hostname: host.to_owned(),
+            heartbeat_interval: Some(Duration::from_millis(self.heartbeat_interval_ms)),
+            msg_timeout: (self.msg_timeout_ms > 0).then(|| Duration::from_millis(self.msg_timeout_ms)),
+            dial_timeout,
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
+            tls,
+            auth_secret,
+            ..ConnectionSettings::default()
+        })
+    }
+
+    /// The producer's settings.
+    pub fn producer_settings(&self, host: &str) -> Result<ProducerSettings, ConfigError> {
+        let defaults = ProducerSettings::default();
+        if self.publish_batch_max_messages == 0 {
+            return Err(invalid("nsq.publish_batch_max_messages", "must be at least 1"));
+        }
+        if self.publish_batch_max_bytes == 0 || self.publish_batch_max_bytes > defaults.max_body_bytes {
+            return Err(invalid(
+                "nsq.publish_batch_max_bytes",
+                format!("must be between 1 and {} (nsqd's --max-body-size)", defaults.max_body_bytes),
+            ));
+        }
+        if self.publish_queue_capacity == 0 {
+            return Err(invalid("nsq.publish_queue_capacity", "must be at least 1"));
+        }
+        Ok(ProducerSettings {
+            addresses: self.nsqd_tcp_addresses.clone(),
+            connection: self.connection_settings(host)?,
+            queue_capacity: self.publish_queue_capacity,
+            batch_max_messages: self.publish_batch_max_messages,
+            batch_max_bytes: self.publish_batch_max_bytes,
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            ..defaults
+        })
+    }
+
+    /// The consumer's settings for `topic` on `channel`.
+    pub fn consumer_settings(&self, host: &str, topic: &str) -> Result<ConsumerSettings, ConfigError> {
+        if self.max_in_flight == 0 {
+            return Err(invalid("nsq.max_in_flight", "must be at least 1"));
+        }
+        Ok(ConsumerSettings {
+            topic: topic.to_owned(),
+            channel: self.channel.clone(),
+            connection: self.connection_settings(host)?,
+            max_in_flight: self.max_in_flight,
+            max_attempts: self.max_attempts,
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            create_on: self.nsqd_http_addresses.clone(),
+            ..ConsumerSettings::default()
+        })
     }
 }
 
 fn default_nsqd() -> Vec<String> {
     vec!["127.0.0.1:4150".into()]
+}
+fn default_lookupd_poll_interval_secs() -> u64 {
+    60
 }
 fn default_log_topic() -> String {
     "logs".into()
@@ -456,6 +662,9 @@ impl RawConfig {
         if let Some(v) = env("NSQLOOKUPD_HTTP_ADDRESSES") {
             self.nsq.lookupd_http_addresses = list(v);
         }
+        if let Some(v) = env("NSQD_HTTP_ADDRESSES") {
+            self.nsq.nsqd_http_addresses = list(v);
+        }
         if let Some(v) = env("INFLUXDB_URLS").or_else(|| env("INFLUXDB_URL")) {
             self.influx.urls = list(v);
         }
@@ -465,6 +674,7 @@ impl RawConfig {
         if let Some(v) = env("INFLUXDB_USERNAME") {
             self.influx.username = v;
         }
+        self.nsq.auth_secret_from_env = env("NSQ_AUTH_SECRET");
         self.influx.password_from_env = env("INFLUXDB_PASSWORD");
         self.influx.token_from_env = env("INFLUXDB_TOKEN");
         Ok(())
@@ -509,6 +719,21 @@ impl RawConfig {
         if ["consume", "consumer"].contains(&self.nsq.channel.as_str()) {
             return Err(invalid("nsq.channel", "`consume` and `consumer` belong to the Deis logger and telegraf; sharing them would split their messages"));
         }
+        if self.nsq.lookupd_poll_interval_secs == 0 {
+            return Err(invalid("nsq.lookupd_poll_interval_secs", "must be greater than 0"));
+        }
+        for (key, addresses) in [
+            ("nsq.lookupd_http_addresses", &self.nsq.lookupd_http_addresses),
+            ("nsq.nsqd_http_addresses", &self.nsq.nsqd_http_addresses),
+        ] {
+            for address in addresses {
+                crate::nsq::http::base_url(address).map_err(|e| invalid(key, e.to_string()))?;
+            }
+        }
+        // The NSQ client's settings are built where a role starts it; checking them here makes a
+        // bad value (or an unreadable secret or CA file) fail at start-up, not at first use.
+        self.nsq.producer_settings(&host)?;
+        self.nsq.consumer_settings(&host, &self.nsq.log_topic)?;
         Ok(Settings {
             host,
             max_line_bytes: self.max_line_bytes,
@@ -632,6 +857,84 @@ mod tests {
         let again = RawConfig::from_toml("y", &raw.to_toml()).unwrap();
         assert_eq!(again.aggregate.window_secs, 30);
         assert_eq!(again.host.as_deref(), Some("n"));
+    }
+
+    #[test]
+    fn nsq_http_addresses() {
+        let raw = RawConfig::load(None).unwrap();
+        assert_eq!(raw.nsq.lookupd_poll_interval_secs, 60);
+        assert!(raw.nsq.nsqd_http_addresses.is_empty());
+        let mut raw = RawConfig::from_toml(
+            "x",
+            "[nsq]\nlookupd_http_addresses = [\"http://lookupd:4161\"]\nlookupd_poll_interval_secs = 15\n",
+        )
+        .unwrap();
+        raw.apply_env(|k| (k == "NSQD_HTTP_ADDRESSES").then(|| "nsqd-0:4151, http://nsqd-1:4151".to_owned()))
+            .unwrap();
+        let s = raw.validate().unwrap();
+        assert_eq!(s.nsq.nsqd_http_addresses, ["nsqd-0:4151", "http://nsqd-1:4151"]);
+        assert_eq!(s.nsq.lookupd_poll_interval_secs, 15);
+        let raw = RawConfig::from_toml("x", "[nsq]\nlookupd_poll_interval_secs = 0\n").unwrap();
+        assert!(raw.validate().unwrap_err().to_string().contains("nsq.lookupd_poll_interval_secs"));
+        let raw = RawConfig::from_toml("x", "[nsq]\nnsqd_http_addresses = [\"ftp://n:4151\"]\n").unwrap();
+        let e = raw.validate().unwrap_err().to_string();
+        assert!(e.contains("nsq.nsqd_http_addresses") && e.contains("ftp://n:4151"), "{e}");
+    }
+
+    #[test]
+    fn nsq_client_keys() {
+        let raw = RawConfig::from_toml("x", "").unwrap();
+        assert_eq!(raw.nsq.max_in_flight, 200);
+        assert_eq!(raw.nsq.heartbeat_interval_ms, 30_000);
+        assert_eq!(raw.nsq.publish_batch_max_messages, 200);
+        assert!(!raw.nsq.tls);
+        let p = raw.nsq.producer_settings("node-1").unwrap();
+        assert_eq!(p.addresses, ["127.0.0.1:4150"]);
+        assert_eq!(p.connection.client_id, "node-1");
+        assert_eq!(p.connection.msg_timeout, Some(Duration::from_secs(60)));
+        assert!(p.connection.auth_secret.is_none() && p.connection.tls.is_none());
+        let c = raw.nsq.consumer_settings("node-1", "logs").unwrap();
+        assert_eq!((c.topic.as_str(), c.channel.as_str(), c.max_in_flight), ("logs", "logmill", 200));
+
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let text = format!(
+            "[nsq]\nmax_in_flight = 2500\nmsg_timeout_ms = 0\nheartbeat_interval_ms = 5000\ndial_timeout_ms = 250\n\
+             publish_batch_max_messages = 50\npublish_batch_max_bytes = 65536\nmax_attempts = 7\n\
+             tls = true\ntls_server_name = \"nsqd.example\"\nauth_secret_file = \"{}\"\n",
+            secret.display()
+        );
+        let mut raw = RawConfig::from_toml("x", &text).unwrap();
+        let c = raw.nsq.consumer_settings("h", "metrics").unwrap();
+        assert_eq!((c.max_in_flight, c.max_attempts), (2500, 7));
+        assert_eq!(c.connection.msg_timeout, None);
+        assert_eq!(c.connection.heartbeat_interval, Some(Duration::from_secs(5)));
+        assert_eq!(c.connection.dial_timeout, Duration::from_millis(250));
+        assert_eq!(c.connection.auth_secret.as_ref().map(|s| s.0.as_slice()), Some(&b"s3cret"[..]));
+        assert_eq!(c.connection.tls.as_ref().and_then(|t| t.server_name.as_deref()), Some("nsqd.example"));
+        let p = raw.nsq.producer_settings("h").unwrap();
+        assert_eq!((p.batch_max_messages, p.batch_max_bytes), (50, 65536));
+        // The environment's secret wins over the file, and is never serialized.
+        raw.apply_env(|k| (k == "NSQ_AUTH_SECRET").then(|| "from-env".to_owned())).unwrap();
+        let c = raw.nsq.consumer_settings("h", "logs").unwrap();
+        assert_eq!(c.connection.auth_secret.map(|s| s.0), Some(b"from-env".to_vec()));
+        assert!(!raw.to_toml().contains("from-env"));
+
+        for (bad, key) in [
+            ("[nsq]\nmax_in_flight = 0\n", "nsq.max_in_flight"),
+            ("[nsq]\nheartbeat_interval_ms = 500\n", "nsq.heartbeat_interval_ms"),
+            ("[nsq]\nmsg_timeout_ms = 10\n", "nsq.msg_timeout_ms"),
+            ("[nsq]\npublish_batch_max_bytes = 6000000\n", "nsq.publish_batch_max_bytes"),
+            ("[nsq]\nnsqd_tcp_addresses = [\"nsqd\"]\n", "nsq.nsqd_tcp_addresses"),
+            ("[nsq]\nauth_secret_file = \"/nonexistent/secret\"\n", "nsq.auth_secret_file"),
+            ("[nsq]\ntls = true\ntls_ca_file = \"/nonexistent/ca.pem\"\n", "nsq.tls_ca_file"),
+        ] {
+            let raw = RawConfig::from_toml("x", bad).unwrap();
+            let err = raw.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        assert!(RawConfig::from_toml("x", "[nsq]\nmax_in_flite = 3\n").is_err(), "unknown keys refused");
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //!   answers; [`influx::writer`] batches, gzips, retries, fails over and acknowledges.
 //! - [`nsq`]: NSQ. [`nsq::protocol`] frames, commands, error codes and names (pure; its
 //!   `server` side decodes commands as nsqd does, for the test broker); [`nsq::codec`] the
-//!   `tokio_util` glue.
+//!   `tokio_util` glue; [`nsq::connection`], [`nsq::producer`], [`nsq::consumer`] the client.
 //! - [`config`]: TOML file + the old stack's environment → validated [`config::Settings`].
 //! - [`telemetry`]: the service's own `logmill_*` counters, Prometheus `/metrics`, `/healthz`,
 //!   and the same counters as points.

@@ -8,8 +8,21 @@
 //!   other direction (decoding a client's commands the way nsqd v1.3.0 does), used by the test
 //!   broker in `tests/support/`.
 //! - [`codec`]: thin `tokio_util::codec` glue over [`protocol`] for a client connection.
+//! - [`connection`]: one connection to nsqd: dial, IDENTIFY (TLS, AUTH), a pump that never
+//!   blocks on one direction and answers heartbeats itself; the reconnect [`connection::Backoff`].
+//! - [`producer`]: a cloneable handle publishing (PUB/MPUB/DPUB pipelined, batched), at least
+//!   once across dropped connections and failover.
+//! - [`consumer`]: SUB on every nsqd of a `watch` of addresses (lookupd's or a fixed set),
+//!   `max_in_flight` spread as RDY, backoff on handler failure, graceful stop.
+//! - [`http`]: nsqd's and nsqlookupd's HTTP APIs: base URLs, creating topics and channels.
+//! - [`lookupd`]: nsqlookupd discovery, a `watch` of the nsqd producing a topic.
 //!
 //! Connection, producer, consumer and lookupd discovery sit on top of these two.
 
 pub mod codec;
+pub mod connection;
+pub mod consumer;
+pub mod http;
+pub mod lookupd;
+pub mod producer;
 pub mod protocol;

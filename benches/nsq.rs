@@ -1,0 +1,153 @@
+//! NSQ publish and consume throughput, the shape of nsqd's own `bench/bench_writer` (MPUB of
+//! 200 messages of 200 bytes) and `bench_reader` (RDY 2500).
+//!
+//! ```text
+//! cargo bench --bench nsq                                   # in-process test broker
+//! NSQD_TCP_ADDRESS=127.0.0.1:4150 NSQD_HTTP_ADDRESS=127.0.0.1:4151 cargo bench --bench nsq
+//! NSQ_BENCH_MESSAGES=1000000 cargo bench --bench nsq        # more messages
+//! ```
+//!
+//! One producer (one connection) publishes N messages as MPUBs of 200, pipelined; then one
+//! consumer with `max_in_flight` 2500 receives and FINishes all of them. Each phase prints
+//! msgs/s and MB/s.
+
+#[path = "../tests/support/nsq_broker.rs"]
+mod nsq_broker;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use logmill::nsq::consumer::{self, Consumer, ConsumerSettings};
+use logmill::nsq::producer::{Producer, ProducerSettings};
+use logmill::telemetry::Telemetry;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const MESSAGE_BYTES: usize = 200;
+const BATCH: usize = 200;
+const MAX_IN_FLIGHT: u32 = 2500;
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs it as a smoke test.
+    let smoke = std::env::args().all(|a| a != "--bench");
+    let n: usize = std::env::var("NSQ_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 2_000 } else { 200_000 });
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(run(n));
+}
+
+async fn run(n: usize) {
+    let mut _broker = None;
+    let (tcp, http) = match std::env::var("NSQD_TCP_ADDRESS") {
+        Ok(tcp) => (tcp, std::env::var("NSQD_HTTP_ADDRESS").ok()),
+        Err(_) => {
+            let b = nsq_broker::NsqBroker::start(nsq_broker::NsqBrokerOptions::default()).await;
+            let tcp = b.tcp_addr().to_string();
+            _broker = Some(b);
+            (tcp, None)
+        }
+    };
+    let target = if _broker.is_some() { "in-process test broker".to_owned() } else { format!("nsqd {tcp}") };
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let topic = format!("bench_{stamp}");
+    let channel = "bench";
+    if let Some(b) = &_broker {
+        b.create_channel(&topic, channel);
+    } else if let Some(http) = &http {
+        consumer::create_topic_and_channel(
+            std::slice::from_ref(http),
+            &topic,
+            channel,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("create topic and channel");
+    } else {
+        eprintln!("NSQD_HTTP_ADDRESS not set: the channel is created by the SUB after publishing; on a real nsqd the messages published before it are not in the channel");
+    }
+    println!("nsq bench: {n} messages of {MESSAGE_BYTES} bytes against {target}");
+
+    let telemetry = Telemetry::default();
+    let tracker = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let settings = ProducerSettings {
+        addresses: vec![tcp.clone()],
+        batch_max_messages: BATCH,
+        queue_capacity: 1024,
+        ..ProducerSettings::default()
+    };
+    let producer = Producer::start(settings, &telemetry, &tracker, cancel.clone());
+    let body = Bytes::from(vec![b'a'; MESSAGE_BYTES]);
+    let batch: Vec<Bytes> = (0..BATCH).map(|_| body.clone()).collect();
+
+    let started = Instant::now();
+    let mut acks = std::collections::VecDeque::new();
+    let mut sent = 0;
+    while sent < n {
+        let count = BATCH.min(n - sent);
+        acks.push_back(producer.submit_multi(&topic, batch[..count].to_vec()).await.expect("queued"));
+        sent += count;
+        // Keep a bounded window of answers outstanding, as the pipeline does.
+        if acks.len() >= 64 {
+            if let Some(a) = acks.pop_front() {
+                a.await.expect("published");
+            }
+        }
+    }
+    for a in acks {
+        a.await.expect("published");
+    }
+    report("publish (1 connection, MPUB of 200, pipelined)", n, started.elapsed());
+
+    let settings = ConsumerSettings {
+        topic: topic.clone(),
+        channel: channel.into(),
+        max_in_flight: MAX_IN_FLIGHT,
+        ..ConsumerSettings::default()
+    };
+    let started = Instant::now();
+    let (consumer, mut deliveries) = Consumer::start(
+        settings,
+        consumer::fixed_addresses([tcp]),
+        None,
+        &telemetry,
+        &tracker,
+        cancel.clone(),
+    )
+    .expect("consumer settings");
+    let mut received = 0;
+    while received < n {
+        match tokio::time::timeout(Duration::from_secs(30), deliveries.recv()).await {
+            Ok(Some(d)) => {
+                d.finish().await;
+                received += 1;
+            }
+            _ => {
+                eprintln!("consumer stalled after {received} messages");
+                break;
+            }
+        }
+    }
+    report("consume (1 connection, RDY 2500, FIN each)", received, started.elapsed());
+    consumer.stop();
+    while let Some(d) = deliveries.recv().await {
+        d.finish().await;
+    }
+    consumer.stopped().await;
+    cancel.cancel();
+    drop(producer);
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+}
+
+fn report(what: &str, n: usize, elapsed: Duration) {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "{what}: {n} msgs in {:.3} s = {:.0} msgs/s, {:.1} MB/s",
+        secs,
+        n as f64 / secs,
+        (n * MESSAGE_BYTES) as f64 / secs / 1e6
+    );
+}

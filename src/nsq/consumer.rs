@@ -1,0 +1,1089 @@
+//! The NSQ consumer: SUB to one topic and channel on every nsqd of a changing set.
+//!
+//! # Tasks
+//!
+//! A supervisor task owns the set of connections and the RDY budget. It follows a
+//! `watch::Receiver<BTreeSet<String>>` of nsqd TCP addresses (what `lookupd` produces; a fixed
+//! set for direct addresses, see [`fixed_addresses`]): an address that appears gets a
+//! connection task, one that vanishes is closed gracefully. Each connection task dials (with
+//! [`Backoff`]), SUBs, and then runs one `select!` over its socket, the RDY the supervisor
+//! assigns it (a `watch`), the FIN/REQ/TOUCH of its messages and its close signal.
+//!
+//! The read side never waits on the application: messages go with `try_send` into one bounded
+//! channel of `max_in_flight` [`Delivery`]s. nsqd keeps in flight less than RDY per connection
+//! and the supervisor keeps the sum of RDY within `max_in_flight`, so the channel has room;
+//! should it ever be full anyway (RDY moving between connections), the message is requeued at
+//! once rather than waited for. Heartbeats are answered by the connection itself.
+//!
+//! # RDY
+//!
+//! `max_in_flight` is spread over the connections ([`rdy_targets`]): each gets
+//! `max_in_flight / n` (the remainder to some, rotating), capped by the server's
+//! `max_rdy_count`. With more connections than `max_in_flight`, `max_in_flight` of them get
+//! RDY 1 and the turn rotates every `rdy_rotate_interval` (go-nsq's behaviour). Decreases are
+//! sent at once; the RDY they free is handed out only at the next tick (50 ms), after nsqd has
+//! had time to apply them, so the sum nsqd sees does not exceed `max_in_flight` even though
+//! RDY commands on different sockets are not ordered.
+//!
+//! # Backoff
+//!
+//! [`Delivery::requeue`] is a handler failure: every connection goes to RDY 0 for
+//! `handler_backoff_initial × 2^(level-1)` (capped), then one connection gets RDY 1 as a
+//! probe. A finished probe lowers the level (back to full RDY at 0), a failed one raises it.
+//! Signals that arrive while waiting are ignored, as in go-nsq.
+//!
+//! # Messages
+//!
+//! A [`Delivery`] must be finished, requeued or touched through its methods; dropping it
+//! requeues the message. A message delivered more than `max_attempts` times is handed to the
+//! give-up hook and finished instead of being delivered.
+//!
+//! # Stopping
+//!
+//! On cancellation or [`Consumer::stop`], every connection sends CLS, waits for CLOSE_WAIT and
+//! for its messages in flight to be finished or requeued, for at most `drain_timeout`; then it
+//! requeues what is left and closes. The delivery channel ends (`recv` gives `None`) when the
+//! last connection is gone. Nothing is lost: a message is either finished, requeued, or (if
+//! the connection died) redelivered by nsqd after its msg_timeout.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::connection::{classify_server_error, Backoff, Connection, ConnectionError, ConnectionSettings};
+use super::protocol::{self, Frame, Message, MessageId};
+use crate::telemetry::{Counter, Telemetry};
+
+/// How often the supervisor hands out freed RDY and checks the backoff timer.
+const RDY_TICK: Duration = Duration::from_millis(50);
+/// nsqd's `--max-req-timeout` default: longer REQ delays are clamped to it.
+const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(3600);
+
+/// Validated consumer settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Topic to SUB to.
+    pub topic: String,
+    /// Channel to SUB to.
+    pub channel: String,
+    /// How connections are opened.
+    pub connection: ConnectionSettings,
+    /// Messages in flight across all connections, at most.
+    pub max_in_flight: u32,
+    /// Deliveries after which a message is given up (hook, then FIN); 0: never.
+    pub max_attempts: u16,
+    /// Reconnect backoff: first wait.
+    pub reconnect_backoff_initial: Duration,
+    /// Reconnect backoff: cap.
+    pub reconnect_backoff_max: Duration,
+    /// Handler backoff: first wait.
+    pub handler_backoff_initial: Duration,
+    /// Handler backoff: cap.
+    pub handler_backoff_max: Duration,
+    /// With more connections than `max_in_flight`, how often RDY moves on.
+    pub rdy_rotate_interval: Duration,
+    /// On stop, how long messages in flight may take to be finished or requeued.
+    pub drain_timeout: Duration,
+    /// nsqd HTTP addresses on which to create the topic and channel before subscribing.
+    pub create_on: Vec<String>,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        ConsumerSettings {
+            topic: "logs".into(),
+            channel: "logmill".into(),
+            connection: ConnectionSettings::default(),
+            max_in_flight: 200,
+            max_attempts: 0,
+            reconnect_backoff_initial: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(10),
+            handler_backoff_initial: Duration::from_secs(1),
+            handler_backoff_max: Duration::from_secs(120),
+            rdy_rotate_interval: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(5),
+            create_on: Vec::new(),
+        }
+    }
+}
+
+/// Why a consumer could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumerError {
+    /// Topic or channel name invalid.
+    #[error("invalid topic or channel name: {0}")]
+    InvalidName(String),
+    /// `max_in_flight` is 0.
+    #[error("max_in_flight must be at least 1")]
+    NoInFlight,
+    /// Creating the topic/channel over HTTP failed.
+    #[error("creating topic and channel: {0}")]
+    Create(#[from] super::http::HttpError),
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// Called with a message that reached `max_attempts`, before it is finished.
+pub type GiveUpHook = Arc<dyn Fn(&Message) + Send + Sync>;
+
+/// A set of addresses that never changes, for direct nsqd addresses.
+pub fn fixed_addresses<I, S>(addresses: I) -> watch::Receiver<BTreeSet<String>>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    // The sender is dropped: the receiver keeps the value and reports no further change.
+    watch::channel(addresses.into_iter().map(Into::into).collect()).1
+}
+
+/// Creates `topic` and `channel` on every nsqd HTTP address, so no message published before
+/// the first SUB is missed by the channel.
+pub async fn create_topic_and_channel(
+    nsqd_http_addresses: &[String],
+    topic: &str,
+    channel: &str,
+    timeout: Duration,
+) -> Result<(), ConsumerError> {
+    let client = reqwest::Client::builder().timeout(timeout).build()?;
+    for addr in nsqd_http_addresses {
+        super::http::create_topic_and_channel(&client, addr, topic, Some(channel)).await?;
+    }
+    Ok(())
+}
+
+/// Commands from deliveries to their connection.
+#[derive(Debug)]
+enum Cmd {
+    Fin(MessageId),
+    Req(MessageId, u32),
+    Touch(MessageId),
+}
+
+/// State shared by the supervisor, the connections and the deliveries.
+struct Shared {
+    settings: ConsumerSettings,
+    counters: Counters,
+    give_up: Option<GiveUpHook>,
+    /// Set while backing off: finishes are reported only then.
+    backing_off: AtomicBool,
+    successes: AtomicU64,
+    failures: AtomicU64,
+    signal: Notify,
+}
+
+impl Shared {
+    fn success(&self) {
+        if self.backing_off.load(Ordering::Relaxed) {
+            self.successes.fetch_add(1, Ordering::Relaxed);
+            self.signal.notify_one();
+        }
+    }
+
+    fn failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.signal.notify_one();
+    }
+}
+
+#[derive(Clone)]
+struct Counters {
+    received: Counter,
+    finished: Counter,
+    requeued: Counter,
+    given_up: Counter,
+    overflowed: Counter,
+    reconnects: Counter,
+    connection_errors: Counter,
+    non_fatal: Counter,
+    backoffs: Counter,
+}
+
+impl Counters {
+    fn new(t: &Telemetry) -> Counters {
+        let role = [("role", "consumer")];
+        Counters {
+            received: t.counter("logmill_nsq_messages_received_total", "Messages delivered by nsqd.", &[]),
+            finished: t.counter("logmill_nsq_messages_finished_total", "Messages FINished.", &[]),
+            requeued: t.counter("logmill_nsq_messages_requeued_total", "Messages REQueued.", &[]),
+            given_up: t.counter(
+                "logmill_nsq_messages_given_up_total",
+                "Messages finished unprocessed after max_attempts deliveries.",
+                &[],
+            ),
+            overflowed: t.counter(
+                "logmill_nsq_messages_overflowed_total",
+                "Messages requeued at once because the delivery channel was full.",
+                &[],
+            ),
+            reconnects: t.counter(
+                "logmill_nsq_reconnects_total",
+                "Connections to nsqd opened after the first one.",
+                &role,
+            ),
+            connection_errors: t.counter(
+                "logmill_nsq_connection_errors_total",
+                "Connections to nsqd that failed or ended in error.",
+                &role,
+            ),
+            non_fatal: t.counter(
+                "logmill_nsq_non_fatal_errors_total",
+                "E_FIN_FAILED, E_REQ_FAILED and E_TOUCH_FAILED received.",
+                &role,
+            ),
+            backoffs: t.counter(
+                "logmill_nsq_backoffs_total",
+                "Handler failures that started or deepened a backoff.",
+                &[],
+            ),
+        }
+    }
+}
+
+/// One message to process. Finish, requeue or touch it; dropping it requeues it.
+pub struct Delivery {
+    message: Message,
+    conn: mpsc::Sender<Cmd>,
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("id", &self.message.id)
+            .field("attempts", &self.message.attempts)
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// The message body.
+    pub fn body(&self) -> &Bytes {
+        &self.message.body
+    }
+
+    /// The whole message (id, timestamp, attempts, body).
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// nsqd's id.
+    pub fn id(&self) -> MessageId {
+        self.message.id
+    }
+
+    /// Deliveries so far, this one included.
+    pub fn attempts(&self) -> u16 {
+        self.message.attempts
+    }
+
+    /// Done: FIN. A success for the backoff.
+    pub async fn finish(mut self) {
+        self.done = true;
+        self.shared.success();
+        // A closed connection: nsqd redelivers the message after msg_timeout (a duplicate).
+        let _ = self.conn.send(Cmd::Fin(self.message.id)).await;
+    }
+
+    /// Failed: REQ after `delay` (clamped to an hour), and back off (a handler failure).
+    pub async fn requeue(mut self, delay: Duration) {
+        self.done = true;
+        self.shared.failure();
+        let _ = self.conn.send(Cmd::Req(self.message.id, delay_ms(delay))).await;
+    }
+
+    /// REQ after `delay` without counting as a handler failure.
+    pub async fn requeue_without_backoff(mut self, delay: Duration) {
+        self.done = true;
+        let _ = self.conn.send(Cmd::Req(self.message.id, delay_ms(delay))).await;
+    }
+
+    /// Restarts the message's msg_timeout on nsqd.
+    pub async fn touch(&self) {
+        let _ = self.conn.send(Cmd::Touch(self.message.id)).await;
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if !self.done {
+            // Cannot wait here; if the channel is full the message times out on nsqd instead.
+            let _ = self.conn.try_send(Cmd::Req(self.message.id, 0));
+        }
+    }
+}
+
+fn delay_ms(delay: Duration) -> u32 {
+    u32::try_from(delay.min(MAX_REQUEUE_DELAY).as_millis()).unwrap_or(u32::MAX)
+}
+
+/// The handle: stop it, wait for it to be stopped.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    stop: CancellationToken,
+    stopped: CancellationToken,
+}
+
+impl Consumer {
+    /// Starts the supervisor on `tracker`. Deliveries arrive on the returned receiver, which
+    /// ends once the consumer has stopped and every connection is closed. `cancel` (the
+    /// service's shutdown) stops it gracefully, as [`Consumer::stop`] does.
+    pub fn start(
+        settings: ConsumerSettings,
+        addresses: watch::Receiver<BTreeSet<String>>,
+        give_up: Option<GiveUpHook>,
+        telemetry: &Telemetry,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Result<(Consumer, mpsc::Receiver<Delivery>), ConsumerError> {
+        if !protocol::valid_name(&settings.topic) || !protocol::valid_name(&settings.channel) {
+            return Err(ConsumerError::InvalidName(format!("{}/{}", settings.topic, settings.channel)));
+        }
+        if settings.max_in_flight == 0 {
+            return Err(ConsumerError::NoInFlight);
+        }
+        let (tx, rx) = mpsc::channel(settings.max_in_flight as usize);
+        let stop = cancel.child_token();
+        let stopped = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            counters: Counters::new(telemetry),
+            settings,
+            give_up,
+            backing_off: AtomicBool::new(false),
+            successes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            signal: Notify::new(),
+        });
+        let (events_tx, events_rx) = mpsc::channel(64);
+        let supervisor = Supervisor {
+            shared,
+            addresses,
+            deliveries: Some(tx),
+            events_tx,
+            events_rx,
+            conns: BTreeMap::new(),
+            tracker: tracker.clone(),
+            stop: stop.clone(),
+            settling: 0,
+            offset: 0,
+            mode: Mode::Normal,
+            level: 0,
+        };
+        let done = stopped.clone();
+        tracker.spawn(async move {
+            supervisor.run().await;
+            done.cancel();
+        });
+        Ok((Consumer { stop, stopped }, rx))
+    }
+
+    /// Starts a graceful stop (CLS, drain, close).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Resolves once every connection is closed.
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await;
+    }
+}
+
+/// RDY per connection: `max_in_flight` spread over `max_rdy.len()` connections (each capped by
+/// its server's `max_rdy_count`), the remainder (or, with more connections than
+/// `max_in_flight`, the single RDYs) given to the connections from `offset` on.
+pub fn rdy_targets(max_in_flight: u32, max_rdy: &[u32], offset: usize) -> Vec<u32> {
+    let n = max_rdy.len();
+    let mut out = vec![0u32; n];
+    if n == 0 {
+        return out;
+    }
+    let base = max_in_flight / n as u32;
+    let extra = (max_in_flight % n as u32) as usize;
+    for (i, slot) in out.iter_mut().enumerate() {
+        // Position of this connection in the rotation starting at `offset`.
+        let pos = (i + n - offset % n) % n;
+        let want = base + u32::from(pos < extra);
+        *slot = want.min(max_rdy[i]);
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Normal,
+    /// All RDY 0 until then.
+    Waiting(Instant),
+    /// One connection at RDY 1; waiting for its outcome.
+    Probing,
+}
+
+enum Event {
+    Ready { addr: String, max_rdy: u32 },
+    Closed { addr: String },
+    Exited { addr: String },
+}
+
+struct ConnEntry {
+    rdy: watch::Sender<u32>,
+    close: CancellationToken,
+    ready: bool,
+    max_rdy: u32,
+    /// RDY last assigned (0 when not connected).
+    sent: u32,
+    /// Address removed while its task was closing, then added again.
+    respawn: bool,
+    removing: bool,
+}
+
+struct Supervisor {
+    shared: Arc<Shared>,
+    addresses: watch::Receiver<BTreeSet<String>>,
+    deliveries: Option<mpsc::Sender<Delivery>>,
+    events_tx: mpsc::Sender<Event>,
+    events_rx: mpsc::Receiver<Event>,
+    conns: BTreeMap<String, ConnEntry>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    /// RDY freed by decreases and closes since the last tick, not yet to be handed out.
+    settling: u32,
+    offset: usize,
+    mode: Mode,
+    level: u32,
+}
+
+impl Supervisor {
+    async fn run(mut self) {
+        let span = tracing::info_span!("nsq_consumer", topic = %self.shared.settings.topic, channel = %self.shared.settings.channel);
+        async move {
+            let s = &self.shared.settings;
+            if !s.create_on.is_empty() {
+                // Best effort: a topic created by a producer later still works; only messages
+                // published before the channel exists are missed.
+                let timeout = s.connection.dial_timeout;
+                if let Err(error) =
+                    create_topic_and_channel(&s.create_on, &s.topic, &s.channel, timeout).await
+                {
+                    tracing::warn!(%error, "cannot create topic and channel up front");
+                }
+            }
+            let initial = self.addresses.borrow_and_update().clone();
+            self.reconcile(&initial);
+            let mut watching = true;
+            let mut stopping = false;
+            let mut tick = tokio::time::interval(RDY_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut rotate = tokio::time::interval(self.shared.settings.rdy_rotate_interval.max(RDY_TICK));
+            rotate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                if stopping && self.conns.is_empty() {
+                    break;
+                }
+                enum Ev {
+                    Stop,
+                    Event(Event),
+                    Addresses(bool),
+                    Signal,
+                    Tick,
+                    Rotate,
+                }
+                let shared = self.shared.clone();
+                let ev = tokio::select! {
+                    biased;
+                    _ = self.stop.cancelled(), if !stopping => Ev::Stop,
+                    Some(e) = self.events_rx.recv() => Ev::Event(e),
+                    r = self.addresses.changed(), if watching && !stopping => Ev::Addresses(r.is_ok()),
+                    _ = shared.signal.notified(), if !stopping => Ev::Signal,
+                    _ = tick.tick() => Ev::Tick,
+                    _ = rotate.tick() => Ev::Rotate,
+                };
+                match ev {
+                    Ev::Stop => {
+                        stopping = true;
+                        tracing::info!(connections = self.conns.len(), "consumer stopping");
+                        for c in self.conns.values() {
+                            c.close.cancel();
+                        }
+                        // Connections hold their own senders; the channel ends with the last.
+                        self.deliveries = None;
+                    }
+                    Ev::Event(e) => self.on_event(e, stopping),
+                    Ev::Addresses(true) => {
+                        let set = self.addresses.borrow_and_update().clone();
+                        self.reconcile(&set);
+                    }
+                    // The sender is gone: the set stays as it was.
+                    Ev::Addresses(false) => watching = false,
+                    Ev::Signal => self.on_signals(),
+                    Ev::Tick => {
+                        self.settling = 0;
+                        if let Mode::Waiting(until) = self.mode {
+                            if Instant::now() >= until {
+                                self.mode = Mode::Probing;
+                                self.offset = self.offset.wrapping_add(1);
+                            }
+                        }
+                    }
+                    Ev::Rotate => {
+                        let ready = self.conns.values().filter(|c| c.ready).count();
+                        if ready > self.shared.settings.max_in_flight as usize {
+                            self.offset =
+                                self.offset.wrapping_add(self.shared.settings.max_in_flight as usize);
+                        }
+                    }
+                }
+                if !stopping {
+                    self.apply_rdy();
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn reconcile(&mut self, wanted: &BTreeSet<String>) {
+        for addr in wanted {
+            match self.conns.get_mut(addr) {
+                Some(c) if c.removing => c.respawn = true,
+                Some(_) => {}
+                None => self.spawn(addr),
+            }
+        }
+        for (addr, c) in self.conns.iter_mut() {
+            if !wanted.contains(addr) && !c.removing {
+                tracing::info!(nsqd = %addr, "nsqd left the set; closing");
+                c.removing = true;
+                c.respawn = false;
+                c.close.cancel();
+            }
+        }
+    }
+
+    fn spawn(&mut self, addr: &str) {
+        let Some(deliveries) = self.deliveries.clone() else { return };
+        let (rdy_tx, rdy_rx) = watch::channel(0u32);
+        let close = CancellationToken::new();
+        let task = ConnTask {
+            addr: addr.to_owned(),
+            shared: self.shared.clone(),
+            rdy: rdy_rx,
+            close: close.clone(),
+            events: self.events_tx.clone(),
+            deliveries,
+        };
+        self.tracker.spawn(task.run());
+        self.conns.insert(
+            addr.to_owned(),
+            ConnEntry {
+                rdy: rdy_tx,
+                close,
+                ready: false,
+                max_rdy: 0,
+                sent: 0,
+                respawn: false,
+                removing: false,
+            },
+        );
+    }
+
+    fn on_event(&mut self, e: Event, stopping: bool) {
+        match e {
+            Event::Ready { addr, max_rdy } => {
+                if let Some(c) = self.conns.get_mut(&addr) {
+                    c.ready = true;
+                    c.max_rdy = max_rdy;
+                    c.sent = 0;
+                }
+            }
+            Event::Closed { addr } => {
+                if let Some(c) = self.conns.get_mut(&addr) {
+                    c.ready = false;
+                    self.settling = self.settling.saturating_add(c.sent);
+                    c.sent = 0;
+                    c.rdy.send_replace(0);
+                }
+            }
+            Event::Exited { addr } => {
+                let respawn = self.conns.remove(&addr).is_some_and(|c| c.respawn);
+                if respawn && !stopping {
+                    self.spawn(&addr);
+                }
+            }
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let failures = self.shared.failures.swap(0, Ordering::Relaxed);
+        let successes = self.shared.successes.swap(0, Ordering::Relaxed);
+        let s = &self.shared.settings;
+        match self.mode {
+            // Signals from messages handled before the wait ends are ignored (go-nsq).
+            Mode::Waiting(_) => return,
+            Mode::Normal if failures > 0 => self.level = 1,
+            Mode::Normal => return,
+            Mode::Probing if failures > 0 => self.level = self.level.saturating_add(1).min(32),
+            Mode::Probing if successes > 0 => self.level = self.level.saturating_sub(1),
+            Mode::Probing => return,
+        }
+        if self.level == 0 {
+            tracing::info!("handler backoff over");
+            self.mode = Mode::Normal;
+            self.shared.backing_off.store(false, Ordering::Relaxed);
+            return;
+        }
+        let wait = Backoff::delay(s.handler_backoff_initial, s.handler_backoff_max, self.level - 1, 0.5);
+        if failures > 0 {
+            self.shared.counters.backoffs.add(1);
+        }
+        tracing::warn!(level = self.level, ?wait, "handler failing; backing off (RDY 0)");
+        self.mode = Mode::Waiting(Instant::now() + wait);
+        self.shared.backing_off.store(true, Ordering::Relaxed);
+    }
+
+    /// Computes every connection's RDY and sends changes: decreases at once, increases only
+    /// within what is free and settled.
+    fn apply_rdy(&mut self) {
+        let max = self.shared.settings.max_in_flight;
+        let ready: Vec<String> = self.conns.iter().filter(|(_, c)| c.ready).map(|(a, _)| a.clone()).collect();
+        let caps: Vec<u32> = ready.iter().map(|a| self.conns.get(a).map_or(0, |c| c.max_rdy)).collect();
+        let targets = match self.mode {
+            Mode::Normal => rdy_targets(max, &caps, self.offset),
+            Mode::Waiting(_) => vec![0; ready.len()],
+            Mode::Probing => {
+                let mut t = vec![0; ready.len()];
+                if !ready.is_empty() {
+                    t[self.offset % ready.len()] = 1;
+                }
+                t
+            }
+        };
+        let used: u32 = self.conns.values().map(|c| c.sent).sum();
+        let mut free = max.saturating_sub(used).saturating_sub(self.settling);
+        let mut increases = Vec::new();
+        for (addr, &target) in ready.iter().zip(&targets) {
+            let Some(c) = self.conns.get_mut(addr) else { continue };
+            if target < c.sent {
+                self.settling = self.settling.saturating_add(c.sent - target);
+                c.sent = target;
+                c.rdy.send_replace(target);
+            } else if target > c.sent {
+                increases.push((addr.clone(), target));
+            }
+        }
+        for (addr, target) in increases {
+            let Some(c) = self.conns.get_mut(&addr) else { continue };
+            let grant = (target - c.sent).min(free);
+            if grant > 0 {
+                free -= grant;
+                c.sent += grant;
+                c.rdy.send_replace(c.sent);
+            }
+        }
+    }
+}
+
+struct ConnTask {
+    addr: String,
+    shared: Arc<Shared>,
+    rdy: watch::Receiver<u32>,
+    close: CancellationToken,
+    events: mpsc::Sender<Event>,
+    deliveries: mpsc::Sender<Delivery>,
+}
+
+/// How a session ended.
+enum SessionEnd {
+    /// Closed as asked (stop or the address left).
+    Closed,
+    Failed(ConnectionError),
+}
+
+impl ConnTask {
+    async fn run(mut self) {
+        let span = tracing::info_span!("nsq_consumer_conn", nsqd = %self.addr);
+        async {
+            let s = &self.shared.settings;
+            let mut backoff =
+                Backoff::seeded(s.reconnect_backoff_initial, s.reconnect_backoff_max, &self.addr);
+            let mut connected_once = false;
+            while !self.close.is_cancelled() {
+                let conn = tokio::select! {
+                    r = Connection::connect(&self.addr, &self.shared.settings.connection) => r,
+                    _ = self.close.cancelled() => break,
+                };
+                let conn = match conn {
+                    Ok(c) => c,
+                    Err(error) => {
+                        self.shared.counters.connection_errors.add(1);
+                        let delay = backoff.next_delay();
+                        tracing::warn!(%error, ?delay, "cannot connect to nsqd");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => continue,
+                            _ = self.close.cancelled() => break,
+                        }
+                    }
+                };
+                if connected_once {
+                    self.shared.counters.reconnects.add(1);
+                }
+                connected_once = true;
+                let end = self.session(conn, &mut backoff).await;
+                let _ = self.events.send(Event::Closed { addr: self.addr.clone() }).await;
+                match end {
+                    SessionEnd::Closed => break,
+                    SessionEnd::Failed(error) => {
+                        self.shared.counters.connection_errors.add(1);
+                        let delay = backoff.next_delay();
+                        tracing::warn!(%error, ?delay, "nsqd connection lost; reconnecting");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = self.close.cancelled() => break,
+                        }
+                    }
+                }
+            }
+            let _ = self.events.send(Event::Exited { addr: self.addr.clone() }).await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn session(&mut self, mut conn: Connection, backoff: &mut Backoff) -> SessionEnd {
+        let s = &self.shared.settings;
+        let max_rdy = conn.negotiated().max_rdy_count;
+        if let Err(e) = protocol::encode_sub(&s.topic, &s.channel, conn.out()) {
+            return SessionEnd::Failed(e.into());
+        }
+        // SUB's OK, within the dial timeout.
+        let subscribed = tokio::time::timeout(s.connection.dial_timeout, async {
+            loop {
+                conn.io().await?;
+                match conn.next_frame()? {
+                    Some(f) if f.is_ok() => return Ok(()),
+                    Some(Frame::Error(e)) => return Err(classify_server_error(e)),
+                    Some(other) => {
+                        return Err(ConnectionError::Protocol(format!("answer to SUB: {other:?}")))
+                    }
+                    None => {}
+                }
+            }
+        })
+        .await;
+        match subscribed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return SessionEnd::Failed(e),
+            Err(_) => {
+                return SessionEnd::Failed(ConnectionError::DialTimeout {
+                    addr: self.addr.clone(),
+                    timeout: s.connection.dial_timeout,
+                })
+            }
+        }
+        tracing::info!(version = %conn.negotiated().version, max_rdy, msg_timeout = ?conn.negotiated().msg_timeout, "subscribed");
+        // What the supervisor assigned before this connection is stale; start at 0 and follow
+        // only what it assigns after hearing of this connection.
+        self.rdy.borrow_and_update();
+        if self.events.send(Event::Ready { addr: self.addr.clone(), max_rdy }).await.is_err() {
+            return SessionEnd::Closed;
+        }
+        let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(s.max_in_flight as usize + 64);
+        let mut in_flight: HashSet<MessageId> = HashSet::new();
+        let mut rdy_sent = 0u32;
+        let mut closing: Option<Instant> = None;
+        let mut close_wait = false;
+        let mut answered = false;
+        loop {
+            if closing.is_some() && close_wait && in_flight.is_empty() {
+                tracing::info!("drained; closing");
+                conn.close().await;
+                return SessionEnd::Closed;
+            }
+            enum Ev {
+                Io(Result<(), ConnectionError>),
+                Cmd(Cmd),
+                Rdy,
+                Close,
+                Deadline,
+            }
+            let deadline = closing.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            let has_room = conn.has_room();
+            let ev = tokio::select! {
+                biased;
+                r = conn.io() => Ev::Io(r),
+                Some(c) = cmd_rx.recv(), if has_room => Ev::Cmd(c),
+                r = self.rdy.changed(), if closing.is_none() => if r.is_ok() { Ev::Rdy } else { Ev::Close },
+                _ = self.close.cancelled(), if closing.is_none() => Ev::Close,
+                _ = tokio::time::sleep_until(deadline), if closing.is_some() => Ev::Deadline,
+            };
+            match ev {
+                Ev::Io(Err(e)) => return SessionEnd::Failed(e),
+                Ev::Io(Ok(())) => {
+                    let mut received = 0u64;
+                    loop {
+                        let frame = match conn.next_frame() {
+                            Ok(Some(f)) => f,
+                            Ok(None) => break,
+                            Err(e) => return SessionEnd::Failed(e),
+                        };
+                        match frame {
+                            Frame::Message(m) => {
+                                received += 1;
+                                self.on_message(m, &mut conn, &cmd_tx, &mut in_flight);
+                            }
+                            f if f.is_close_wait() => close_wait = true,
+                            Frame::Response(data) => {
+                                tracing::debug!(response = %String::from_utf8_lossy(&data), "unexpected response");
+                            }
+                            Frame::Error(e) if !e.is_fatal() => {
+                                self.shared.counters.non_fatal.add(1);
+                                tracing::warn!(error = %e, "non-fatal error from nsqd");
+                            }
+                            Frame::Error(e) => return SessionEnd::Failed(classify_server_error(e)),
+                        }
+                    }
+                    if received > 0 {
+                        self.shared.counters.received.add(received);
+                        if !answered {
+                            answered = true;
+                            backoff.reset();
+                        }
+                    }
+                }
+                Ev::Cmd(first) => {
+                    let (mut fin, mut req) = (0u64, 0u64);
+                    let mut cmd = Some(first);
+                    // Drain what is already there into one write.
+                    let mut budget = 256;
+                    while let Some(c) = cmd {
+                        match c {
+                            Cmd::Fin(id) => {
+                                in_flight.remove(&id);
+                                protocol::encode_fin(&id, conn.out());
+                                fin += 1;
+                            }
+                            Cmd::Req(id, delay) => {
+                                in_flight.remove(&id);
+                                protocol::encode_req(&id, delay, conn.out());
+                                req += 1;
+                            }
+                            Cmd::Touch(id) => {
+                                if in_flight.contains(&id) {
+                                    protocol::encode_touch(&id, conn.out());
+                                }
+                            }
+                        }
+                        budget -= 1;
+                        cmd = if budget > 0 { cmd_rx.try_recv().ok() } else { None };
+                    }
+                    self.shared.counters.finished.add(fin);
+                    self.shared.counters.requeued.add(req);
+                }
+                Ev::Rdy => {
+                    let n = (*self.rdy.borrow_and_update()).min(max_rdy);
+                    if n != rdy_sent {
+                        protocol::encode_rdy(n, conn.out());
+                        rdy_sent = n;
+                    }
+                }
+                Ev::Close => {
+                    protocol::encode_cls(conn.out());
+                    closing = Some(Instant::now() + self.shared.settings.drain_timeout);
+                    tracing::info!(in_flight = in_flight.len(), "CLS sent; draining");
+                }
+                Ev::Deadline => {
+                    let n = in_flight.len() as u64;
+                    for id in in_flight.drain() {
+                        protocol::encode_req(&id, 0, conn.out());
+                    }
+                    self.shared.counters.requeued.add(n);
+                    tracing::warn!(
+                        requeued = n,
+                        close_wait,
+                        "drain deadline passed; requeued what was still in flight"
+                    );
+                    conn.close().await;
+                    return SessionEnd::Closed;
+                }
+            }
+        }
+    }
+
+    fn on_message(
+        &self,
+        m: Message,
+        conn: &mut Connection,
+        cmd_tx: &mpsc::Sender<Cmd>,
+        in_flight: &mut HashSet<MessageId>,
+    ) {
+        let max_attempts = self.shared.settings.max_attempts;
+        if max_attempts > 0 && m.attempts > max_attempts {
+            tracing::warn!(id = %m.id, attempts = m.attempts, "giving up on message");
+            if let Some(hook) = &self.shared.give_up {
+                hook(&m);
+            }
+            protocol::encode_fin(&m.id, conn.out());
+            self.shared.counters.given_up.add(1);
+            self.shared.counters.finished.add(1);
+            return;
+        }
+        let id = m.id;
+        in_flight.insert(id);
+        let delivery =
+            Delivery { message: m, conn: cmd_tx.clone(), shared: self.shared.clone(), done: false };
+        if let Err(e) = self.deliveries.try_send(delivery) {
+            // Full (RDY moving between connections) or nobody listening: requeue now rather
+            // than make the read side wait.
+            let mut d = e.into_inner();
+            d.done = true;
+            in_flight.remove(&id);
+            protocol::encode_req(&id, 0, conn.out());
+            self.shared.counters.overflowed.add(1);
+            self.shared.counters.requeued.add(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rdy_spread_evenly_within_max_in_flight() {
+        assert_eq!(rdy_targets(10, &[2500, 2500, 2500], 0), [4, 3, 3]);
+        assert_eq!(rdy_targets(10, &[2500, 2500, 2500], 1), [3, 4, 3]);
+        assert_eq!(rdy_targets(2500, &[2500], 0), [2500]);
+        assert_eq!(rdy_targets(100, &[30, 2500], 0), [30, 50], "capped by the server's max_rdy_count");
+        assert!(rdy_targets(5, &[], 0).is_empty());
+        for max in 1..40u32 {
+            for n in 1..12usize {
+                for offset in 0..n * 2 {
+                    let t = rdy_targets(max, &vec![2500; n], offset);
+                    assert_eq!(t.iter().sum::<u32>(), max.min(max), "max={max} n={n}");
+                    let (lo, hi) = (t.iter().min().unwrap(), t.iter().max().unwrap());
+                    assert!(hi - lo <= 1, "even spread: {t:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rdy_rotates_when_connections_outnumber_max_in_flight() {
+        // 2 RDY over 5 connections: advancing the offset by 2 each turn reaches every one.
+        let mut seen = [false; 5];
+        let mut offset = 0;
+        for _ in 0..5 {
+            let t = rdy_targets(2, &[2500; 5], offset);
+            assert_eq!(t.iter().sum::<u32>(), 2);
+            assert!(t.iter().all(|&r| r <= 1));
+            for (i, &r) in t.iter().enumerate() {
+                seen[i] |= r == 1;
+            }
+            offset += 2;
+        }
+        assert!(seen.iter().all(|&s| s), "{seen:?}");
+    }
+
+    fn supervisor(max_in_flight: u32) -> Supervisor {
+        let settings = ConsumerSettings { max_in_flight, ..ConsumerSettings::default() };
+        let shared = Arc::new(Shared {
+            counters: Counters::new(&Telemetry::default()),
+            settings,
+            give_up: None,
+            backing_off: AtomicBool::new(false),
+            successes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            signal: Notify::new(),
+        });
+        let (events_tx, events_rx) = mpsc::channel(8);
+        Supervisor {
+            shared,
+            addresses: fixed_addresses(Vec::<String>::new()),
+            deliveries: None,
+            events_tx,
+            events_rx,
+            conns: BTreeMap::new(),
+            tracker: TaskTracker::new(),
+            stop: CancellationToken::new(),
+            settling: 0,
+            offset: 0,
+            mode: Mode::Normal,
+            level: 0,
+        }
+    }
+
+    fn add(s: &mut Supervisor, addr: &str) -> watch::Receiver<u32> {
+        let (rdy, rx) = watch::channel(0);
+        s.conns.insert(
+            addr.into(),
+            ConnEntry {
+                rdy,
+                close: CancellationToken::new(),
+                ready: true,
+                max_rdy: 2500,
+                sent: 0,
+                respawn: false,
+                removing: false,
+            },
+        );
+        rx
+    }
+
+    #[test]
+    fn freed_rdy_is_handed_out_only_after_a_tick() {
+        let mut s = supervisor(10);
+        let a = add(&mut s, "a");
+        s.apply_rdy();
+        assert_eq!(*a.borrow(), 10, "the first connection gets everything at once");
+        let b = add(&mut s, "b");
+        s.apply_rdy();
+        assert_eq!((*a.borrow(), *b.borrow()), (5, 0), "decrease now, increase after settling");
+        s.settling = 0; // the tick
+        s.apply_rdy();
+        assert_eq!((*a.borrow(), *b.borrow()), (5, 5));
+        // Backoff: everything to 0, then a single probe.
+        s.mode = Mode::Waiting(Instant::now());
+        s.apply_rdy();
+        assert_eq!((*a.borrow(), *b.borrow()), (0, 0));
+        s.settling = 0;
+        s.mode = Mode::Probing;
+        s.apply_rdy();
+        assert_eq!(*a.borrow() + *b.borrow(), 1);
+    }
+
+    #[tokio::test]
+    async fn backoff_levels_follow_probe_outcomes() {
+        let mut s = supervisor(10);
+        s.shared.failure();
+        s.on_signals();
+        assert!(matches!(s.mode, Mode::Waiting(_)));
+        assert_eq!(s.level, 1);
+        assert!(s.shared.backing_off.load(Ordering::Relaxed));
+        // Ignored while waiting.
+        s.shared.failure();
+        s.on_signals();
+        assert_eq!(s.level, 1);
+        s.mode = Mode::Probing;
+        s.shared.failure();
+        s.on_signals();
+        assert_eq!(s.level, 2);
+        s.mode = Mode::Probing;
+        s.shared.success();
+        s.on_signals();
+        assert_eq!(s.level, 1);
+        assert!(matches!(s.mode, Mode::Waiting(_)));
+        s.mode = Mode::Probing;
+        s.shared.success();
+        s.on_signals();
+        assert_eq!((s.level, s.mode), (0, Mode::Normal));
+        assert!(!s.shared.backing_off.load(Ordering::Relaxed));
+    }
+}

@@ -1,0 +1,590 @@
+//! The NSQ client (connection, producer, consumer) against the in-process test broker, with
+//! its faults: restarts and dropped connections during a sustained publish, fatal errors with
+//! publishes pipelined behind them, RDY across connections, handler backoff, slow handlers
+//! and heartbeats, a changing set of nsqd, graceful stop.
+//!
+//! Tests that need no fault injection and no broker inspection run against a real nsqd when
+//! `NSQD_TCP_ADDRESS` (and `NSQD_HTTP_ADDRESS`, to create the channel first) are set, with
+//! topics unique to the run.
+
+mod support;
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use logmill::nsq::connection::ConnectionSettings;
+use logmill::nsq::consumer::{self, Consumer, ConsumerSettings, Delivery};
+use logmill::nsq::producer::{Producer, ProducerSettings, PublishError};
+use logmill::nsq::protocol::ErrorCode;
+use logmill::telemetry::Telemetry;
+use support::eventually;
+use support::nsq_broker::{NsqBroker, NsqBrokerOptions};
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(20);
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A real nsqd from the environment, or a fresh test broker.
+struct Target {
+    broker: Option<NsqBroker>,
+    tcp: String,
+    http: Option<String>,
+}
+
+async fn target() -> Target {
+    if let Ok(tcp) = std::env::var("NSQD_TCP_ADDRESS") {
+        return Target { broker: None, tcp, http: std::env::var("NSQD_HTTP_ADDRESS").ok() };
+    }
+    let broker = NsqBroker::start(NsqBrokerOptions { http: true, ..NsqBrokerOptions::default() }).await;
+    let tcp = broker.tcp_addr().to_string();
+    let http = broker.http_addr().map(|a| a.to_string());
+    Target { broker: Some(broker), tcp, http }
+}
+
+async fn broker() -> NsqBroker {
+    NsqBroker::start(NsqBrokerOptions::default()).await
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{name}_{}", nanos % 1_000_000_000_000)
+}
+
+fn producer_settings(addrs: &[String]) -> ProducerSettings {
+    ProducerSettings {
+        addresses: addrs.to_vec(),
+        connection: fast_connection(),
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..ProducerSettings::default()
+    }
+}
+
+fn fast_connection() -> ConnectionSettings {
+    ConnectionSettings { dial_timeout: Duration::from_secs(2), ..ConnectionSettings::default() }
+}
+
+fn consumer_settings(topic: &str, max_in_flight: u32) -> ConsumerSettings {
+    ConsumerSettings {
+        topic: topic.into(),
+        channel: "logmill".into(),
+        connection: fast_connection(),
+        max_in_flight,
+        reconnect_backoff_initial: Duration::from_millis(20),
+        reconnect_backoff_max: Duration::from_millis(200),
+        handler_backoff_initial: Duration::from_millis(200),
+        handler_backoff_max: Duration::from_secs(1),
+        rdy_rotate_interval: Duration::from_millis(100),
+        drain_timeout: Duration::from_secs(2),
+        ..ConsumerSettings::default()
+    }
+}
+
+struct Running {
+    consumer: Consumer,
+    deliveries: mpsc::Receiver<Delivery>,
+    tracker: TaskTracker,
+}
+
+fn start_consumer(settings: ConsumerSettings, addrs: watch::Receiver<BTreeSet<String>>) -> Running {
+    let tracker = TaskTracker::new();
+    let (consumer, deliveries) =
+        Consumer::start(settings, addrs, None, &Telemetry::default(), &tracker, CancellationToken::new())
+            .expect("valid consumer settings");
+    Running { consumer, deliveries, tracker }
+}
+
+/// Finishes every delivery, recording bodies, until `stop` says so or the channel ends.
+fn spawn_finisher(
+    mut deliveries: mpsc::Receiver<Delivery>,
+) -> (Arc<Mutex<Vec<Bytes>>>, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let handle = tokio::spawn(async move {
+        while let Some(d) = deliveries.recv().await {
+            s.lock().unwrap().push(d.body().clone());
+            d.finish().await;
+        }
+    });
+    (seen, handle)
+}
+
+fn body(i: usize) -> Bytes {
+    Bytes::from(format!("message-{i:06}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_and_consumes_pub_mpub_dpub() {
+    timeout(TEST_TIMEOUT, async {
+        let t = target().await;
+        let topic = unique("roundtrip");
+        let tracker = TaskTracker::new();
+        let producer = Producer::start(
+            producer_settings(std::slice::from_ref(&t.tcp)),
+            &Telemetry::default(),
+            &tracker,
+            CancellationToken::new(),
+        );
+        let mut settings = consumer_settings(&topic, 50);
+        settings.create_on = t.http.iter().cloned().collect();
+        // The channel must exist before publishing: create it (HTTP) and wait for the SUB.
+        if let Some(http) = &t.http {
+            consumer::create_topic_and_channel(std::slice::from_ref(http), &topic, "logmill", WAIT)
+                .await
+                .unwrap();
+        }
+        let run = start_consumer(settings, consumer::fixed_addresses([t.tcp.clone()]));
+        let mut acks = Vec::new();
+        for i in 0..300 {
+            acks.push(producer.submit(&topic, body(i)).await.unwrap());
+        }
+        let multi: Vec<Bytes> = (300..400).map(body).collect();
+        producer.publish_multi(&topic, multi).await.unwrap();
+        producer.publish_deferred(&topic, Duration::from_millis(100), body(400)).await.unwrap();
+        for a in acks {
+            a.await.unwrap();
+        }
+        let (seen, _h) = spawn_finisher(run.deliveries);
+        eventually(WAIT, "all 401 messages consumed", || {
+            seen.lock().unwrap().iter().collect::<HashSet<_>>().len() == 401
+        })
+        .await;
+        let got: HashSet<Bytes> = seen.lock().unwrap().iter().cloned().collect();
+        assert_eq!(got, (0..401).map(body).collect::<HashSet<_>>());
+        if let Some(b) = &t.broker {
+            assert_eq!(b.published_count(&topic), 401);
+            assert!(b.clients().iter().any(|c| c.user_agent.starts_with("logmill/")));
+        }
+        run.consumer.stop();
+        run.consumer.stopped().await;
+        drop(run.tracker);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_message_lost_when_the_broker_restarts_during_a_sustained_publish() {
+    timeout(TEST_TIMEOUT, async {
+        let b = broker().await;
+        let addr = b.tcp_addr().to_string();
+        let topic = "sustained";
+        b.create_channel(topic, "logmill");
+        let tracker = TaskTracker::new();
+        let producer = Producer::start(
+            producer_settings(std::slice::from_ref(&addr)),
+            &Telemetry::default(),
+            &tracker,
+            CancellationToken::new(),
+        );
+        let run = start_consumer(consumer_settings(topic, 100), consumer::fixed_addresses([addr.clone()]));
+        let (seen, _h) = spawn_finisher(run.deliveries);
+        const N: usize = 6000;
+        let publisher = {
+            let producer = producer.clone();
+            tokio::spawn(async move {
+                let mut acks = Vec::with_capacity(N);
+                for i in 0..N {
+                    acks.push(producer.submit(topic, body(i)).await.expect("queued"));
+                    if i % 500 == 0 {
+                        // Sustained, not one burst.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                let mut results = Vec::with_capacity(N);
+                for a in acks {
+                    results.push(a.await);
+                }
+                results
+            })
+        };
+        eventually(WAIT, "some published", || b.published_count(topic) > 1000).await;
+        b.drop_connections_mid_mpub(1);
+        b.drop_connections_after_mpub(1);
+        eventually(WAIT, "more published", || b.published_count(topic) > 2500).await;
+        b.restart(Duration::from_millis(200)).await;
+        eventually(WAIT, "more published after restart", || b.published_count(topic) > 4000).await;
+        b.drop_all_connections();
+        let results = publisher.await.unwrap();
+        assert!(
+            results.iter().all(Result::is_ok),
+            "every publish ends Ok: {:?}",
+            results.iter().find(|r| r.is_err())
+        );
+        let published: HashSet<Bytes> = b.published(topic).into_iter().collect();
+        assert_eq!(published.len(), N, "the broker holds every message at least once");
+        eventually(WAIT, "every body consumed", || {
+            seen.lock().unwrap().iter().collect::<HashSet<_>>().len() == N
+        })
+        .await;
+        let dups = b.published_count(topic) - N;
+        println!("published {N}, stored {} (duplicates from unseen OKs: {dups})", b.published_count(topic));
+        run.consumer.stop();
+        run.consumer.stopped().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_error_fails_only_its_publish_and_the_pipelined_rest_are_retried() {
+    timeout(TEST_TIMEOUT, async {
+        let b = broker().await;
+        let addr = b.tcp_addr().to_string();
+        let tracker = TaskTracker::new();
+        // One PUB per publish, so many are pipelined behind the one that fails.
+        let settings = ProducerSettings { batch_max_messages: 1, ..producer_settings(&[addr]) };
+        let producer = Producer::start(settings, &Telemetry::default(), &tracker, CancellationToken::new());
+        producer.publish("pipelined", "warm-up").await.unwrap();
+        // Hold the broker's reads so everything below is written before the first answer.
+        b.stall_reads(Duration::from_millis(200));
+        b.fail_next_publishes(1, "E_BAD_TOPIC PUB topic name \"pipelined\" is not valid");
+        let mut acks = Vec::new();
+        for i in 0..50 {
+            acks.push(producer.submit("pipelined", body(i)).await.unwrap());
+        }
+        let mut results = Vec::new();
+        for a in acks {
+            results.push(a.await);
+        }
+        assert!(
+            matches!(&results[0], Err(PublishError::Rejected { code: ErrorCode::BadTopic, .. })),
+            "the head of the FIFO gets the error: {:?}",
+            results[0]
+        );
+        assert!(results[1..].iter().all(Result::is_ok), "{results:?}");
+        let published: HashSet<Bytes> = b.published("pipelined").into_iter().collect();
+        for i in 1..50 {
+            assert!(published.contains(&body(i)), "message {i} retried and stored");
+        }
+        assert!(!published.contains(&body(0)));
+
+        // A retryable server-side failure (the topic was exiting) is retried, not failed.
+        b.fail_next_publishes(1, "E_PUB_FAILED PUB failed exiting");
+        producer.publish("pipelined", "after-pub-failed").await.unwrap();
+        assert!(b.published("pipelined").contains(&Bytes::from_static(b"after-pub-failed")));
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_in_flight_when_an_unexplained_fatal_error_arrives_all_end_ok() {
+    timeout(TEST_TIMEOUT, async {
+        let b = broker().await;
+        let addr = b.tcp_addr().to_string();
+        let tracker = TaskTracker::new();
+        let producer = Producer::start(
+            producer_settings(&[addr]),
+            &Telemetry::default(),
+            &tracker,
+            CancellationToken::new(),
+        );
+        const N: usize = 3000;
+        let publisher = {
+            let producer = producer.clone();
+            tokio::spawn(async move {
+                let mut acks = Vec::new();
+                for i in 0..N {
+                    acks.push(producer.submit("errors", body(i)).await.unwrap());
+                    if i % 300 == 0 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                let mut out = Vec::new();
+                for a in acks {
+                    out.push(a.await);
+                }
+                out
+            })
+        };
+        eventually(WAIT, "publishing", || b.published_count("errors") > 500).await;
+        b.stall_reads(Duration::from_millis(50));
+        assert!(b.inject_error("E_INVALID injected") >= 1);
+        let results = publisher.await.unwrap();
+        assert!(results.iter().all(Result::is_ok));
+        let published: HashSet<Bytes> = b.published("errors").into_iter().collect();
+        assert_eq!(published.len(), N);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_to_the_next_nsqd() {
+    timeout(TEST_TIMEOUT, async {
+        let a = broker().await;
+        let b = broker().await;
+        let tracker = TaskTracker::new();
+        let addrs = [a.tcp_addr().to_string(), b.tcp_addr().to_string()];
+        let producer = Producer::start(
+            producer_settings(&addrs),
+            &Telemetry::default(),
+            &tracker,
+            CancellationToken::new(),
+        );
+        producer.publish("failover", "one").await.unwrap();
+        assert_eq!(a.published_count("failover"), 1);
+        a.restart(Duration::from_secs(30)).await;
+        producer.publish("failover", "two").await.unwrap();
+        assert_eq!(b.published("failover"), [Bytes::from_static(b"two")]);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdy_never_exceeds_max_in_flight_across_connections() {
+    timeout(TEST_TIMEOUT, async {
+        let b = broker().await;
+        let port = b.tcp_addr().port();
+        // Two names of one broker: two connections whose RDY the broker sums per channel.
+        let addrs = [format!("127.0.0.1:{port}"), format!("localhost:{port}")];
+        for i in 0..400 {
+            b.put("rdy", body(i));
+        }
+        b.create_channel("rdy", "logmill");
+        let run = start_consumer(consumer_settings("rdy", 7), consumer::fixed_addresses(addrs.clone()));
+        let mut deliveries = run.deliveries;
+        let mut n = 0;
+        while n < 400 {
+            let d = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
+            if n % 50 == 0 {
+                // Let RDY settle across both connections now and then.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            d.finish().await;
+            n += 1;
+        }
+        let ch = b.channel("rdy", "logmill").unwrap();
+        assert!(ch.max_total_rdy <= 7, "max total RDY {} > 7", ch.max_total_rdy);
+        assert!(ch.max_in_flight <= 7, "max in flight {}", ch.max_in_flight);
+        assert_eq!(ch.clients, 2);
+        let per_conn: Vec<u64> = b.clients().iter().map(|c| c.message_count).collect();
+        assert!(per_conn.iter().all(|&m| m > 0), "both connections got messages: {per_conn:?}");
+
+        // More connections than max_in_flight: RDY 1 rotates; the sum stays at most 1.
+        let b2 = broker().await;
+        let port = b2.tcp_addr().port();
+        for i in 0..60 {
+            b2.put("rotate", body(i));
+        }
+        b2.create_channel("rotate", "logmill");
+        let addrs = [format!("127.0.0.1:{port}"), format!("localhost:{port}")];
+        let run = start_consumer(consumer_settings("rotate", 1), consumer::fixed_addresses(addrs));
+        let mut deliveries = run.deliveries;
+        for _ in 0..60 {
+            let d = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
+            // A handler slow enough for RDY to rotate (every 100 ms) a few times.
+            tokio::time::sleep(Duration::from_millis(8)).await;
+            d.finish().await;
+        }
+        let ch = b2.channel("rotate", "logmill").unwrap();
+        assert!(ch.max_total_rdy <= 1, "max total RDY {}", ch.max_total_rdy);
+        let per_conn: Vec<u64> = b2.clients().iter().map(|c| c.message_count).collect();
+        assert!(
+            per_conn.len() == 2 && per_conn.iter().all(|&m| m > 0),
+            "rotation reached both: {per_conn:?}"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_failure_backs_off_to_rdy_0_probes_with_1_and_resumes() {
+    timeout(TEST_TIMEOUT, async {
+        let b = broker().await;
+        for i in 0..50 {
+            b.put("backoff", body(i));
+        }
+        b.create_channel("backoff", "logmill");
+        let run = start_consumer(
+            consumer_settings("backoff", 10),
+            consumer::fixed_addresses([b.tcp_addr().to_string()]),
+        );
+        let mut deliveries = run.deliveries;
+        eventually(WAIT, "RDY 10", || b.total_rdy("backoff", "logmill") == 10).await;
+        let first = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
+        first.requeue(Duration::ZERO).await;
+        eventually(WAIT, "RDY 0 while backing off", || b.total_rdy("backoff", "logmill") == 0).await;
+        eventually(WAIT, "a probe with RDY 1", || b.total_rdy("backoff", "logmill") == 1).await;
+        // Finish everything delivered: the probe succeeds and full RDY comes back.
+        let mut finished = 0;
+        while b.total_rdy("backoff", "logmill") != 10 {
+            if let Ok(Some(d)) = timeout(Duration::from_millis(50), deliveries.recv()).await {
+                d.finish().await;
+                finished += 1;
+            }
+        }
+        assert!(finished >= 1);
+        assert_eq!(b.channel("backoff", "logmill").unwrap().requeue_count, 1);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_handler_keeps_its_connection_heartbeats_answered() {
+    timeout(TEST_TIMEOUT, async {
+        let b = broker().await;
+        b.put("slow", "take your time");
+        b.create_channel("slow", "logmill");
+        let mut settings = consumer_settings("slow", 1);
+        // nsqd drops a client silent for two heartbeat intervals: 2 s here.
+        settings.connection.heartbeat_interval = Some(Duration::from_secs(1));
+        let run = start_consumer(settings, consumer::fixed_addresses([b.tcp_addr().to_string()]));
+        let mut deliveries = run.deliveries;
+        let d = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
+        let client = b.clients()[0].id;
+        assert_eq!(b.clients()[0].heartbeat_interval, Some(Duration::from_secs(1)));
+        // The handler holds the message for three heartbeat intervals.
+        tokio::time::sleep(Duration::from_millis(3200)).await;
+        d.finish().await;
+        eventually(WAIT, "FIN arrives", || b.channel("slow", "logmill").unwrap().finish_count == 1).await;
+        let clients = b.clients();
+        assert_eq!(clients.len(), 1);
+        assert_eq!(clients[0].id, client, "same connection: heartbeats were answered");
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_and_disconnects_as_the_address_set_changes() {
+    timeout(TEST_TIMEOUT, async {
+        let a = broker().await;
+        let b = broker().await;
+        let (addr_a, addr_b) = (a.tcp_addr().to_string(), b.tcp_addr().to_string());
+        let (tx, rx) = watch::channel(BTreeSet::from([addr_a.clone()]));
+        let run = start_consumer(consumer_settings("discovered", 10), rx);
+        let subscribed =
+            |broker: &NsqBroker| broker.clients().iter().filter(|c| c.subscription.is_some()).count();
+        eventually(WAIT, "subscribed to A", || subscribed(&a) == 1).await;
+        assert_eq!(b.connection_count(), 0);
+        tx.send_replace(BTreeSet::from([addr_a.clone(), addr_b.clone()]));
+        eventually(WAIT, "subscribed to B too", || subscribed(&b) == 1).await;
+        eventually(WAIT, "RDY spread over both", || {
+            a.total_rdy("discovered", "logmill") == 5 && b.total_rdy("discovered", "logmill") == 5
+        })
+        .await;
+        tx.send_replace(BTreeSet::from([addr_b.clone()]));
+        eventually(WAIT, "A dropped", || a.connection_count() == 0).await;
+        eventually(WAIT, "B gets all RDY", || b.total_rdy("discovered", "logmill") == 10).await;
+        b.put("discovered", "via B");
+        let mut deliveries = run.deliveries;
+        let d = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
+        assert_eq!(d.body().as_ref(), b"via B");
+        d.finish().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_loses_nothing() {
+    timeout(TEST_TIMEOUT, async {
+        let t = target().await;
+        let topic = unique("graceful");
+        if let Some(http) = &t.http {
+            consumer::create_topic_and_channel(std::slice::from_ref(http), &topic, "logmill", WAIT)
+                .await
+                .unwrap();
+        }
+        let tracker = TaskTracker::new();
+        let producer = Producer::start(
+            producer_settings(std::slice::from_ref(&t.tcp)),
+            &Telemetry::default(),
+            &tracker,
+            CancellationToken::new(),
+        );
+        const N: usize = 500;
+        producer.publish_multi(&topic, (0..N).map(body).collect()).await.unwrap();
+        let run = start_consumer(consumer_settings(&topic, 50), consumer::fixed_addresses([t.tcp.clone()]));
+        let mut deliveries = run.deliveries;
+        let mut finished = Vec::new();
+        let mut held = Vec::new();
+        // Finish 100, then stop while 20 more are still being handled.
+        while finished.len() < 100 {
+            let d = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
+            finished.push(d.body().clone());
+            d.finish().await;
+        }
+        for _ in 0..20 {
+            held.push(timeout(WAIT, deliveries.recv()).await.unwrap().unwrap());
+        }
+        run.consumer.stop();
+        // The handler finishes what it holds and what was already delivered, until the end.
+        for d in held {
+            finished.push(d.body().clone());
+            d.finish().await;
+        }
+        while let Some(d) = timeout(WAIT, deliveries.recv()).await.unwrap() {
+            finished.push(d.body().clone());
+            d.finish().await;
+        }
+        timeout(WAIT, run.consumer.stopped()).await.unwrap();
+        // A second consumer gets the rest; together: everything, nothing twice.
+        let run2 = start_consumer(consumer_settings(&topic, 50), consumer::fixed_addresses([t.tcp.clone()]));
+        let (seen, _h) = spawn_finisher(run2.deliveries);
+        let first = finished.len();
+        eventually(WAIT, "the rest consumed", || first + seen.lock().unwrap().len() >= N).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut all = finished.clone();
+        all.extend(seen.lock().unwrap().iter().cloned());
+        let unique: HashSet<Bytes> = all.iter().cloned().collect();
+        assert_eq!(unique.len(), N, "nothing lost");
+        assert_eq!(all.len(), N, "nothing delivered twice after a clean stop");
+        if let Some(b) = &t.broker {
+            assert_eq!(b.channel(&topic, "logmill").unwrap().finish_count, N as u64);
+        }
+        run2.consumer.stop();
+        run2.consumer.stopped().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gives_up_after_max_attempts() {
+    timeout(TEST_TIMEOUT, async {
+        let b = broker().await;
+        b.put("poison", "never works");
+        b.create_channel("poison", "logmill");
+        let mut settings = consumer_settings("poison", 5);
+        settings.max_attempts = 3;
+        let given_up = Arc::new(AtomicUsize::new(0));
+        let g = given_up.clone();
+        let tracker = TaskTracker::new();
+        let (_consumer, mut deliveries) = Consumer::start(
+            settings,
+            consumer::fixed_addresses([b.tcp_addr().to_string()]),
+            Some(Arc::new(move |m: &logmill::nsq::protocol::Message| {
+                assert_eq!(m.attempts, 4);
+                g.fetch_add(1, Ordering::SeqCst);
+            })),
+            &Telemetry::default(),
+            &tracker,
+            CancellationToken::new(),
+        )
+        .unwrap();
+        for attempt in 1..=3 {
+            let d = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
+            assert_eq!(d.attempts(), attempt);
+            d.requeue_without_backoff(Duration::ZERO).await;
+        }
+        eventually(WAIT, "given up", || given_up.load(Ordering::SeqCst) == 1).await;
+        eventually(WAIT, "finished on the broker", || {
+            b.channel("poison", "logmill").unwrap().finish_count == 1
+        })
+        .await;
+    })
+    .await
+    .expect("test timed out");
+}
