@@ -181,6 +181,12 @@ pub struct RawNsq {
     /// `--max-body-size`).
     #[serde(default = "default_publish_batch_max_bytes")]
     pub publish_batch_max_bytes: usize,
+    /// nsqd's `--max-msg-size`: larger messages fail locally, and frames up to it are read.
+    #[serde(default = "default_max_msg_bytes")]
+    pub max_msg_bytes: usize,
+    /// nsqd's `--max-body-size`: the largest MPUB body.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
     /// Publishes queued for the producer before callers wait (back-pressure).
     #[serde(default = "default_publish_queue_capacity")]
     pub publish_queue_capacity: usize,
@@ -225,6 +231,8 @@ impl Default for RawNsq {
             write_timeout_ms: default_write_timeout_ms(),
             publish_batch_max_messages: default_publish_batch_max_messages(),
             publish_batch_max_bytes: default_publish_batch_max_bytes(),
+            max_msg_bytes: default_max_msg_bytes(),
+            max_body_bytes: default_max_body_bytes(),
             publish_queue_capacity: default_publish_queue_capacity(),
             max_attempts: 0,
             drain_timeout_ms: default_drain_timeout_ms(),
@@ -257,6 +265,12 @@ fn default_publish_batch_max_messages() -> usize {
 }
 fn default_publish_batch_max_bytes() -> usize {
     512 * 1024
+}
+fn default_max_msg_bytes() -> usize {
+    crate::nsq::protocol::NSQD_DEFAULT_MAX_MSG_BYTES
+}
+fn default_max_body_bytes() -> usize {
+    5 * 1024 * 1024
 }
 fn default_publish_queue_capacity() -> usize {
     10_000
@@ -315,6 +329,9 @@ impl RawNsq {
             write_timeout: Duration::from_millis(self.write_timeout_ms),
             tls,
             auth_secret,
+            max_frame_bytes: self.max_msg_bytes.saturating_add(
+                crate::nsq::protocol::FRAME_TYPE_BYTES + crate::nsq::protocol::MESSAGE_HEADER_BYTES,
+            ),
             ..ConnectionSettings::default()
         })
     }
@@ -325,10 +342,19 @@ impl RawNsq {
         if self.publish_batch_max_messages == 0 {
             return Err(invalid("nsq.publish_batch_max_messages", "must be at least 1"));
         }
-        if self.publish_batch_max_bytes == 0 || self.publish_batch_max_bytes > defaults.max_body_bytes {
+        if self.max_msg_bytes == 0 || self.max_body_bytes < self.max_msg_bytes {
+            return Err(invalid(
+                "nsq.max_body_bytes",
+                "must be at least max_msg_bytes (and that at least 1)",
+            ));
+        }
+        if self.publish_batch_max_bytes == 0 || self.publish_batch_max_bytes > self.max_body_bytes {
             return Err(invalid(
                 "nsq.publish_batch_max_bytes",
-                format!("must be between 1 and {} (nsqd's --max-body-size)", defaults.max_body_bytes),
+                format!(
+                    "must be between 1 and {} (max_body_bytes, nsqd's --max-body-size)",
+                    self.max_body_bytes
+                ),
             ));
         }
         if self.publish_queue_capacity == 0 {
@@ -340,6 +366,8 @@ impl RawNsq {
             queue_capacity: self.publish_queue_capacity,
             batch_max_messages: self.publish_batch_max_messages,
             batch_max_bytes: self.publish_batch_max_bytes,
+            max_message_bytes: self.max_msg_bytes,
+            max_body_bytes: self.max_body_bytes,
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
             ..defaults
         })
@@ -945,5 +973,19 @@ mod tests {
         assert!(!valid_nsq_name("#ephemeral"));
         assert!(!valid_nsq_name("a/b"));
         assert!(!valid_nsq_name(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn nsqd_size_limits_reach_the_client() {
+        let raw =
+            RawConfig::from_toml("x", "[nsq]\nmax_msg_bytes = 2097152\nmax_body_bytes = 8388608\n").unwrap();
+        let p = raw.nsq.producer_settings("n").unwrap();
+        assert_eq!((p.max_message_bytes, p.max_body_bytes), (2_097_152, 8_388_608));
+        // A frame carries the 4-byte type and the 26-byte message header besides the body.
+        assert_eq!(p.connection.max_frame_bytes, 2_097_152 + 30);
+        let raw = RawConfig::from_toml("x", "[nsq]\nmax_msg_bytes = 10\nmax_body_bytes = 5\n").unwrap();
+        assert!(raw.validate().unwrap_err().to_string().contains("nsq.max_body_bytes"));
+        let raw = RawConfig::from_toml("x", "[nsq]\npublish_batch_max_bytes = 6000000\n").unwrap();
+        assert!(raw.validate().unwrap_err().to_string().contains("nsq.publish_batch_max_bytes"));
     }
 }

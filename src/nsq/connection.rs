@@ -360,6 +360,8 @@ pub struct Connection {
     write_timeout: Duration,
     last_read: Instant,
     last_write: Instant,
+    /// When output last went from empty to pending (None while there is none).
+    write_pending_since: Option<Instant>,
     negotiated: Negotiated,
     heartbeats: u64,
 }
@@ -455,6 +457,7 @@ impl Connection {
             write_timeout: settings.write_timeout,
             last_read: now,
             last_write: now,
+            write_pending_since: None,
             negotiated,
             heartbeats: 0,
         })
@@ -496,12 +499,22 @@ impl Connection {
     pub async fn io(&mut self) -> Result<(), ConnectionError> {
         let writing = !self.out.is_empty() || self.needs_flush;
         let read_deadline = self.last_read + self.read_timeout;
-        let deadline =
-            if writing { read_deadline.min(self.last_write + self.write_timeout) } else { read_deadline };
+        // The write deadline runs from when output became pending or last made progress,
+        // whichever is later: measured from the last write alone, it would already have passed
+        // when a command is queued after a quiet spell, and drop a healthy connection.
+        let deadline = if writing {
+            let pending_since = *self.write_pending_since.get_or_insert_with(Instant::now);
+            read_deadline.min(pending_since.max(self.last_write) + self.write_timeout)
+        } else {
+            self.write_pending_since = None;
+            read_deadline
+        };
         if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK_BYTES / 4 {
             self.read_buf.reserve(READ_CHUNK_BYTES);
         }
         tokio::select! {
+            // I/O that is ready wins over a deadline that passed meanwhile.
+            biased;
             read = self.rd.read_buf(&mut self.read_buf) => {
                 if read? == 0 {
                     return Err(ConnectionError::Closed);

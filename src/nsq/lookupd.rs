@@ -237,18 +237,34 @@ pub fn parse_lookup_response(status: u16, body: &[u8]) -> Result<Vec<Producer>, 
         Some(None) => return Ok(Vec::new()),
         Some(Some(list)) => list,
     };
-    producers
-        .into_iter()
-        .map(|value| {
-            let text = value.to_string();
-            let p: Producer = serde_json::from_value(value)
-                .map_err(|e| LookupError::Malformed(format!("producer {text}: {e}")))?;
-            if p.host().is_empty() || p.tcp_port == 0 {
-                return Err(LookupError::NoAddress(text));
+    // One unusable entry must not hide the good ones (the lookupd would then count as failed,
+    // or, remembered, freeze its set): skip it with a warning. Only an answer whose every entry
+    // is unusable is an error.
+    let mut good = Vec::with_capacity(producers.len());
+    let mut first_error = None;
+    for value in producers {
+        let text = value.to_string();
+        let checked = serde_json::from_value::<Producer>(value)
+            .map_err(|e| LookupError::Malformed(format!("producer {text}: {e}")))
+            .and_then(|p| {
+                if p.host().is_empty() || p.tcp_port == 0 {
+                    Err(LookupError::NoAddress(text))
+                } else {
+                    Ok(p)
+                }
+            });
+        match checked {
+            Ok(p) => good.push(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "nsqlookupd answer: skipping an unusable producer");
+                first_error.get_or_insert(e);
             }
-            Ok(p)
-        })
-        .collect()
+        }
+    }
+    match first_error {
+        Some(e) if good.is_empty() => Err(e),
+        _ => Ok(good),
+    }
 }
 
 /// What discovery remembers of one lookupd.
@@ -465,6 +481,18 @@ mod tests {
 
     fn addresses(producers: &[Producer]) -> Vec<String> {
         producers.iter().map(Producer::tcp_address).collect()
+    }
+
+    #[test]
+    fn an_unusable_producer_does_not_hide_the_others() {
+        let body = br#"{"channels":[],"producers":[
+            {"broadcast_address":"a","hostname":"a","tcp_port":4150,"http_port":4151,"version":"1.3.0"},
+            {"broadcast_address":"b","tcp_port":"not a port"},
+            {"tcp_port":4150}
+        ]}"#;
+        let producers = parse_lookup_response(200, body).unwrap();
+        assert_eq!(producers.len(), 1);
+        assert_eq!(producers[0].tcp_address(), "a:4150");
     }
 
     #[test]

@@ -182,10 +182,11 @@ impl Request {
         }
     }
 
+    /// Bytes this request adds to an MPUB body: a u32 size and the bytes, per message.
     fn bytes(&self) -> usize {
         match &self.payload {
-            Payload::One(b) => b.len(),
-            Payload::Many(v) => v.iter().map(Bytes::len).sum(),
+            Payload::One(b) => 4 + b.len(),
+            Payload::Many(v) => v.iter().map(|b| 4 + b.len()).sum(),
         }
     }
 }
@@ -204,7 +205,9 @@ struct Unit {
 
 impl Unit {
     fn from_request(r: Request) -> Unit {
-        let bytes = r.bytes();
+        // The MPUB body as nsqd counts it against --max-body-size: the u32 count, then each
+        // message's u32 size and bytes.
+        let bytes = 4 + r.bytes();
         let bodies = match r.payload {
             Payload::One(b) => vec![b],
             Payload::Many(v) => v,
@@ -528,7 +531,9 @@ impl Task {
     /// Builds units from `first` and whatever else is already queued, merging single publishes
     /// of one topic into MPUBs.
     fn form_units(&mut self, first: Request) {
-        let (max_n, max_b) = (self.settings.batch_max_messages.max(1), self.settings.batch_max_bytes.max(1));
+        let max_n = self.settings.batch_max_messages.max(1);
+        // A merged MPUB must stay within nsqd's body limit whatever the batch setting says.
+        let max_b = self.settings.batch_max_bytes.clamp(1, self.settings.max_body_bytes.max(1));
         let mut current = Unit::from_request(first);
         // Bounded so one call does not drain an endless stream while output waits.
         for _ in 0..max_n.max(64) {
@@ -841,6 +846,41 @@ mod tests {
                 ("b".into(), 1, None)
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn merged_mpubs_stay_within_the_body_limit() {
+        // nsqd counts an MPUB body as a u32 count, then per message a u32 size and the bytes:
+        // two 100-byte messages are 4 + 2 × 104 = 212 bytes, three are 316.
+        let settings = ProducerSettings {
+            batch_max_messages: 100,
+            batch_max_bytes: 10_000,
+            max_body_bytes: 212,
+            ..ProducerSettings::default()
+        };
+        let (mut t, tx) = task(settings);
+        let body: &'static [u8] = &[b'x'; 100];
+        let (first, _a) = request("t", body, None);
+        let mut acks = Vec::new();
+        for _ in 0..4 {
+            let (r, ack) = request("t", body, None);
+            tx.send(r).await.unwrap();
+            acks.push(ack);
+        }
+        t.form_units(first);
+        while let Ok(r) = t.rx.try_recv() {
+            t.form_units(r);
+        }
+        let sizes: Vec<usize> = t.queue.iter().map(|u| u.bodies.len()).collect();
+        assert_eq!(sizes, [2, 2, 1]);
+        for unit in &t.queue {
+            let mut out = bytes::BytesMut::new();
+            unit.encode(&mut out).unwrap();
+            // The command line (`MPUB t\n`, or `PUB t\n` for one message), the u32 body size.
+            let at = out.iter().position(|&b| b == b'\n').unwrap() + 1;
+            let body_len = u32::from_be_bytes(out[at..at + 4].try_into().unwrap()) as usize;
+            assert!(body_len <= 212, "{body_len}");
+        }
     }
 
     #[tokio::test]
