@@ -47,7 +47,7 @@ enum Output {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Push finished log files through the same code as the agent and write both point families
-    /// as line protocol to stdout; a summary goes to stderr. Needs no server.
+    /// as line protocol to stdout (or InfluxDB with --output influx); a summary goes to stderr.
     ///
     /// Files are read once to their end, in the order given (one router's log and its rotations,
     /// oldest first). Docker json-file and CRI wrapping is decoded and partial lines are joined.

@@ -3,8 +3,9 @@
 
 use bytes::BytesMut;
 
+use crate::access::router::RouterParser;
 use crate::access::rules::{Definition, DEIS_ROUTER};
-use crate::access::{router, AccessRecord, Classified, LineOrigin, Reject};
+use crate::access::{AccessRecord, Classified, LineOrigin, Reject};
 use crate::metrics::aggregate::{AggregateSettings, AggregateStats, Aggregator};
 use crate::metrics::compat::CompatEncoder;
 use crate::metrics::line_protocol::encode_point;
@@ -67,6 +68,7 @@ enum Outcome<'l> {
 pub struct LineProcessor {
     host: String,
     parser: LineParser,
+    router: RouterParser,
     aggregator: Aggregator,
     compat: CompatEncoder,
     counts: LineCounts,
@@ -77,6 +79,7 @@ impl LineProcessor {
         Self {
             host: host.into(),
             parser,
+            router: RouterParser::default(),
             aggregator: Aggregator::new(aggregate),
             compat: CompatEncoder::default(),
             counts: LineCounts::default(),
@@ -99,10 +102,10 @@ impl LineProcessor {
     /// `max_line_bytes`. Compat points go to `out` at once; aggregated points whenever a
     /// window closes.
     pub fn process(&mut self, line: &[u8], truncated: bool, origin: LineOrigin, out: &mut BytesMut) {
-        let Self { host, parser, aggregator, compat, counts } = self;
+        let Self { host, parser, router, aggregator, compat, counts } = self;
         counts.lines += 1;
         let outcome = match parser {
-            LineParser::FastPath => match router::classify(line) {
+            LineParser::FastPath => match router.classify(line) {
                 Classified::Other => Outcome::Other,
                 // A cut access line is rejected for its length, whatever the cut left behind
                 // (it may even parse, with a wrong last number).
