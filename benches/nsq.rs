@@ -65,7 +65,9 @@ async fn run(n: usize) {
         .await
         .expect("create topic and channel");
     } else {
-        eprintln!("NSQD_HTTP_ADDRESS not set: the channel is created by the SUB after publishing; on a real nsqd the messages published before it are not in the channel");
+        // nsqd keeps a topic's messages while it has no channel and hands them to the first
+        // channel created: the topic is new, so the SUB after publishing misses nothing.
+        eprintln!("NSQD_HTTP_ADDRESS not set: the channel is created by the SUB after publishing (the new topic keeps the messages until then)");
     }
     println!("nsq bench: {n} messages of {MESSAGE_BYTES} bytes against {target}");
 

@@ -81,6 +81,7 @@ fn consumer_settings(topic: &str, max_in_flight: u32) -> ConsumerSettings {
         handler_backoff_initial: Duration::from_millis(200),
         handler_backoff_max: Duration::from_secs(1),
         rdy_rotate_interval: Duration::from_millis(100),
+        probe_idle_timeout: Duration::from_millis(300),
         drain_timeout: Duration::from_secs(2),
         ..ConsumerSettings::default()
     }
@@ -177,14 +178,29 @@ async fn no_message_lost_when_the_broker_restarts_during_a_sustained_publish() {
         let topic = "sustained";
         b.create_channel(topic, "logmill");
         let tracker = TaskTracker::new();
+        let producer_telemetry = Telemetry::default();
         let producer = Producer::start(
             producer_settings(std::slice::from_ref(&addr)),
-            &Telemetry::default(),
+            &producer_telemetry,
             &tracker,
             CancellationToken::new(),
         );
-        let run = start_consumer(consumer_settings(topic, 100), consumer::fixed_addresses([addr.clone()]));
-        let (seen, _h) = spawn_finisher(run.deliveries);
+        let mut settings = consumer_settings(topic, 100);
+        // Messages written to the consumer but unread when its connection drops stay in flight
+        // on the broker until their msg_timeout (60 s by default), longer than this test.
+        settings.connection.msg_timeout = Some(Duration::from_secs(1));
+        let consumer_telemetry = Telemetry::default();
+        let tracker_c = TaskTracker::new();
+        let (consumer, deliveries) = Consumer::start(
+            settings,
+            consumer::fixed_addresses([addr.clone()]),
+            None,
+            &consumer_telemetry,
+            &tracker_c,
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let (seen, _h) = spawn_finisher(deliveries);
         const N: usize = 6000;
         let publisher = {
             let producer = producer.clone();
@@ -204,13 +220,31 @@ async fn no_message_lost_when_the_broker_restarts_during_a_sustained_publish() {
                 results
             })
         };
+        let reconnects = |t: &Telemetry, role: &str| {
+            t.counter("logmill_nsq_reconnects_total", "", &[("role", role)]).get()
+        };
         eventually(WAIT, "some published", || b.published_count(topic) > 1000).await;
         b.drop_connections_mid_mpub(1);
         b.drop_connections_after_mpub(1);
         eventually(WAIT, "more published", || b.published_count(topic) > 2500).await;
+        // Both MPUB faults closed the producer's connection (or the test injected nothing).
+        eventually(WAIT, "the MPUB faults fired", || reconnects(&producer_telemetry, "producer") >= 2).await;
         b.restart(Duration::from_millis(200)).await;
         eventually(WAIT, "more published after restart", || b.published_count(topic) > 4000).await;
+        eventually(WAIT, "the producer reconnected after the restart", || {
+            reconnects(&producer_telemetry, "producer") >= 3
+        })
+        .await;
+        eventually(WAIT, "the consumer reconnected after the restart", || {
+            reconnects(&consumer_telemetry, "consumer") >= 1
+        })
+        .await;
+        let consumer_reconnects = reconnects(&consumer_telemetry, "consumer");
         b.drop_all_connections();
+        eventually(WAIT, "the consumer reconnected after the drop", || {
+            reconnects(&consumer_telemetry, "consumer") > consumer_reconnects
+        })
+        .await;
         let results = publisher.await.unwrap();
         assert!(
             results.iter().all(Result::is_ok),
@@ -225,8 +259,8 @@ async fn no_message_lost_when_the_broker_restarts_during_a_sustained_publish() {
         .await;
         let dups = b.published_count(topic) - N;
         println!("published {N}, stored {} (duplicates from unseen OKs: {dups})", b.published_count(topic));
-        run.consumer.stop();
-        run.consumer.stopped().await;
+        consumer.stop();
+        consumer.stopped().await;
     })
     .await
     .expect("test timed out");
@@ -280,20 +314,22 @@ async fn publishes_in_flight_when_an_unexplained_fatal_error_arrives_all_end_ok(
         let b = broker().await;
         let addr = b.tcp_addr().to_string();
         let tracker = TaskTracker::new();
-        let producer = Producer::start(
-            producer_settings(&[addr]),
-            &Telemetry::default(),
-            &tracker,
-            CancellationToken::new(),
-        );
+        let telemetry = Telemetry::default();
+        // One PUB per message, so the pipeline holds many commands (up to max_pipelined).
+        let settings = ProducerSettings { batch_max_messages: 1, ..producer_settings(&[addr]) };
+        let producer = Producer::start(settings, &telemetry, &tracker, CancellationToken::new());
+        let retries = telemetry.counter("logmill_nsq_publish_retries_total", "", &[]);
         const N: usize = 3000;
+        let submitted = Arc::new(AtomicUsize::new(0));
         let publisher = {
             let producer = producer.clone();
+            let submitted = submitted.clone();
             tokio::spawn(async move {
                 let mut acks = Vec::new();
                 for i in 0..N {
                     acks.push(producer.submit("errors", body(i)).await.unwrap());
-                    if i % 300 == 0 {
+                    submitted.store(i + 1, Ordering::SeqCst);
+                    if i % 100 == 0 {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 }
@@ -305,12 +341,25 @@ async fn publishes_in_flight_when_an_unexplained_fatal_error_arrives_all_end_ok(
             })
         };
         eventually(WAIT, "publishing", || b.published_count("errors") > 500).await;
-        b.stall_reads(Duration::from_millis(50));
+        // Hold the broker's reads: what the producer writes from now on waits, unanswered,
+        // behind the error below.
+        b.stall_reads(Duration::from_millis(800));
+        let at_stall = submitted.load(Ordering::SeqCst);
+        eventually(WAIT, "more submitted during the stall", || {
+            submitted.load(Ordering::SeqCst) >= (at_stall + 200).min(N)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(retries.get(), 0, "no fault before the error");
+        let unanswered = submitted.load(Ordering::SeqCst) - b.published_count("errors");
+        assert!(unanswered >= 64, "publishes waiting behind the stall: {unanswered}");
         assert!(b.inject_error("E_INVALID injected") >= 1);
         let results = publisher.await.unwrap();
         assert!(results.iter().all(Result::is_ok));
         let published: HashSet<Bytes> = b.published("errors").into_iter().collect();
         assert_eq!(published.len(), N);
+        // The producer's whole pipeline (64 PUBs written, unanswered) was resent.
+        assert!(retries.get() >= 32, "publishes pipelined behind the error: {}", retries.get());
     })
     .await
     .expect("test timed out");
@@ -350,7 +399,20 @@ async fn rdy_never_exceeds_max_in_flight_across_connections() {
             b.put("rdy", body(i));
         }
         b.create_channel("rdy", "logmill");
-        let run = start_consumer(consumer_settings("rdy", 7), consumer::fixed_addresses(addrs.clone()));
+        // The first connection alone fills its window (7 in flight, unread); then the second
+        // joins. Lowering the first one's RDY does not take those 7 back: the second must get
+        // nothing until they are finished.
+        let (addr_tx, addr_rx) = watch::channel(BTreeSet::from([addrs[0].clone()]));
+        let run = start_consumer(consumer_settings("rdy", 7), addr_rx);
+        eventually(WAIT, "7 in flight on the first connection", || {
+            b.channel("rdy", "logmill").unwrap().in_flight == 7
+        })
+        .await;
+        addr_tx.send_replace(addrs.iter().cloned().collect());
+        eventually(WAIT, "both subscribed", || b.channel("rdy", "logmill").unwrap().clients == 2).await;
+        // Several ticks: time for a wrongly freed share to be handed to the second connection.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(b.channel("rdy", "logmill").unwrap().max_in_flight <= 7);
         let mut deliveries = run.deliveries;
         let mut n = 0;
         while n < 400 {
@@ -405,10 +467,11 @@ async fn handler_failure_backs_off_to_rdy_0_probes_with_1_and_resumes() {
             b.put("backoff", body(i));
         }
         b.create_channel("backoff", "logmill");
-        let run = start_consumer(
-            consumer_settings("backoff", 10),
-            consumer::fixed_addresses([b.tcp_addr().to_string()]),
-        );
+        let mut settings = consumer_settings("backoff", 10);
+        // RDY 0 lasts 0.75..1.25 s: long enough to be seen by polling on a loaded machine.
+        settings.handler_backoff_initial = Duration::from_secs(1);
+        settings.handler_backoff_max = Duration::from_secs(2);
+        let run = start_consumer(settings, consumer::fixed_addresses([b.tcp_addr().to_string()]));
         let mut deliveries = run.deliveries;
         eventually(WAIT, "RDY 10", || b.total_rdy("backoff", "logmill") == 10).await;
         let first = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
@@ -584,6 +647,157 @@ async fn gives_up_after_max_attempts() {
             b.channel("poison", "logmill").unwrap().finish_count == 1
         })
         .await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backoff_probe_on_an_idle_nsqd_moves_to_the_next() {
+    timeout(TEST_TIMEOUT, async {
+        let a = broker().await;
+        let b = broker().await;
+        let addrs = [a.tcp_addr().to_string(), b.tcp_addr().to_string()];
+        // Connections are ordered by address and the first probe goes to the second: the
+        // messages go to the first, so the probe starts on the nsqd that has none.
+        let (busy, idle) = if addrs[0] < addrs[1] { (&a, &b) } else { (&b, &a) };
+        busy.create_channel("probe", "logmill");
+        idle.create_channel("probe", "logmill");
+        let run = start_consumer(consumer_settings("probe", 2), consumer::fixed_addresses(addrs.clone()));
+        let mut deliveries = run.deliveries;
+        eventually(WAIT, "RDY 1 on each", || {
+            busy.total_rdy("probe", "logmill") == 1 && idle.total_rdy("probe", "logmill") == 1
+        })
+        .await;
+        const N: usize = 20;
+        busy.put("probe", body(0));
+        let first = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
+        // A handler failure; the message comes back after the probe has started.
+        first.requeue(Duration::from_millis(500)).await;
+        eventually(WAIT, "the probe on the idle nsqd", || {
+            idle.total_rdy("probe", "logmill") == 1 && busy.total_rdy("probe", "logmill") == 0
+        })
+        .await;
+        for i in 1..N {
+            busy.put("probe", body(i));
+        }
+        let mut seen = HashSet::new();
+        while seen.len() < N {
+            let d = timeout(Duration::from_secs(5), deliveries.recv())
+                .await
+                .expect("the probe stalled on the idle nsqd")
+                .unwrap();
+            seen.insert(d.body().clone());
+            d.finish().await;
+        }
+        assert_eq!(seen, (0..N).map(body).collect::<HashSet<_>>());
+        eventually(WAIT, "every FIN on the broker", || {
+            busy.channel("probe", "logmill").unwrap().finish_count == N as u64
+        })
+        .await;
+        run.consumer.stop();
+        timeout(WAIT, run.consumer.stopped()).await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_receiver_stops_the_consumer_and_gives_nothing_up() {
+    timeout(TEST_TIMEOUT, async {
+        let b = broker().await;
+        const N: usize = 20;
+        for i in 0..N {
+            b.put("orphan", body(i));
+        }
+        b.create_channel("orphan", "logmill");
+        let mut settings = consumer_settings("orphan", 5);
+        settings.max_attempts = 2;
+        let given_up = Arc::new(AtomicUsize::new(0));
+        let g = given_up.clone();
+        let tracker = TaskTracker::new();
+        let (consumer, mut deliveries) = Consumer::start(
+            settings,
+            consumer::fixed_addresses([b.tcp_addr().to_string()]),
+            Some(Arc::new(move |_: &logmill::nsq::protocol::Message| {
+                g.fetch_add(1, Ordering::SeqCst);
+            })),
+            &Telemetry::default(),
+            &tracker,
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let d = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
+        // The application goes away without handling anything.
+        drop(d);
+        drop(deliveries);
+        // Long enough for a requeue loop to run every message past max_attempts.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(given_up.load(Ordering::SeqCst), 0, "nothing given up: no handler saw them");
+        assert_eq!(b.finished("orphan", "logmill").len(), 0, "nothing FINished");
+        timeout(WAIT, consumer.stopped()).await.expect("the consumer stops once nobody receives");
+        // Every message is still there for another consumer.
+        let run = start_consumer(
+            consumer_settings("orphan", 5),
+            consumer::fixed_addresses([b.tcp_addr().to_string()]),
+        );
+        let (seen, _h) = spawn_finisher(run.deliveries);
+        eventually(WAIT, "every message consumed by the next consumer", || {
+            seen.lock().unwrap().iter().collect::<HashSet<_>>().len() == N
+        })
+        .await;
+        assert_eq!(b.finished("orphan", "logmill").len(), N);
+        run.consumer.stop();
+        run.consumer.stopped().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_give_up_hook_does_not_kill_the_connection() {
+    timeout(TEST_TIMEOUT, async {
+        let b = broker().await;
+        b.put("hook", "poison");
+        b.create_channel("hook", "logmill");
+        let mut settings = consumer_settings("hook", 5);
+        settings.max_attempts = 1;
+        let tracker = TaskTracker::new();
+        let (_consumer, mut deliveries) = Consumer::start(
+            settings,
+            consumer::fixed_addresses([b.tcp_addr().to_string()]),
+            Some(Arc::new(|_: &logmill::nsq::protocol::Message| panic!("the hook fails"))),
+            &Telemetry::default(),
+            &tracker,
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let d = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
+        let client = b.clients()[0].id;
+        d.requeue_without_backoff(Duration::ZERO).await;
+        // The second delivery is over max_attempts: the hook panics, the message is finished.
+        eventually(WAIT, "finished after the hook", || b.finished("hook", "logmill").len() == 1).await;
+        b.put("hook", "next");
+        let d = timeout(WAIT, deliveries.recv()).await.expect("the connection still delivers").unwrap();
+        assert_eq!(d.body().as_ref(), b"next");
+        d.finish().await;
+        assert_eq!(b.clients().len(), 1);
+        assert_eq!(b.clients()[0].id, client, "same connection");
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_the_channel_tries_every_nsqd() {
+    timeout(TEST_TIMEOUT, async {
+        let b = NsqBroker::start(NsqBrokerOptions { http: true, ..NsqBrokerOptions::default() }).await;
+        let http = b.http_addr().unwrap().to_string();
+        // A port nothing listens on (bound, then closed), first.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let result = consumer::create_topic_and_channel(&[dead, http], "created", "logmill", WAIT).await;
+        assert!(result.is_err(), "the dead nsqd is reported");
+        assert!(b.channel("created", "logmill").is_some(), "the live nsqd got its channel");
     })
     .await
     .expect("test timed out");

@@ -10,33 +10,44 @@
 //! assigns it (a `watch`), the FIN/REQ/TOUCH of its messages and its close signal.
 //!
 //! The read side never waits on the application: messages go with `try_send` into one bounded
-//! channel of `max_in_flight` [`Delivery`]s. nsqd keeps in flight less than RDY per connection
-//! and the supervisor keeps the sum of RDY within `max_in_flight`, so the channel has room;
-//! should it ever be full anyway (RDY moving between connections), the message is requeued at
-//! once rather than waited for. Heartbeats are answered by the connection itself.
+//! channel of `max_in_flight` [`Delivery`]s. nsqd keeps in flight at most RDY per connection
+//! and the supervisor keeps the messages in flight across connections within `max_in_flight`,
+//! so the channel has room; should it ever be full anyway, the message is requeued at once
+//! rather than waited for. Heartbeats are answered by the connection itself.
 //!
 //! # RDY
 //!
 //! `max_in_flight` is spread over the connections ([`rdy_targets`]): each gets
 //! `max_in_flight / n` (the remainder to some, rotating), capped by the server's
 //! `max_rdy_count`. With more connections than `max_in_flight`, `max_in_flight` of them get
-//! RDY 1 and the turn rotates every `rdy_rotate_interval` (go-nsq's behaviour). Decreases are
-//! sent at once; the RDY they free is handed out only at the next tick (50 ms), after nsqd has
-//! had time to apply them, so the sum nsqd sees does not exceed `max_in_flight` even though
-//! RDY commands on different sockets are not ordered.
+//! RDY 1 and the turn moves on once they have held it for `rdy_rotate_interval` (go-nsq rotates
+//! too).
+//!
+//! nsqd does not take back messages already in flight when RDY is lowered, so what a
+//! connection holds is `max(RDY, in flight)` (each connection task reports its in-flight
+//! count), and only `max_in_flight` minus the sum of those is handed out. Decreases are sent
+//! at once; what they (or finished messages) free is handed out only after a whole tick
+//! (50 ms), once nsqd has applied them, because commands on different sockets are not ordered.
 //!
 //! # Backoff
 //!
 //! [`Delivery::requeue`] is a handler failure: every connection goes to RDY 0 for
 //! `handler_backoff_initial × 2^(level-1)` (capped), then one connection gets RDY 1 as a
 //! probe. A finished probe lowers the level (back to full RDY at 0), a failed one raises it.
-//! Signals that arrive while waiting are ignored, as in go-nsq.
+//! Signals that arrive while waiting are ignored, as in go-nsq. A probe on an nsqd that has
+//! nothing to deliver would never get an outcome: after `probe_idle_timeout` without a message
+//! on its connection it moves to the next one.
 //!
 //! # Messages
 //!
 //! A [`Delivery`] must be finished, requeued or touched through its methods; dropping it
 //! requeues the message. A message delivered more than `max_attempts` times is handed to the
-//! give-up hook and finished instead of being delivered.
+//! give-up hook and finished instead of being delivered; deliveries the application never saw
+//! (requeued at once because the channel was full or closed) do not count. A panicking hook is
+//! contained: logged, counted, and the message finished all the same.
+//!
+//! Dropping the delivery receiver stops the consumer, as [`Consumer::stop`] does: messages that
+//! still arrive are requeued untouched, never given up.
 //!
 //! # Stopping
 //!
@@ -46,12 +57,14 @@
 //! last connection is gone. Nothing is lost: a message is either finished, requeued, or (if
 //! the connection died) redelivered by nsqd after its msg_timeout.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -66,6 +79,9 @@ use crate::telemetry::{Counter, Telemetry};
 const RDY_TICK: Duration = Duration::from_millis(50);
 /// nsqd's `--max-req-timeout` default: longer REQ delays are clamped to it.
 const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(3600);
+/// Messages remembered as requeued without reaching the application (for `max_attempts`);
+/// past this the memory is cleared rather than grown: such requeues are rare.
+const UNSEEN_REQUEUES_MAX: usize = 4096;
 
 /// Validated consumer settings.
 #[derive(Debug, Clone)]
@@ -88,8 +104,11 @@ pub struct ConsumerSettings {
     pub handler_backoff_initial: Duration,
     /// Handler backoff: cap.
     pub handler_backoff_max: Duration,
-    /// With more connections than `max_in_flight`, how often RDY moves on.
+    /// With more connections than `max_in_flight`, how long a turn holds RDY before it moves on.
     pub rdy_rotate_interval: Duration,
+    /// While backing off, how long the RDY 1 probe may sit on an nsqd that delivers nothing
+    /// before it moves to the next one (go-nsq moves RDY off a connection idle for 10 s).
+    pub probe_idle_timeout: Duration,
     /// On stop, how long messages in flight may take to be finished or requeued.
     pub drain_timeout: Duration,
     /// nsqd HTTP addresses on which to create the topic and channel before subscribing.
@@ -109,6 +128,7 @@ impl Default for ConsumerSettings {
             handler_backoff_initial: Duration::from_secs(1),
             handler_backoff_max: Duration::from_secs(120),
             rdy_rotate_interval: Duration::from_secs(5),
+            probe_idle_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
             create_on: Vec::new(),
         }
@@ -125,12 +145,16 @@ pub enum ConsumerError {
     /// `max_in_flight` is 0.
     #[error("max_in_flight must be at least 1")]
     NoInFlight,
-    /// Creating the topic/channel over HTTP failed.
-    #[error("creating topic and channel: {0}")]
-    Create(#[from] super::http::HttpError),
+    /// Creating the topic/channel over HTTP failed on some nsqd (every one was tried).
+    #[error("creating topic and channel: {}", join_errors(.0))]
+    Create(Vec<super::http::HttpError>),
     /// The HTTP client could not be built.
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+}
+
+fn join_errors(errors: &[super::http::HttpError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 /// Called with a message that reached `max_attempts`, before it is finished.
@@ -147,7 +171,8 @@ where
 }
 
 /// Creates `topic` and `channel` on every nsqd HTTP address, so no message published before
-/// the first SUB is missed by the channel.
+/// the first SUB is missed by the channel. One nsqd failing does not stop the others: every
+/// address is tried and the failures are returned together.
 pub async fn create_topic_and_channel(
     nsqd_http_addresses: &[String],
     topic: &str,
@@ -155,10 +180,17 @@ pub async fn create_topic_and_channel(
     timeout: Duration,
 ) -> Result<(), ConsumerError> {
     let client = reqwest::Client::builder().timeout(timeout).build()?;
+    let mut errors = Vec::new();
     for addr in nsqd_http_addresses {
-        super::http::create_topic_and_channel(&client, addr, topic, Some(channel)).await?;
+        if let Err(e) = super::http::create_topic_and_channel(&client, addr, topic, Some(channel)).await {
+            errors.push(e);
+        }
     }
-    Ok(())
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConsumerError::Create(errors))
+    }
 }
 
 /// Commands from deliveries to their connection.
@@ -179,9 +211,44 @@ struct Shared {
     successes: AtomicU64,
     failures: AtomicU64,
     signal: Notify,
+    /// Message id → deliveries requeued at once without reaching the application.
+    unseen_requeues: Mutex<HashMap<MessageId, u16>>,
 }
 
 impl Shared {
+    fn new(settings: ConsumerSettings, give_up: Option<GiveUpHook>, telemetry: &Telemetry) -> Shared {
+        Shared {
+            counters: Counters::new(telemetry),
+            settings,
+            give_up,
+            backing_off: AtomicBool::new(false),
+            successes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            signal: Notify::new(),
+            unseen_requeues: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Deliveries of `m` the application saw (nsqd's attempts count every delivery).
+    fn attempts_seen(&self, m: &Message) -> u16 {
+        // The map is consistent after any panic (single inserts and removes).
+        let unseen = self.unseen_requeues.lock().unwrap_or_else(PoisonError::into_inner);
+        m.attempts.saturating_sub(unseen.get(&m.id).copied().unwrap_or(0))
+    }
+
+    fn requeued_unseen(&self, id: MessageId) {
+        let mut unseen = self.unseen_requeues.lock().unwrap_or_else(PoisonError::into_inner);
+        if unseen.len() >= UNSEEN_REQUEUES_MAX && !unseen.contains_key(&id) {
+            unseen.clear();
+        }
+        let n = unseen.entry(id).or_insert(0);
+        *n = n.saturating_add(1);
+    }
+
+    fn forget_unseen(&self, id: &MessageId) {
+        self.unseen_requeues.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+    }
+
     fn success(&self) {
         if self.backing_off.load(Ordering::Relaxed) {
             self.successes.fetch_add(1, Ordering::Relaxed);
@@ -201,6 +268,7 @@ struct Counters {
     finished: Counter,
     requeued: Counter,
     given_up: Counter,
+    give_up_hook_panics: Counter,
     overflowed: Counter,
     reconnects: Counter,
     connection_errors: Counter,
@@ -220,9 +288,14 @@ impl Counters {
                 "Messages finished unprocessed after max_attempts deliveries.",
                 &[],
             ),
+            give_up_hook_panics: t.counter(
+                "logmill_nsq_give_up_hook_panics_total",
+                "Panics of the give-up hook (contained; the message was finished anyway).",
+                &[],
+            ),
             overflowed: t.counter(
                 "logmill_nsq_messages_overflowed_total",
-                "Messages requeued at once because the delivery channel was full.",
+                "Messages requeued at once because the delivery channel was full or closed.",
                 &[],
             ),
             reconnects: t.counter(
@@ -355,15 +428,7 @@ impl Consumer {
         let (tx, rx) = mpsc::channel(settings.max_in_flight as usize);
         let stop = cancel.child_token();
         let stopped = CancellationToken::new();
-        let shared = Arc::new(Shared {
-            counters: Counters::new(telemetry),
-            settings,
-            give_up,
-            backing_off: AtomicBool::new(false),
-            successes: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            signal: Notify::new(),
-        });
+        let shared = Arc::new(Shared::new(settings, give_up, telemetry));
         let (events_tx, events_rx) = mpsc::channel(64);
         let supervisor = Supervisor {
             shared,
@@ -374,10 +439,12 @@ impl Consumer {
             conns: BTreeMap::new(),
             tracker: tracker.clone(),
             stop: stop.clone(),
-            settling: 0,
+            settling: [0, 0],
             offset: 0,
             mode: Mode::Normal,
             level: 0,
+            probe_seen: 0,
+            turn_granted: None,
         };
         let done = stopped.clone();
         tracker.spawn(async move {
@@ -423,8 +490,9 @@ enum Mode {
     Normal,
     /// All RDY 0 until then.
     Waiting(Instant),
-    /// One connection at RDY 1; waiting for its outcome.
-    Probing,
+    /// One connection at RDY 1; waiting for its outcome. Since when its connection has shown
+    /// no sign of life (no message received, none in flight).
+    Probing(Instant),
 }
 
 enum Event {
@@ -433,16 +501,42 @@ enum Event {
     Exited { addr: String },
 }
 
+/// What a connection task reports to the supervisor, read when RDY is decided.
+#[derive(Debug, Default)]
+struct ConnStats {
+    /// Messages of the current session not yet finished or requeued.
+    in_flight: AtomicU32,
+    /// Messages received, every session.
+    received: AtomicU64,
+}
+
 struct ConnEntry {
     rdy: watch::Sender<u32>,
     close: CancellationToken,
+    stats: Arc<ConnStats>,
     ready: bool,
     max_rdy: u32,
     /// RDY last assigned (0 when not connected).
     sent: u32,
+    /// The most this connection held (RDY or in flight) since the last tick, and over the
+    /// tick before: what it frees is handed out only once both have passed.
+    held: [u32; 2],
     /// Address removed while its task was closing, then added again.
     respawn: bool,
     removing: bool,
+}
+
+impl ConnEntry {
+    /// Messages nsqd may have in flight on this connection: RDY is not a credit, and lowering
+    /// it does not take back what is already in flight.
+    fn holds_now(&self) -> u32 {
+        self.sent.max(self.stats.in_flight.load(Ordering::Relaxed))
+    }
+
+    /// What counts against `max_in_flight`: what it holds, or held until recently.
+    fn usage(&self) -> u32 {
+        self.holds_now().max(self.held[0]).max(self.held[1])
+    }
 }
 
 struct Supervisor {
@@ -454,11 +548,26 @@ struct Supervisor {
     conns: BTreeMap<String, ConnEntry>,
     tracker: TaskTracker,
     stop: CancellationToken,
-    /// RDY freed by decreases and closes since the last tick, not yet to be handed out.
-    settling: u32,
+    /// What connections that exited held, since the last tick and over the tick before.
+    settling: [u32; 2],
     offset: usize,
     mode: Mode,
     level: u32,
+    /// Messages the probe's connection had received when last looked at.
+    probe_seen: u64,
+    /// When every connection last got its whole target RDY: with more connections than
+    /// `max_in_flight`, the turn moves on `rdy_rotate_interval` after that (measured from a
+    /// timer instead, a turn whose RDY waits for the previous one to settle could be cut short
+    /// before it began).
+    turn_granted: Option<Instant>,
+}
+
+/// Resolves once the application dropped the delivery receiver.
+async fn receiver_gone(deliveries: Option<&mpsc::Sender<Delivery>>) {
+    match deliveries {
+        Some(tx) => tx.closed().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Supervisor {
@@ -482,32 +591,36 @@ impl Supervisor {
             let mut stopping = false;
             let mut tick = tokio::time::interval(RDY_TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut rotate = tokio::time::interval(self.shared.settings.rdy_rotate_interval.max(RDY_TICK));
-            rotate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 if stopping && self.conns.is_empty() {
                     break;
                 }
                 enum Ev {
                     Stop,
+                    ReceiverGone,
                     Event(Event),
                     Addresses(bool),
                     Signal,
                     Tick,
-                    Rotate,
                 }
                 let shared = self.shared.clone();
                 let ev = tokio::select! {
                     biased;
                     _ = self.stop.cancelled(), if !stopping => Ev::Stop,
+                    _ = receiver_gone(self.deliveries.as_ref()), if !stopping => Ev::ReceiverGone,
                     Some(e) = self.events_rx.recv() => Ev::Event(e),
                     r = self.addresses.changed(), if watching && !stopping => Ev::Addresses(r.is_ok()),
                     _ = shared.signal.notified(), if !stopping => Ev::Signal,
                     _ = tick.tick() => Ev::Tick,
-                    _ = rotate.tick() => Ev::Rotate,
                 };
                 match ev {
-                    Ev::Stop => {
+                    Ev::Stop | Ev::ReceiverGone => {
+                        if matches!(ev, Ev::ReceiverGone) {
+                            // Requeuing what arrives would only loop it through nsqd, its
+                            // attempts climbing: stop, as `Consumer::stop` does.
+                            tracing::warn!("the delivery receiver was dropped; stopping the consumer");
+                            self.stop.cancel();
+                        }
                         stopping = true;
                         tracing::info!(connections = self.conns.len(), "consumer stopping");
                         for c in self.conns.values() {
@@ -524,22 +637,7 @@ impl Supervisor {
                     // The sender is gone: the set stays as it was.
                     Ev::Addresses(false) => watching = false,
                     Ev::Signal => self.on_signals(),
-                    Ev::Tick => {
-                        self.settling = 0;
-                        if let Mode::Waiting(until) = self.mode {
-                            if Instant::now() >= until {
-                                self.mode = Mode::Probing;
-                                self.offset = self.offset.wrapping_add(1);
-                            }
-                        }
-                    }
-                    Ev::Rotate => {
-                        let ready = self.conns.values().filter(|c| c.ready).count();
-                        if ready > self.shared.settings.max_in_flight as usize {
-                            self.offset =
-                                self.offset.wrapping_add(self.shared.settings.max_in_flight as usize);
-                        }
-                    }
+                    Ev::Tick => self.on_tick(Instant::now()),
                 }
                 if !stopping {
                     self.apply_rdy();
@@ -572,9 +670,11 @@ impl Supervisor {
         let Some(deliveries) = self.deliveries.clone() else { return };
         let (rdy_tx, rdy_rx) = watch::channel(0u32);
         let close = CancellationToken::new();
+        let stats = Arc::new(ConnStats::default());
         let task = ConnTask {
             addr: addr.to_owned(),
             shared: self.shared.clone(),
+            stats: stats.clone(),
             rdy: rdy_rx,
             close: close.clone(),
             events: self.events_tx.clone(),
@@ -586,9 +686,11 @@ impl Supervisor {
             ConnEntry {
                 rdy: rdy_tx,
                 close,
+                stats,
                 ready: false,
                 max_rdy: 0,
                 sent: 0,
+                held: [0, 0],
                 respawn: false,
                 removing: false,
             },
@@ -607,15 +709,17 @@ impl Supervisor {
             Event::Closed { addr } => {
                 if let Some(c) = self.conns.get_mut(&addr) {
                     c.ready = false;
-                    self.settling = self.settling.saturating_add(c.sent);
+                    c.held[0] = c.held[0].max(c.sent);
                     c.sent = 0;
                     c.rdy.send_replace(0);
                 }
             }
             Event::Exited { addr } => {
-                let respawn = self.conns.remove(&addr).is_some_and(|c| c.respawn);
-                if respawn && !stopping {
-                    self.spawn(&addr);
+                if let Some(c) = self.conns.remove(&addr) {
+                    self.settling[0] = self.settling[0].saturating_add(c.usage());
+                    if c.respawn && !stopping {
+                        self.spawn(&addr);
+                    }
                 }
             }
         }
@@ -630,9 +734,9 @@ impl Supervisor {
             Mode::Waiting(_) => return,
             Mode::Normal if failures > 0 => self.level = 1,
             Mode::Normal => return,
-            Mode::Probing if failures > 0 => self.level = self.level.saturating_add(1).min(32),
-            Mode::Probing if successes > 0 => self.level = self.level.saturating_sub(1),
-            Mode::Probing => return,
+            Mode::Probing(_) if failures > 0 => self.level = self.level.saturating_add(1).min(32),
+            Mode::Probing(_) if successes > 0 => self.level = self.level.saturating_sub(1),
+            Mode::Probing(_) => return,
         }
         if self.level == 0 {
             tracing::info!("handler backoff over");
@@ -649,8 +753,57 @@ impl Supervisor {
         self.shared.backing_off.store(true, Ordering::Relaxed);
     }
 
+    /// The probe's connection (the ready one at `offset`): messages received, in flight.
+    fn probe_stats(&self) -> Option<(u64, u32)> {
+        let ready: Vec<&ConnEntry> = self.conns.values().filter(|c| c.ready).collect();
+        let c = ready.get(self.offset % ready.len().max(1))?;
+        Some((c.stats.received.load(Ordering::Relaxed), c.stats.in_flight.load(Ordering::Relaxed)))
+    }
+
+    /// Starts probing on the next connection.
+    fn probe_next(&mut self, now: Instant) {
+        self.offset = self.offset.wrapping_add(1);
+        self.mode = Mode::Probing(now);
+        self.probe_seen = self.probe_stats().map_or(0, |(received, _)| received);
+    }
+
+    /// Every `RDY_TICK`: what was freed a whole tick ago becomes free; the backoff wait ends;
+    /// a probe on a connection that delivers nothing moves on; RDY rotates.
+    fn on_tick(&mut self, now: Instant) {
+        self.settling = [0, self.settling[0]];
+        for c in self.conns.values_mut() {
+            c.held = [c.holds_now(), c.held[0]];
+        }
+        let max = self.shared.settings.max_in_flight as usize;
+        let ready = self.conns.values().filter(|c| c.ready).count();
+        let turn_over = self
+            .turn_granted
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.shared.settings.rdy_rotate_interval);
+        if self.mode == Mode::Normal && ready > max && turn_over {
+            self.offset = self.offset.wrapping_add(max);
+            self.turn_granted = None;
+        }
+        match self.mode {
+            Mode::Waiting(until) if now >= until => self.probe_next(now),
+            Mode::Probing(quiet_since) => {
+                let (received, in_flight) = self.probe_stats().unwrap_or((self.probe_seen, 0));
+                if received != self.probe_seen || in_flight > 0 {
+                    // A message is on its way to an outcome.
+                    self.probe_seen = received;
+                    self.mode = Mode::Probing(now);
+                } else if now.saturating_duration_since(quiet_since)
+                    >= self.shared.settings.probe_idle_timeout
+                {
+                    tracing::info!("backoff probe got no message; moving it to the next nsqd");
+                    self.probe_next(now);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Computes every connection's RDY and sends changes: decreases at once, increases only
-    /// within what is free and settled.
+    /// within what no connection holds (RDY or in flight) and is settled.
     fn apply_rdy(&mut self) {
         let max = self.shared.settings.max_in_flight;
         let ready: Vec<String> = self.conns.iter().filter(|(_, c)| c.ready).map(|(a, _)| a.clone()).collect();
@@ -658,7 +811,7 @@ impl Supervisor {
         let targets = match self.mode {
             Mode::Normal => rdy_targets(max, &caps, self.offset),
             Mode::Waiting(_) => vec![0; ready.len()],
-            Mode::Probing => {
+            Mode::Probing(_) => {
                 let mut t = vec![0; ready.len()];
                 if !ready.is_empty() {
                     t[self.offset % ready.len()] = 1;
@@ -666,27 +819,41 @@ impl Supervisor {
                 t
             }
         };
-        let used: u32 = self.conns.values().map(|c| c.sent).sum();
-        let mut free = max.saturating_sub(used).saturating_sub(self.settling);
         let mut increases = Vec::new();
         for (addr, &target) in ready.iter().zip(&targets) {
             let Some(c) = self.conns.get_mut(addr) else { continue };
             if target < c.sent {
-                self.settling = self.settling.saturating_add(c.sent - target);
+                c.held[0] = c.held[0].max(c.sent);
                 c.sent = target;
                 c.rdy.send_replace(target);
             } else if target > c.sent {
                 increases.push((addr.clone(), target));
             }
         }
+        for c in self.conns.values_mut() {
+            // In flight seen now stays counted for a whole tick after it is finished.
+            c.held[0] = c.held[0].max(c.holds_now());
+        }
+        let used = self.conns.values().map(ConnEntry::usage).fold(self.settling[0], u32::saturating_add);
+        let mut free = max.saturating_sub(used.saturating_add(self.settling[1]));
         for (addr, target) in increases {
             let Some(c) = self.conns.get_mut(&addr) else { continue };
-            let grant = (target - c.sent).min(free);
-            if grant > 0 {
-                free -= grant;
-                c.sent += grant;
-                c.rdy.send_replace(c.sent);
+            // Its RDY may grow over what it already holds for free; beyond, from `free`.
+            let usage = c.usage();
+            let grant = target.min(usage.saturating_add(free));
+            if grant > c.sent {
+                free -= grant.max(usage) - usage;
+                c.sent = grant;
+                c.held[0] = c.held[0].max(grant);
+                c.rdy.send_replace(grant);
             }
+        }
+        let granted =
+            ready.iter().zip(&targets).all(|(a, &t)| self.conns.get(a).is_some_and(|c| c.sent == t));
+        if !granted {
+            self.turn_granted = None;
+        } else if self.turn_granted.is_none() {
+            self.turn_granted = Some(Instant::now());
         }
     }
 }
@@ -694,6 +861,7 @@ impl Supervisor {
 struct ConnTask {
     addr: String,
     shared: Arc<Shared>,
+    stats: Arc<ConnStats>,
     rdy: watch::Receiver<u32>,
     close: CancellationToken,
     events: mpsc::Sender<Event>,
@@ -737,6 +905,8 @@ impl ConnTask {
                 }
                 connected_once = true;
                 let end = self.session(conn, &mut backoff).await;
+                // Its messages are nsqd's again (redelivered after their msg_timeout).
+                self.stats.in_flight.store(0, Ordering::Relaxed);
                 let _ = self.events.send(Event::Closed { addr: self.addr.clone() }).await;
                 match end {
                     SessionEnd::Closed => break,
@@ -802,6 +972,7 @@ impl ConnTask {
         let mut close_wait = false;
         let mut answered = false;
         loop {
+            self.stats.in_flight.store(u32::try_from(in_flight.len()).unwrap_or(u32::MAX), Ordering::Relaxed);
             if closing.is_some() && close_wait && in_flight.is_empty() {
                 tracing::info!("drained; closing");
                 conn.close().await;
@@ -837,7 +1008,12 @@ impl ConnTask {
                         match frame {
                             Frame::Message(m) => {
                                 received += 1;
-                                self.on_message(m, &mut conn, &cmd_tx, &mut in_flight);
+                                let gone = self.on_message(m, &mut conn, &cmd_tx, &mut in_flight);
+                                if gone && rdy_sent > 0 {
+                                    // Nobody receives: take no more (the supervisor stops).
+                                    protocol::encode_rdy(0, conn.out());
+                                    rdy_sent = 0;
+                                }
                             }
                             f if f.is_close_wait() => close_wait = true,
                             Frame::Response(data) => {
@@ -852,6 +1028,7 @@ impl ConnTask {
                     }
                     if received > 0 {
                         self.shared.counters.received.add(received);
+                        self.stats.received.fetch_add(received, Ordering::Relaxed);
                         if !answered {
                             answered = true;
                             backoff.reset();
@@ -888,7 +1065,10 @@ impl ConnTask {
                     self.shared.counters.requeued.add(req);
                 }
                 Ev::Rdy => {
-                    let n = (*self.rdy.borrow_and_update()).min(max_rdy);
+                    let mut n = (*self.rdy.borrow_and_update()).min(max_rdy);
+                    if self.deliveries.is_closed() {
+                        n = 0;
+                    }
                     if n != rdy_sent {
                         protocol::encode_rdy(n, conn.out());
                         rdy_sent = n;
@@ -917,38 +1097,60 @@ impl ConnTask {
         }
     }
 
+    /// Hands a message to the application, gives it up, or requeues it at once. Returns
+    /// whether the delivery receiver is gone.
     fn on_message(
         &self,
         m: Message,
         conn: &mut Connection,
         cmd_tx: &mpsc::Sender<Cmd>,
         in_flight: &mut HashSet<MessageId>,
-    ) {
+    ) -> bool {
+        if self.deliveries.is_closed() {
+            // Before the give-up check: a message nobody can handle is not given up.
+            self.requeue_unseen(m.id, conn);
+            return true;
+        }
         let max_attempts = self.shared.settings.max_attempts;
-        if max_attempts > 0 && m.attempts > max_attempts {
+        if max_attempts > 0 && m.attempts > max_attempts && self.shared.attempts_seen(&m) > max_attempts {
             tracing::warn!(id = %m.id, attempts = m.attempts, "giving up on message");
             if let Some(hook) = &self.shared.give_up {
-                hook(&m);
+                // The hook is the application's code: a panic in it must not kill this read
+                // loop (its RDY share would never be released nor the connection redialed).
+                if std::panic::catch_unwind(AssertUnwindSafe(|| hook(&m))).is_err() {
+                    self.shared.counters.give_up_hook_panics.add(1);
+                    tracing::error!(id = %m.id, "give-up hook panicked; finishing the message anyway");
+                }
             }
+            self.shared.forget_unseen(&m.id);
             protocol::encode_fin(&m.id, conn.out());
             self.shared.counters.given_up.add(1);
             self.shared.counters.finished.add(1);
-            return;
+            return false;
         }
         let id = m.id;
         in_flight.insert(id);
         let delivery =
             Delivery { message: m, conn: cmd_tx.clone(), shared: self.shared.clone(), done: false };
-        if let Err(e) = self.deliveries.try_send(delivery) {
-            // Full (RDY moving between connections) or nobody listening: requeue now rather
-            // than make the read side wait.
-            let mut d = e.into_inner();
-            d.done = true;
-            in_flight.remove(&id);
-            protocol::encode_req(&id, 0, conn.out());
-            self.shared.counters.overflowed.add(1);
-            self.shared.counters.requeued.add(1);
-        }
+        let (mut d, gone) = match self.deliveries.try_send(delivery) {
+            Ok(()) => return false,
+            // Full (should not happen: in flight stays within the channel's capacity): requeue
+            // now rather than make the read side wait.
+            Err(TrySendError::Full(d)) => (d, false),
+            Err(TrySendError::Closed(d)) => (d, true),
+        };
+        d.done = true;
+        in_flight.remove(&id);
+        self.requeue_unseen(id, conn);
+        gone
+    }
+
+    /// REQ 0 for a message the application never saw.
+    fn requeue_unseen(&self, id: MessageId, conn: &mut Connection) {
+        protocol::encode_req(&id, 0, conn.out());
+        self.shared.requeued_unseen(id);
+        self.shared.counters.overflowed.add(1);
+        self.shared.counters.requeued.add(1);
     }
 }
 
@@ -967,7 +1169,7 @@ mod tests {
             for n in 1..12usize {
                 for offset in 0..n * 2 {
                     let t = rdy_targets(max, &vec![2500; n], offset);
-                    assert_eq!(t.iter().sum::<u32>(), max.min(max), "max={max} n={n}");
+                    assert_eq!(t.iter().sum::<u32>(), max.min(n as u32 * 2500), "max={max} n={n}");
                     let (lo, hi) = (t.iter().min().unwrap(), t.iter().max().unwrap());
                     assert!(hi - lo <= 1, "even spread: {t:?}");
                 }
@@ -994,15 +1196,7 @@ mod tests {
 
     fn supervisor(max_in_flight: u32) -> Supervisor {
         let settings = ConsumerSettings { max_in_flight, ..ConsumerSettings::default() };
-        let shared = Arc::new(Shared {
-            counters: Counters::new(&Telemetry::default()),
-            settings,
-            give_up: None,
-            backing_off: AtomicBool::new(false),
-            successes: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            signal: Notify::new(),
-        });
+        let shared = Arc::new(Shared::new(settings, None, &Telemetry::default()));
         let (events_tx, events_rx) = mpsc::channel(8);
         Supervisor {
             shared,
@@ -1013,50 +1207,129 @@ mod tests {
             conns: BTreeMap::new(),
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
-            settling: 0,
+            settling: [0, 0],
             offset: 0,
             mode: Mode::Normal,
             level: 0,
+            probe_seen: 0,
+            turn_granted: None,
         }
     }
 
-    fn add(s: &mut Supervisor, addr: &str) -> watch::Receiver<u32> {
+    fn add(s: &mut Supervisor, addr: &str) -> (watch::Receiver<u32>, Arc<ConnStats>) {
         let (rdy, rx) = watch::channel(0);
+        let stats = Arc::new(ConnStats::default());
         s.conns.insert(
             addr.into(),
             ConnEntry {
                 rdy,
                 close: CancellationToken::new(),
+                stats: stats.clone(),
                 ready: true,
                 max_rdy: 2500,
                 sent: 0,
+                held: [0, 0],
                 respawn: false,
                 removing: false,
             },
         );
-        rx
+        (rx, stats)
+    }
+
+    /// Two ticks: what was freed before the first is free after the second.
+    fn settle(s: &mut Supervisor) {
+        s.on_tick(Instant::now());
+        s.on_tick(Instant::now());
     }
 
     #[test]
-    fn freed_rdy_is_handed_out_only_after_a_tick() {
+    fn freed_rdy_is_handed_out_only_after_a_whole_tick() {
         let mut s = supervisor(10);
-        let a = add(&mut s, "a");
+        let (a, _) = add(&mut s, "a");
         s.apply_rdy();
         assert_eq!(*a.borrow(), 10, "the first connection gets everything at once");
-        let b = add(&mut s, "b");
+        let (b, _) = add(&mut s, "b");
         s.apply_rdy();
         assert_eq!((*a.borrow(), *b.borrow()), (5, 0), "decrease now, increase after settling");
-        s.settling = 0; // the tick
+        s.on_tick(Instant::now());
+        s.apply_rdy();
+        assert_eq!((*a.borrow(), *b.borrow()), (5, 0), "a tick that began before the decrease");
+        s.on_tick(Instant::now());
         s.apply_rdy();
         assert_eq!((*a.borrow(), *b.borrow()), (5, 5));
         // Backoff: everything to 0, then a single probe.
         s.mode = Mode::Waiting(Instant::now());
         s.apply_rdy();
         assert_eq!((*a.borrow(), *b.borrow()), (0, 0));
-        s.settling = 0;
-        s.mode = Mode::Probing;
+        settle(&mut s);
+        s.mode = Mode::Probing(Instant::now());
         s.apply_rdy();
         assert_eq!(*a.borrow() + *b.borrow(), 1);
+    }
+
+    #[test]
+    fn messages_in_flight_count_against_max_in_flight_after_rdy_is_lowered() {
+        let mut s = supervisor(7);
+        let (a, a_stats) = add(&mut s, "a");
+        s.apply_rdy();
+        assert_eq!(*a.borrow(), 7);
+        // nsqd filled the window: 7 in flight on a.
+        a_stats.in_flight.store(7, Ordering::Relaxed);
+        let (b, _) = add(&mut s, "b");
+        s.apply_rdy();
+        settle(&mut s);
+        s.apply_rdy();
+        assert_eq!((*a.borrow(), *b.borrow()), (4, 0), "a still holds 7: nothing for b");
+        a_stats.in_flight.store(5, Ordering::Relaxed);
+        settle(&mut s);
+        s.apply_rdy();
+        assert_eq!(*b.borrow(), 2, "only what a no longer holds");
+        a_stats.in_flight.store(2, Ordering::Relaxed);
+        s.apply_rdy();
+        assert_eq!(*b.borrow(), 2, "freed in flight waits a whole tick");
+        settle(&mut s);
+        s.apply_rdy();
+        assert_eq!((*a.borrow(), *b.borrow()), (4, 3));
+        // A connection's own in flight does not keep its RDY from growing back.
+        let mut s = supervisor(10);
+        let (a, a_stats) = add(&mut s, "a");
+        s.mode = Mode::Probing(Instant::now());
+        s.apply_rdy();
+        a_stats.in_flight.store(9, Ordering::Relaxed);
+        s.mode = Mode::Normal;
+        s.apply_rdy();
+        assert_eq!(*a.borrow(), 10);
+    }
+
+    #[test]
+    fn an_idle_probe_moves_to_the_next_connection() {
+        let mut s = supervisor(2);
+        let (a, a_stats) = add(&mut s, "a");
+        let (b, _) = add(&mut s, "b");
+        let start = Instant::now();
+        s.mode = Mode::Waiting(start);
+        s.on_tick(start);
+        assert!(matches!(s.mode, Mode::Probing(_)));
+        settle(&mut s);
+        s.apply_rdy();
+        assert_eq!((*a.borrow(), *b.borrow()), (0, 1), "the first probe on b");
+        let idle = s.shared.settings.probe_idle_timeout;
+        s.on_tick(start + idle / 2);
+        s.apply_rdy();
+        assert_eq!(*b.borrow(), 1, "not yet");
+        s.on_tick(start + idle);
+        s.on_tick(start + idle);
+        s.on_tick(start + idle);
+        s.apply_rdy();
+        assert_eq!((*a.borrow(), *b.borrow()), (1, 0), "b had nothing: the probe moved to a");
+        // A message on the probe's connection keeps the probe there.
+        a_stats.received.fetch_add(1, Ordering::Relaxed);
+        a_stats.in_flight.store(1, Ordering::Relaxed);
+        for k in 2..6 {
+            s.on_tick(start + idle * k);
+        }
+        s.apply_rdy();
+        assert_eq!((*a.borrow(), *b.borrow()), (1, 0));
     }
 
     #[tokio::test]
@@ -1071,19 +1344,32 @@ mod tests {
         s.shared.failure();
         s.on_signals();
         assert_eq!(s.level, 1);
-        s.mode = Mode::Probing;
+        s.mode = Mode::Probing(Instant::now());
         s.shared.failure();
         s.on_signals();
         assert_eq!(s.level, 2);
-        s.mode = Mode::Probing;
+        s.mode = Mode::Probing(Instant::now());
         s.shared.success();
         s.on_signals();
         assert_eq!(s.level, 1);
         assert!(matches!(s.mode, Mode::Waiting(_)));
-        s.mode = Mode::Probing;
+        s.mode = Mode::Probing(Instant::now());
         s.shared.success();
         s.on_signals();
         assert_eq!((s.level, s.mode), (0, Mode::Normal));
         assert!(!s.shared.backing_off.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn deliveries_the_application_never_saw_do_not_count_as_attempts() {
+        let s = Shared::new(ConsumerSettings::default(), None, &Telemetry::default());
+        let id = MessageId(*b"0123456789abcdef");
+        let m = Message { id, attempts: 3, timestamp_ns: 0, body: Bytes::new() };
+        assert_eq!(s.attempts_seen(&m), 3);
+        s.requeued_unseen(id);
+        s.requeued_unseen(id);
+        assert_eq!(s.attempts_seen(&m), 1);
+        s.forget_unseen(&id);
+        assert_eq!(s.attempts_seen(&m), 3);
     }
 }
