@@ -428,7 +428,15 @@ impl Connection {
                     hs.send(&b).await?;
                     match hs.frame().await? {
                         Frame::Response(_) => n.authenticated = true,
-                        Frame::Error(e) => return Err(ConnectionError::Auth(e)),
+                        // With --tls-required nsqd refuses a plain AUTH by its TLS policy
+                        // (`E_INVALID cannot AUTH in current state (TLS required)`): that is the
+                        // error to report, and it is permanent.
+                        Frame::Error(e) => {
+                            return Err(match classify_handshake_error(e) {
+                                ConnectionError::Server(e) => ConnectionError::Auth(e),
+                                other => other,
+                            })
+                        }
                         Frame::Message(_) => {
                             return Err(ConnectionError::Protocol("message before AUTH".into()))
                         }

@@ -425,7 +425,7 @@ pub struct IdentifyConfig {
     pub output_buffer_timeout: i64,
     /// Percent of messages to deliver (0 = all).
     pub sample_rate: i32,
-    /// Upgrade to TLS after IDENTIFY (not supported by logmill).
+    /// Upgrade to TLS after IDENTIFY (`nsq.tls`).
     pub tls_v1: bool,
     /// Upgrade to deflate after IDENTIFY (not supported by logmill).
     pub deflate: bool,

@@ -11,8 +11,18 @@
 //! E_REQ_FAILED, E_TOUCH_FAILED. `tests/nsq_conformance.rs` holds it to recordings of a real
 //! nsqd.
 //!
-//! It runs as nsqd with `--deflate=false --snappy=false`, no TLS and no auth (AUTH answers
-//! E_AUTH_DISABLED); `sample_rate` is accepted and reported but every message is delivered.
+//! It runs as nsqd with `--deflate=false --snappy=false`; `sample_rate` is accepted and reported
+//! but every message is delivered. By default there is no TLS and no auth (AUTH answers
+//! E_AUTH_DISABLED), as in the recordings. With [`NsqBrokerOptions::tls`] (nsqd's `--tls-cert`/
+//! `--tls-key`) an IDENTIFY asking `tls_v1` is granted: the JSON answer goes out in plain text,
+//! the socket is upgraded (server-side rustls, 5 s handshake deadline) and `OK` follows over TLS;
+//! [`NsqBrokerOptions::tls_required`] (`--tls-required`) refuses every command but IDENTIFY on a
+//! plain connection. [`NsqBrokerOptions::auth_secrets`] stands in for `--auth-http-address` and
+//! an auth server that accepts exactly those secrets (granting every topic and channel):
+//! IDENTIFY answers `auth_required: true`, SUB/PUB/MPUB/DPUB before AUTH get E_AUTH_FIRST,
+//! another secret E_AUTH_FAILED (all fatal). Texts and order are nsqd v1.3.0's, taken from its
+//! source (`nsqd/protocol_v2.go`: `IDENTIFY`, `AUTH`, `CheckAuth`, `enforceTLSPolicy`;
+//! `nsqd/client_v2.go`: `UpgradeTLS`), as the recordings have neither TLS nor auth. Test certificates: `testdata/tls/` ([`TlsServer::test`]).
 //! IDENTIFY's JSON is read with serde, which (unlike Go) matches keys case-sensitively and
 //! refuses duplicate keys. A rejected MPUB does not create its topic (nsqd's does).
 //!
@@ -29,6 +39,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,12 +51,12 @@ use logmill::nsq::protocol::{
     encode_frame, ErrorCode, IdentifyConfig, IdentifyResponse, MessageId, ServerError, CLOSE_WAIT,
     FRAME_TYPE_ERROR, FRAME_TYPE_MESSAGE, FRAME_TYPE_RESPONSE, HEARTBEAT, MAGIC_V2, OK,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
+use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
 /// The version the broker reports, the nsqd its answers were recorded from.
@@ -63,6 +74,64 @@ const CLOSE_DRAIN_BYTES: usize = 1 << 20;
 /// Bounds of the minimal HTTP API.
 const HTTP_MAX_HEAD_BYTES: usize = 16 * 1024;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// nsqd's `clientV2.UpgradeTLS` deadline for the whole handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The `identity` the stand-in auth server gives every client it accepts.
+pub const AUTH_IDENTITY: &str = "logmill-test";
+/// The `identity_url` it gives them.
+pub const AUTH_IDENTITY_URL: &str = "";
+/// It grants one authorization: every topic and channel, subscribe and publish.
+const AUTH_PERMISSION_COUNT: usize = 1;
+
+/// The server side of nsqd's TLS: a certificate chain and its key (`--tls-cert`, `--tls-key`).
+#[derive(Clone)]
+pub struct TlsServer {
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for TlsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsServer").finish_non_exhaustive()
+    }
+}
+
+impl TlsServer {
+    /// Loads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1); panics on
+    /// a bad file (test support). Any TLS version rustls offers by default (1.2, 1.3), no client
+    /// certificates (nsqd's default `--tls-client-auth-policy`).
+    pub fn from_pem_files(cert: &Path, key: &Path) -> TlsServer {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect())
+            .unwrap_or_else(|e| panic!("test TLS certificate {}: {e}", cert.display()));
+        let key = PrivateKeyDer::from_pem_file(key)
+            .unwrap_or_else(|e| panic!("test TLS key {}: {e}", key.display()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("rustls default protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("test TLS certificate and key match");
+        TlsServer { config: Arc::new(config) }
+    }
+
+    /// The committed test certificate for `localhost` and 127.0.0.1 (`testdata/tls/`).
+    pub fn test() -> TlsServer {
+        let dir = test_tls_dir();
+        TlsServer::from_pem_files(&dir.join("server.pem"), &dir.join("server.key"))
+    }
+
+    /// The CA that signed [`TlsServer::test`]'s certificate, for clients to trust.
+    pub fn test_ca_file() -> PathBuf {
+        test_tls_dir().join("ca.pem")
+    }
+}
+
+fn test_tls_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tls")
+}
 
 /// nsqd's options that shape its answers. [`Default`] is nsqd's defaults;
 /// [`NsqBrokerOptions::recorded`] the options of `../shared/nsq-conformance/`.
@@ -94,6 +163,16 @@ pub struct NsqBrokerOptions {
     pub queue_scan_interval: Duration,
     /// Also serve the HTTP API (`/ping`, `/topic/create`, `/channel/create`, `/stats`).
     pub http: bool,
+    /// `--tls-cert`/`--tls-key`: grant `tls_v1` to the clients that ask. `None`: no TLS.
+    pub tls: Option<TlsServer>,
+    /// `--tls-required`: on a connection not (yet) upgraded, every command but IDENTIFY gets
+    /// `E_INVALID cannot <CMD> in current state (TLS required)` and the connection closes.
+    /// Needs `tls`, as nsqd refuses to start without a certificate.
+    pub tls_required: bool,
+    /// `--auth-http-address` and an auth server accepting exactly these secrets. `Some`:
+    /// IDENTIFY answers `auth_required: true` and SUB/PUB/MPUB/DPUB need AUTH first; `None`:
+    /// AUTH is `E_AUTH_DISABLED`.
+    pub auth_secrets: Option<Vec<String>>,
 }
 
 impl Default for NsqBrokerOptions {
@@ -112,6 +191,9 @@ impl Default for NsqBrokerOptions {
             max_output_buffer_timeout: Duration::from_secs(30),
             queue_scan_interval: Duration::from_millis(100),
             http: false,
+            tls: None,
+            tls_required: false,
+            auth_secrets: None,
         }
     }
 }
@@ -165,6 +247,25 @@ pub struct ClientSnapshot {
     pub heartbeat_interval: Option<Duration>,
     /// In force for this client.
     pub msg_timeout: Duration,
+    /// The connection was upgraded to TLS.
+    pub tls: bool,
+    /// AUTH was accepted.
+    pub authenticated: bool,
+}
+
+/// What the broker counted since it started (kept across restarts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerCounters {
+    /// Connections that sent the protocol magic.
+    pub connections: u64,
+    /// TLS upgrades completed (IDENTIFY `tls_v1` granted, handshake done, `OK` queued).
+    pub tls_upgrades: u64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_failures: u64,
+    /// AUTH commands accepted.
+    pub auth_accepted: u64,
+    /// AUTH commands refused with `E_AUTH_FAILED`.
+    pub auth_refused: u64,
 }
 
 /// A channel as the broker sees it.
@@ -224,6 +325,11 @@ impl Drop for NsqBroker {
 impl NsqBroker {
     /// Binds 127.0.0.1:0 (and another port for HTTP when asked) and starts serving.
     pub async fn start(options: NsqBrokerOptions) -> NsqBroker {
+        // nsqd.New: "cannot require TLS client connections without TLS key and cert".
+        assert!(
+            options.tls.is_some() || !options.tls_required,
+            "cannot require TLS client connections without TLS key and cert"
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the NSQ test broker");
         let tcp_addr = listener.local_addr().expect("local address of the NSQ test broker");
         let http = if options.http {
@@ -313,6 +419,11 @@ impl NsqBroker {
     /// Topic names.
     pub fn topics(&self) -> Vec<String> {
         self.inner.state().topics.keys().cloned().collect()
+    }
+
+    /// Connections, TLS upgrades and AUTH outcomes counted since the start.
+    pub fn counters(&self) -> BrokerCounters {
+        self.inner.state().counters
     }
 
     /// Open connections (past the magic).
@@ -471,6 +582,7 @@ struct State {
     faults: Faults,
     published: BTreeMap<String, Vec<Bytes>>,
     start_unix_s: u64,
+    counters: BrokerCounters,
 }
 
 #[derive(Default)]
@@ -531,8 +643,15 @@ struct Client {
     wake_writer: Arc<Notify>,
     wake_reader: Arc<Notify>,
     close_after_flush: bool,
+    /// The writer is to hand its half of the socket back once the outbox is written (the TLS
+    /// upgrade after IDENTIFY's answer).
+    handover: bool,
     cancel: CancellationToken,
     session: Session,
+    /// Upgraded to TLS: the protocol version and cipher suite as nsqd's stats name them.
+    tls: Option<(String, String)>,
+    /// AUTH accepted.
+    authenticated: bool,
     subscription: Option<(String, String)>,
     rdy: i64,
     in_flight: i64,
@@ -569,6 +688,8 @@ impl Client {
             requeue_count: self.requeue_count,
             heartbeat_interval: self.heartbeat_interval,
             msg_timeout: self.msg_timeout,
+            tls: self.tls.is_some(),
+            authenticated: self.authenticated,
         }
     }
 
@@ -595,8 +716,9 @@ impl Client {
 #[derive(Debug)]
 enum Outcome {
     Continue,
-    /// The heartbeat interval changed (IDENTIFY): restart the ticker.
-    Identified(Option<Duration>),
+    /// The heartbeat interval changed (IDENTIFY): restart the ticker; then upgrade to TLS
+    /// when it was granted.
+    Identified(Option<Duration>, bool),
     /// The last frame is queued: flush and close.
     Close,
     /// Close now, without flushing: the connection was removed (restart, dropped).
@@ -617,6 +739,7 @@ impl State {
             faults: Faults::default(),
             published: BTreeMap::new(),
             start_unix_s: now.as_secs(),
+            counters: BrokerCounters::default(),
         }
     }
 
@@ -815,8 +938,21 @@ impl State {
         match cmd {
             Command::Nop => Outcome::Continue,
             Command::Identify { body } => self.identify(id, &body, options),
-            Command::Auth { .. } => {
-                self.send_error(id, &ServerError::from_parts(ErrorCode::AuthDisabled, b"AUTH disabled"))
+            Command::Auth { secret } => self.auth(id, &secret, options),
+            Command::Sub { .. } | Command::Pub { .. } | Command::Mpub { .. } | Command::Dpub { .. }
+                if options.auth_secrets.is_some()
+                    && !self.clients.get(&id).is_some_and(|c| c.authenticated) =>
+            {
+                // nsqd's CheckAuth, after the command's own checks (decoded above), before it
+                // touches a topic. MPUB's comes before its body, see `line_policy`.
+                let verb = match cmd {
+                    Command::Sub { .. } => "SUB",
+                    Command::Pub { .. } => "PUB",
+                    Command::Mpub { .. } => "MPUB",
+                    _ => "DPUB",
+                };
+                let text = format!("AUTH required before {verb}");
+                self.send_error(id, &ServerError::from_parts(ErrorCode::AuthFirst, text.as_bytes()))
             }
             Command::Sub { topic, channel } => {
                 self.channel(&topic, &channel, now).clients.push(id);
@@ -952,6 +1088,38 @@ impl State {
         self.respond(id, OK)
     }
 
+    /// nsqd's AUTH after the checks `decode_command` made (state, parameters, body size):
+    /// `AUTH already set`, `E_AUTH_DISABLED`, then the auth server's verdict.
+    fn auth(&mut self, id: u64, secret: &[u8], options: &NsqBrokerOptions) -> Outcome {
+        let Some(c) = self.clients.get_mut(&id) else { return Outcome::Drop };
+        if c.authenticated {
+            return self.send_error(id, &ServerError::from_parts(ErrorCode::Invalid, b"AUTH already set"));
+        }
+        let Some(secrets) = &options.auth_secrets else {
+            return self.send_error(id, &ServerError::from_parts(ErrorCode::AuthDisabled, b"AUTH disabled"));
+        };
+        if !secrets.iter().any(|s| s.as_bytes() == secret) {
+            // The auth server refused (HTTP 403): nsqd does not tell the client why.
+            self.counters.auth_refused += 1;
+            return self.send_error(id, &ServerError::from_parts(ErrorCode::AuthFailed, b"AUTH failed"));
+        }
+        self.counters.auth_accepted += 1;
+        c.authenticated = true;
+        #[derive(serde::Serialize)]
+        struct AuthAnswer {
+            identity: &'static str,
+            identity_url: &'static str,
+            permission_count: usize,
+        }
+        let answer = AuthAnswer {
+            identity: AUTH_IDENTITY,
+            identity_url: AUTH_IDENTITY_URL,
+            permission_count: AUTH_PERMISSION_COUNT,
+        };
+        let json = serde_json::to_vec(&answer).expect("AUTH answer serializes");
+        self.respond(id, &json)
+    }
+
     fn identify(&mut self, id: u64, body: &[u8], options: &NsqBrokerOptions) -> Outcome {
         let Ok(data) = serde_json::from_slice::<IdentifyConfig>(body) else {
             return self.send_error(
@@ -963,7 +1131,15 @@ impl State {
         match identify_answer(c, &data, options) {
             Ok(answer) => {
                 c.push_frame(FRAME_TYPE_RESPONSE, &answer);
-                Outcome::Identified(c.heartbeat_interval)
+                // nsqd upgrades right after the answer is sent. A connection already upgraded
+                // (a second IDENTIFY) is not upgraded again.
+                let upgrade =
+                    data.feature_negotiation && data.tls_v1 && options.tls.is_some() && c.tls.is_none();
+                if upgrade {
+                    c.handover = true;
+                    c.wake_writer.notify_one();
+                }
+                Outcome::Identified(c.heartbeat_interval, upgrade)
             }
             Err(e) => self.send_error(id, &e),
         }
@@ -986,19 +1162,19 @@ fn identify_answer(
     if !data.feature_negotiation {
         return Ok(OK.to_vec());
     }
-    // No TLS, deflate or snappy here: nsqd with those disabled answers false and level 6.
+    // No deflate or snappy here: nsqd with those disabled answers false and level 6.
     let answer = IdentifyResponse {
         max_rdy_count: options.max_rdy_count,
         version: VERSION.to_owned(),
         max_msg_timeout: millis(options.max_msg_timeout),
         msg_timeout: millis(c.msg_timeout),
-        tls_v1: false,
+        tls_v1: options.tls.is_some() && data.tls_v1,
         deflate: false,
         deflate_level: 6.min(MAX_DEFLATE_LEVEL),
         max_deflate_level: MAX_DEFLATE_LEVEL,
         snappy: false,
         sample_rate: c.sample_rate,
-        auth_required: false,
+        auth_required: options.auth_secrets.is_some(),
         output_buffer_size: c.output_buffer_size,
         output_buffer_timeout: millis(c.output_buffer_timeout),
     };
@@ -1109,6 +1285,16 @@ enum End {
     Graceful,
     /// Close now.
     Abrupt,
+    /// IDENTIFY granted `tls_v1`: its answer is queued; hand the socket over for the upgrade.
+    UpgradeTls,
+}
+
+/// The reader's timers and unread input, kept across the TLS upgrade.
+struct ReadState {
+    input: BytesMut,
+    heartbeat: Option<Duration>,
+    next_heartbeat: Option<Instant>,
+    deadline: Option<Instant>,
 }
 
 async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr, token: CancellationToken) {
@@ -1134,6 +1320,7 @@ async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr, token: Ca
         let mut st = inner.state();
         let id = st.next_client_id;
         st.next_client_id += 1;
+        st.counters.connections += 1;
         let ip = peer.ip().to_string();
         st.clients.insert(
             id,
@@ -1143,11 +1330,14 @@ async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr, token: Ca
                 wake_writer: wake_writer.clone(),
                 wake_reader: wake_reader.clone(),
                 close_after_flush: false,
+                handover: false,
                 cancel: token.clone(),
                 session: Session {
                     state: ClientState::Init,
                     heartbeats_enabled: default_heartbeat.is_some(),
                 },
+                tls: None,
+                authenticated: false,
                 subscription: None,
                 rdy: 0,
                 in_flight: 0,
@@ -1169,9 +1359,56 @@ async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr, token: Ca
         );
         id
     };
-    let writer =
-        tokio::spawn(write_loop(inner.clone(), id, wr, wake_writer, wake_reader.clone(), token.clone()));
-    let end = read_loop(&inner, id, &mut rd, &token, &wake_reader, default_heartbeat).await;
+    let start = Instant::now();
+    let mut rs = ReadState {
+        input: BytesMut::with_capacity(16 * 1024),
+        heartbeat: default_heartbeat,
+        next_heartbeat: default_heartbeat.map(|d| start + d),
+        deadline: default_heartbeat.map(|d| start + 2 * d),
+    };
+    let plain = run_connection(&inner, id, rd, wr, &token, &wake_writer, &wake_reader, &mut rs).await;
+    if let Some((rd, wr)) = plain {
+        let tcp = rd.reunite(wr).expect("the halves of one socket");
+        // nsqd's bufio.Reader is replaced by one over the TLS connection: plain bytes read
+        // after IDENTIFY and not yet parsed are lost (a client sends none before the upgrade).
+        rs.input.clear();
+        if let Some(tls) = upgrade_tls(&inner, id, tcp, &token).await {
+            // After IDENTIFY nsqd sets the read deadline again before the next command.
+            rs.deadline = rs.heartbeat.map(|d| Instant::now() + 2 * d);
+            let (rd, wr) = tokio::io::split(tls);
+            // Only one upgrade per connection, so this cannot hand over again.
+            let _ = run_connection(&inner, id, rd, wr, &token, &wake_writer, &wake_reader, &mut rs).await;
+        }
+    }
+    inner.state().remove_client(id);
+}
+
+/// Serves the connection over `rd`/`wr` until it ends (`None`), or until IDENTIFY granted TLS:
+/// then its answer is written and the halves are handed back for the upgrade.
+#[allow(clippy::too_many_arguments)]
+async fn run_connection<R, W>(
+    inner: &Arc<Inner>,
+    id: u64,
+    mut rd: R,
+    wr: W,
+    token: &CancellationToken,
+    wake_writer: &Arc<Notify>,
+    wake_reader: &Arc<Notify>,
+    rs: &mut ReadState,
+) -> Option<(R, W)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let writer = tokio::spawn(write_loop(
+        inner.clone(),
+        id,
+        wr,
+        wake_writer.clone(),
+        wake_reader.clone(),
+        token.clone(),
+    ));
+    let end = read_loop(inner, id, &mut rd, token, wake_reader, rs).await;
     match end {
         End::Graceful => {
             if let Some(c) = inner.state().clients.get_mut(&id) {
@@ -1182,14 +1419,84 @@ async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr, token: Ca
                 _ = writer => {}
             }
             drain(&mut rd).await;
+            None
         }
-        End::Abrupt => writer.abort(),
+        End::Abrupt => {
+            writer.abort();
+            None
+        }
+        End::UpgradeTls => {
+            let wr = tokio::select! {
+                _ = token.cancelled() => None,
+                wr = writer => wr.ok().flatten(),
+            };
+            wr.map(|wr| (rd, wr))
+        }
     }
-    inner.state().remove_client(id);
+}
+
+/// nsqd's `clientV2.UpgradeTLS` and what IDENTIFY does after it: the server handshake within
+/// 5 s, then `OK` over TLS. A failed handshake gets `E_IDENTIFY_FAILED IDENTIFY failed <why>`,
+/// written in plain text as nsqd does (its writer is still the plain one), and the close.
+async fn upgrade_tls(
+    inner: &Arc<Inner>,
+    id: u64,
+    tcp: TcpStream,
+    token: &CancellationToken,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let tls = inner.options.tls.as_ref()?;
+    let accept = tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(tcp).into_fallible();
+    let result = tokio::select! {
+        _ = token.cancelled() => return None,
+        r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept) => r,
+    };
+    let (why, tcp) = match result {
+        Ok(Ok(stream)) => {
+            let (_, conn) = stream.get_ref();
+            let version = match conn.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLS1.2".to_owned(),
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLS1.3".to_owned(),
+                other => format!("Unknown {}", other.map_or(0, u16::from)),
+            };
+            let suite = conn.negotiated_cipher_suite().map(|s| s.suite());
+            // nsqd names only a few TLS 1.2 suites; any other is "Unknown <number>".
+            let suite = match suite.and_then(|s| s.as_str()) {
+                Some(
+                    name @ ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+                    | "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"),
+                ) => name.to_owned(),
+                _ => format!("Unknown {}", suite.map_or(0, u16::from)),
+            };
+            let mut st = inner.state();
+            st.counters.tls_upgrades += 1;
+            let c = st.clients.get_mut(&id)?;
+            c.tls = Some((version, suite));
+            c.handover = false;
+            c.push_frame(FRAME_TYPE_RESPONSE, OK);
+            return Some(stream);
+        }
+        Ok(Err((e, tcp))) => (e.to_string(), Some(tcp)),
+        Err(_) => ("i/o timeout".to_owned(), None),
+    };
+    inner.state().counters.tls_failures += 1;
+    if let Some(mut tcp) = tcp {
+        let mut frame = BytesMut::new();
+        encode_frame(
+            FRAME_TYPE_ERROR,
+            format!("E_IDENTIFY_FAILED IDENTIFY failed {why}").as_bytes(),
+            &mut frame,
+        );
+        let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+            let _ = tcp.write_all(&frame).await;
+            let _ = tcp.shutdown().await;
+        })
+        .await;
+    }
+    None
 }
 
 /// Reads and discards what the peer still sends, briefly and boundedly.
-async fn drain(rd: &mut OwnedReadHalf) {
+async fn drain<R: AsyncRead + Unpin>(rd: &mut R) {
     let mut sink = vec![0u8; 16 * 1024];
     let mut total = 0;
     let until = Instant::now() + CLOSE_DRAIN;
@@ -1201,24 +1508,30 @@ async fn drain(rd: &mut OwnedReadHalf) {
     }
 }
 
-async fn write_loop(
+/// Writes the client's outbox as it fills. Returns its half of the socket when asked to hand
+/// it over (TLS upgrade) once everything queued is written; `None` when the connection ends.
+async fn write_loop<W: AsyncWrite + Unpin>(
     inner: Arc<Inner>,
     id: u64,
-    mut wr: OwnedWriteHalf,
+    mut wr: W,
     wake: Arc<Notify>,
     wake_reader: Arc<Notify>,
     token: CancellationToken,
-) {
+) -> Option<W> {
     loop {
-        let (chunk, close, deadline) = {
+        let (chunk, close, handover, deadline) = {
             let mut st = inner.state();
-            let Some(c) = st.clients.get_mut(&id) else { return };
+            let c = st.clients.get_mut(&id)?;
             let chunk = c.outbox.split().freeze();
             c.writing = chunk.len();
-            (chunk, c.close_after_flush, c.heartbeat_interval)
+            (chunk, c.close_after_flush, c.handover, c.heartbeat_interval)
         };
         if !chunk.is_empty() {
-            let write = wr.write_all(&chunk);
+            let write = async {
+                wr.write_all(&chunk).await?;
+                // TLS buffers records until flushed (a no-op on TCP).
+                wr.flush().await
+            };
             // nsqd sets a write deadline of one heartbeat interval on every send.
             let written = match deadline {
                 Some(d) => matches!(tokio::time::timeout(d, write).await, Ok(Ok(()))),
@@ -1230,71 +1543,112 @@ async fn write_loop(
             wake_reader.notify_one();
             if !written {
                 token.cancel();
-                return;
+                return None;
             }
             continue;
         }
         if close {
             let _ = wr.shutdown().await;
-            return;
+            return None;
+        }
+        if handover {
+            return Some(wr);
         }
         tokio::select! {
-            _ = token.cancelled() => return,
+            _ = token.cancelled() => return None,
             _ = wake.notified() => {}
         }
     }
 }
 
-async fn read_loop(
+/// nsqd's checks made on the command line alone, before the command's own: the TLS policy
+/// (`enforceTLSPolicy`, every command but IDENTIFY) and MPUB's CheckAuth, which comes before
+/// its body is read (SUB, PUB and DPUB check auth after their own checks, in `execute`).
+fn line_policy(
+    input: &[u8],
+    limits: &CommandLimits,
+    options: &NsqBrokerOptions,
+    c: &Client,
+) -> Option<ServerError> {
+    let tls_refused = options.tls_required && c.tls.is_none();
+    let auth_first = options.auth_secrets.is_some() && !c.authenticated;
+    if !tls_refused && !auth_first {
+        return None;
+    }
+    let window = &input[..input.len().min(limits.max_line_bytes)];
+    let mut line = &window[..memchr::memchr(b'\n', window)?];
+    if let Some(trimmed) = line.strip_suffix(b"\r") {
+        line = trimmed;
+    }
+    let params: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    let verb = params[0];
+    if tls_refused && verb != b"IDENTIFY" {
+        let text = format!("cannot {} in current state (TLS required)", String::from_utf8_lossy(verb));
+        return Some(ServerError::from_parts(ErrorCode::Invalid, text.as_bytes()));
+    }
+    let topic_ok =
+        params.get(1).is_some_and(|t| std::str::from_utf8(t).is_ok_and(logmill::nsq::protocol::valid_name));
+    if verb == b"MPUB" && topic_ok && auth_first {
+        return Some(ServerError::from_parts(ErrorCode::AuthFirst, b"AUTH required before MPUB"));
+    }
+    None
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
     inner: &Arc<Inner>,
     id: u64,
-    rd: &mut OwnedReadHalf,
+    rd: &mut R,
     token: &CancellationToken,
     wake_reader: &Notify,
-    default_heartbeat: Option<Duration>,
+    rs: &mut ReadState,
 ) -> End {
     let far = Duration::from_secs(24 * 60 * 60);
-    let mut input = BytesMut::with_capacity(16 * 1024);
-    let mut heartbeat = default_heartbeat;
-    let start = Instant::now();
-    let mut next_heartbeat = heartbeat.map(|d| start + d);
-    let mut deadline = heartbeat.map(|d| start + 2 * d);
+    let ReadState { input, heartbeat, next_heartbeat, deadline } = rs;
     loop {
         let now = Instant::now();
         let stalled_until = inner.state().faults.stall_until.filter(|&t| t > now);
         if stalled_until.is_none() && !input.is_empty() {
             let mut progressed = false;
             loop {
-                let (session, mid_mpub) = {
+                let (session, mid_mpub, refused) = {
                     let mut st = inner.state();
                     let Some(c) = st.clients.get(&id) else { return End::Abrupt };
                     let session = c.session;
-                    let mid_mpub = st.faults.drop_mid_mpub > 0
+                    let refused = line_policy(input, &inner.limits, &inner.options, c);
+                    let mid_mpub = refused.is_none()
+                        && st.faults.drop_mid_mpub > 0
                         && input.starts_with(b"MPUB ")
-                        && memchr::memchr(b'\n', &input).is_some();
+                        && memchr::memchr(b'\n', input).is_some();
                     if mid_mpub {
                         st.faults.drop_mid_mpub -= 1;
                     }
-                    (session, mid_mpub)
+                    (session, mid_mpub, refused)
                 };
                 if mid_mpub {
                     // Answers to earlier commands still go out (nsqd flushes each when sent);
                     // the MPUB gets none.
                     return End::Graceful;
                 }
-                let outcome = match decode_command(&mut input, &inner.limits, session) {
-                    Ok(None) => break,
-                    Ok(Some(cmd)) => inner.state().execute(id, cmd, Instant::now(), &inner.options),
-                    Err(CommandError::Fatal(e)) => inner.state().send_error(id, &e),
-                    // nsqd drops a client whose line overflows its read buffer, without a word.
-                    Err(_) => Outcome::Close,
+                let outcome = if let Some(e) = refused {
+                    inner.state().send_error(id, &e)
+                } else {
+                    match decode_command(input, &inner.limits, session) {
+                        Ok(None) => break,
+                        Ok(Some(cmd)) => inner.state().execute(id, cmd, Instant::now(), &inner.options),
+                        Err(CommandError::Fatal(e)) => inner.state().send_error(id, &e),
+                        // nsqd drops a client whose line overflows its read buffer, without a word.
+                        Err(_) => Outcome::Close,
+                    }
                 };
                 progressed = true;
                 match outcome {
                     Outcome::Continue => {}
-                    Outcome::Identified(hb) => {
-                        heartbeat = hb;
-                        next_heartbeat = hb.map(|d| Instant::now() + d);
+                    Outcome::Identified(hb, upgrade) => {
+                        *heartbeat = hb;
+                        *next_heartbeat = hb.map(|d| Instant::now() + d);
+                        if upgrade {
+                            return End::UpgradeTls;
+                        }
                     }
                     Outcome::Close => return End::Graceful,
                     Outcome::Drop => return End::Abrupt,
@@ -1317,7 +1671,7 @@ async fn read_loop(
             }
             if progressed {
                 // nsqd sets the read deadline before reading each command line.
-                deadline = heartbeat.map(|d| Instant::now() + 2 * d);
+                *deadline = heartbeat.map(|d| Instant::now() + 2 * d);
             }
         }
         let now = Instant::now();
@@ -1328,12 +1682,12 @@ async fn read_loop(
                 if let Some(c) = inner.state().clients.get_mut(&id) {
                     c.push_frame(FRAME_TYPE_RESPONSE, HEARTBEAT);
                 }
-                next_heartbeat = next_heartbeat.zip(heartbeat).map(|(t, d)| t + d);
+                *next_heartbeat = next_heartbeat.zip(*heartbeat).map(|(t, d)| t + d);
             }
             _ = sleep_until(deadline.unwrap_or(now + far)), if deadline.is_some() && stalled_until.is_none() => {
                 // A heartbeat due at the same instant goes out first (nsqd's ticker and its
                 // read deadline start together; the recording shows both heartbeats).
-                if let (Some(hb), Some(dl)) = (next_heartbeat, deadline) {
+                if let (Some(hb), Some(dl)) = (*next_heartbeat, *deadline) {
                     if hb <= dl {
                         if let Some(c) = inner.state().clients.get_mut(&id) {
                             c.push_frame(FRAME_TYPE_RESPONSE, HEARTBEAT);
@@ -1343,9 +1697,9 @@ async fn read_loop(
                 return End::Graceful;
             }
             _ = sleep_until(stalled_until.unwrap_or(now + far)), if stalled_until.is_some() => {
-                deadline = heartbeat.map(|d| Instant::now() + 2 * d);
+                *deadline = heartbeat.map(|d| Instant::now() + 2 * d);
             }
-            read = rd.read_buf(&mut input), if stalled_until.is_none() => match read {
+            read = rd.read_buf(input), if stalled_until.is_none() => match read {
                 Ok(0) => return End::Graceful,
                 Ok(_) => {}
                 Err(_) => return End::Abrupt,
@@ -1478,16 +1832,26 @@ impl State {
         let latency = json!({ "count": 0, "percentiles": null });
         let client_json = |id: &u64| {
             self.clients.get(id).map(|c| {
-                json!({
+                let (tls_version, tls_cipher_suite) = c.tls.clone().unwrap_or_default();
+                let mut j = json!({
                     "client_id": c.client_id, "hostname": c.hostname, "version": "V2",
                     "remote_address": c.remote_addr.to_string(),
                     "state": match c.session.state { ClientState::Init => 0, ClientState::Subscribed => 3, ClientState::Closing => 4 },
                     "ready_count": c.rdy, "in_flight_count": c.in_flight, "message_count": c.message_count,
                     "finish_count": c.finish_count, "requeue_count": c.requeue_count, "connect_ts": c.connect_ts,
                     "sample_rate": c.sample_rate, "deflate": false, "snappy": false, "user_agent": c.user_agent,
-                    "tls": false, "tls_cipher_suite": "", "tls_version": "", "tls_negotiated_protocol": "",
-                    "tls_negotiated_protocol_is_mutual": false,
-                })
+                    "tls": c.tls.is_some(), "tls_cipher_suite": tls_cipher_suite, "tls_version": tls_version,
+                    "tls_negotiated_protocol": "", "tls_negotiated_protocol_is_mutual": false,
+                });
+                // nsqd's `authed`, `auth_identity`, `auth_identity_url` are `omitempty`.
+                if c.authenticated {
+                    j["authed"] = json!(true);
+                    j["auth_identity"] = json!(AUTH_IDENTITY);
+                    if !AUTH_IDENTITY_URL.is_empty() {
+                        j["auth_identity_url"] = json!(AUTH_IDENTITY_URL);
+                    }
+                }
+                j
             })
         };
         let topics: Vec<_> = self
