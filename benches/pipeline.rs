@@ -104,6 +104,15 @@ fn benches(c: &mut Criterion) {
             }
         })
     });
+    // What LineProcessor runs: the same parse, remembering the last access time.
+    let mut parser = router::RouterParser::default();
+    group.bench_function("router_parser", |b| {
+        b.iter(|| {
+            for input in &inputs {
+                black_box(parser.classify(black_box(input.line)));
+            }
+        })
+    });
     group.finish();
 
     // 2. The declarative definition of the same format: the regex reference path.

@@ -245,7 +245,11 @@ async fn tls_required_refuses_a_plain_client_with_tls_required() {
 
     // A producer's publish fails (after nsqd refused it on a few connections), it does not hang.
     let (producer, cancel) = start_producer(addr.clone(), settings(None, None));
+    let started = std::time::Instant::now();
     let err = timeout(WAIT, producer.publish("plain", "m")).await.unwrap().unwrap_err();
+    // Each connection was refused before answering anything: the producer backed off between
+    // them (50 then 100 ms, ±25 %) instead of reconnecting at once.
+    assert!(started.elapsed() >= Duration::from_millis(110), "no backoff: {:?}", started.elapsed());
     match err {
         PublishError::Rejected { code: ErrorCode::Invalid, message } => {
             assert!(message.ends_with("(TLS required)"), "{message}")

@@ -322,6 +322,7 @@ impl Producer {
         let limits =
             Limits { max_message_bytes: settings.max_message_bytes, max_body_bytes: settings.max_body_bytes };
         let task = Task {
+            answered_on_connection: false,
             backoff: Backoff::seeded(settings.backoff_initial, settings.backoff_max, "producer"),
             settings,
             rx,
@@ -461,6 +462,10 @@ enum End {
 }
 
 struct Task {
+    /// Whether the current connection has answered anything: one that fails before it did
+    /// (a publish refused for good on a fresh connection, say) is followed by a backoff, not
+    /// an immediate reconnect.
+    answered_on_connection: bool,
     settings: ProducerSettings,
     rx: mpsc::Receiver<Request>,
     rx_closed: bool,
@@ -512,6 +517,13 @@ impl Task {
                     self.counters.connection_errors.add(1);
                     tracing::warn!(nsqd = %addr, %error, pending = self.in_flight.len(), "nsqd connection lost; resending unanswered publishes");
                     self.requeue_in_flight();
+                    if !self.answered_on_connection {
+                        let delay = self.backoff.next_delay();
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = tokio::time::sleep_until(self.deadline()) => {}
+                        }
+                    }
                 }
             }
         }
@@ -630,7 +642,7 @@ impl Task {
     }
 
     async fn pump(&mut self, mut conn: Connection) -> End {
-        let mut answered_once = false;
+        self.answered_on_connection = false;
         loop {
             self.fill(&mut conn);
             if self.rx_closed && self.queue.is_empty() && self.in_flight.is_empty() {
@@ -672,8 +684,8 @@ impl Task {
                             if let Err(e) = self.on_frame(frame) {
                                 return End::Failed(e);
                             }
-                            if !answered_once {
-                                answered_once = true;
+                            if !self.answered_on_connection {
+                                self.answered_on_connection = true;
                                 self.backoff.reset();
                             }
                         }
@@ -784,6 +796,7 @@ mod tests {
     fn task(settings: ProducerSettings) -> (Task, mpsc::Sender<Request>) {
         let (tx, rx) = mpsc::channel(100);
         let task = Task {
+            answered_on_connection: false,
             backoff: Backoff::new(settings.backoff_initial, settings.backoff_max, 1),
             settings,
             rx,
