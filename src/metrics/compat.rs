@@ -21,6 +21,8 @@ type CompatValue<'t> = (&'static str, &'t [u8], fn(&AccessRecord<'_>) -> f64);
 pub struct CompatEncoder {
     /// The line's tag set, then ` <timestamp>\n` from `tags_end` on.
     shared: BytesMut,
+    /// The host and its escaped `,host=…` (the same for every line of a processor).
+    host: Option<(String, Result<BytesMut, EncodeError>)>,
 }
 
 impl CompatEncoder {
@@ -35,15 +37,22 @@ impl CompatEncoder {
     ) -> Result<(), EncodeError> {
         let status = record.status_text();
         self.shared.clear();
-        write_tag_set(
-            &mut self.shared,
-            &[
-                ("app", record.app),
-                ("status_code", status.as_str()),
-                ("host", host),
-                ("method", record.method.as_str()),
-            ],
-        )?;
+        write_tag_set(&mut self.shared, &[("app", record.app)])?;
+        // Three digits and an upper-case method never need escaping.
+        self.shared.extend_from_slice(b",status_code=");
+        self.shared.extend_from_slice(status.as_str().as_bytes());
+        if self.host.as_ref().is_none_or(|(h, _)| h != host) {
+            let mut tag = BytesMut::new();
+            let tag = write_tag_set(&mut tag, &[("host", host)]).map(|()| tag);
+            self.host = Some((host.to_owned(), tag));
+        }
+        match self.host.as_ref().map(|(_, tag)| tag) {
+            Some(Ok(tag)) => self.shared.extend_from_slice(tag),
+            Some(Err(e)) => return Err(*e),
+            None => {}
+        }
+        self.shared.extend_from_slice(b",method=");
+        self.shared.extend_from_slice(record.method.as_str().as_bytes());
         let tags_end = self.shared.len();
         self.shared.put_u8(b' ');
         write_timestamp(&mut self.shared, origin.point_timestamp(record.time_ns));
