@@ -397,3 +397,58 @@ async fn replay_output_influx_from_the_command_line() {
     assert!(stderr.contains("111417 written"), "{stderr}");
     assert_reference_counts(&influx, "cli").await;
 }
+
+/// A TLS terminator in front of influxd, with the test certificate of `testdata/tls/`
+/// (`localhost`, 127.0.0.1), so that the writer's `https://` and `ca_file` meet a real
+/// handshake; the bytes inside go to influxd unchanged.
+async fn https_front(influxd: std::net::SocketAddr) -> std::net::SocketAddr {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/tls");
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(dir.join("server.pem")).unwrap().collect::<Result<_, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(socket).await else { return };
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(influxd).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn https_with_a_custom_ca() {
+    let influx = Influxd::start().await;
+    let front = https_front(influx.addr()).await;
+    let ca = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/tls/ca.pem");
+    let url = format!("https://localhost:{}", front.port());
+    let run = start(settings(std::slice::from_ref(&url), "tls", |r| r.ca_file = ca.display().to_string()));
+    assert_eq!(submit_all(&run.writer, b"m v=1.0 1\nm v=2.0 2\n", 10).await, [Outcome::Written]);
+    assert_eq!(influx.scalar("tls", "SELECT count(\"v\") FROM \"m\"").await, 2.0);
+
+    // Without the CA the certificate is not trusted: nothing is written, and the writer keeps
+    // retrying (a network-level failure) until it is stopped.
+    let untrusted = start(settings(&[url], "tls_untrusted", |_| {}));
+    let pending = untrusted.writer.submit(Bytes::from_static(b"m v=1.0 1\n"), 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    untrusted.cancel.cancel();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), pending).await.unwrap(), Outcome::Aborted);
+    let metrics = untrusted.telemetry.render_prometheus();
+    assert!(counter(&metrics, "logmill_influx_retries_total") > 0, "{metrics}");
+}
