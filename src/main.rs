@@ -154,7 +154,12 @@ fn run_replay(settings: Settings, options: ReplayOptions, output: Output) -> any
                 let submit_bytes = influx.batch_max_bytes;
                 let telemetry = Telemetry::default();
                 let writer = InfluxWriter::start(influx, &telemetry, &shutdown.tracker, cancel.clone())?;
-                let mut sink = InfluxSink::new(writer, tokio::runtime::Handle::current(), submit_bytes);
+                let mut sink = InfluxSink::new(
+                    writer,
+                    telemetry.clone(),
+                    tokio::runtime::Handle::current(),
+                    submit_bytes,
+                );
                 let replayed = tokio::task::spawn_blocking(move || {
                     replay::replay(&settings, &options, &mut sink, &cancel).map(|s| (s, sink))
                 })

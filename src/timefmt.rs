@@ -71,6 +71,11 @@ fn to_nanos(
     offset_secs: i64,
 ) -> Result<i64, TimeError> {
     let (hour, minute, second) = hms;
+    // Logs are from after 1970, and before 2200 every later sum (windows, offsets, sequence
+    // numbers) stays far inside i64 nanoseconds; a time outside is a broken line, not a date.
+    if !(1970..=2200).contains(&year) {
+        return Err(TimeError::Range);
+    }
     // Second 60 is a leap second; it is folded onto the next second as most tools do.
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
         return Err(TimeError::Range);
@@ -214,6 +219,14 @@ mod tests {
         assert_eq!(parse_clf(b"31/May/2016:18:56:12 +0200"), Ok(1_464_713_772 * NANOS_PER_SEC));
         assert_eq!(parse_clf(b"31/Mai/2016:16:56:12 +0000"), Err(TimeError::Layout));
         assert_eq!(parse_access_time(b"31/May/2016:16:56:12 +0000"), Ok(1_464_713_772 * NANOS_PER_SEC));
+    }
+
+    #[test]
+    fn years_outside_1970_to_2200_are_out_of_range() {
+        assert_eq!(parse_rfc3339(b"1677-09-21T00:12:45+00:00"), Err(TimeError::Range));
+        assert_eq!(parse_rfc3339(b"2262-04-11T23:47:16Z"), Err(TimeError::Range));
+        assert_eq!(parse_clf(b"31/Dec/1969:23:59:59 +0000"), Err(TimeError::Range));
+        assert!(parse_rfc3339(b"2200-12-31T23:59:59Z").is_ok());
     }
 
     #[test]

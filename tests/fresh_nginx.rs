@@ -105,9 +105,17 @@ async fn replaying_fresh_nginx_output_counts_exactly() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The probe above may have reached the default server a few times: start counting after
-    // it, from a fresh log.
+    // it. nginx logs a request after answering it, so wait for the log to stop growing.
     let log = dir.path().join("access.log");
-    let probes = std::fs::read_to_string(&log).unwrap_or_default().lines().count();
+    let mut probes = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = std::fs::read_to_string(&log).unwrap_or_default().lines().count();
+        if now == probes {
+            break;
+        }
+        probes = now;
+    }
 
     // (host, method, path, how many, expected status)
     let plan: [(&str, reqwest::Method, &str, usize, u16); 6] = [

@@ -153,13 +153,25 @@ fn the_regex_definition_matches_the_fast_path() {
     let user = raw.validate().unwrap();
     assert!(!user.parsers.get("deis-router").unwrap().builtin);
 
-    for (file, format) in [("access.log", FormatChoice::Raw), ("router-docker.log", FormatChoice::Docker)] {
+    // The reference data, and hand-made lines with the layouts real nginx writes rarely:
+    // ` - ` inside a Basic user, an interrupted retry's times and a bad Host; `$time_local`;
+    // `:` between redirects; a TLS handshake as the request; and broken lines.
+    for (file, format) in [
+        ("access.log", FormatChoice::Raw),
+        ("router-docker.log", FormatChoice::Docker),
+        ("router-edge.log", FormatChoice::Raw),
+    ] {
         let options = ReplayOptions { files: vec![testdata(file)], format, parser: "deis-router".into() };
         let mut fast = Vec::new();
         let fs = replay(&settings(), &options, &mut fast, &CancellationToken::new()).unwrap();
         let mut regex = Vec::new();
         let rs = replay(&user, &options, &mut regex, &CancellationToken::new()).unwrap();
-        assert_eq!(fs.counts, rs.counts, "{file}");
+        // The same lines are access lines, other lines and rejected; a regex that does not match
+        // cannot say why, so the reasons of rejected lines may differ.
+        let outcome = |c: &logmill::pipeline::LineCounts| {
+            (c.lines, c.access, c.other, c.rejected_total(), c.compat_points, c.aggregate_points)
+        };
+        assert_eq!(outcome(&fs.counts), outcome(&rs.counts), "{file}");
         // Byte for byte, every compat and aggregated point.
         if fast != regex {
             let (f, r) = (String::from_utf8_lossy(&fast), String::from_utf8_lossy(&regex));

@@ -11,7 +11,6 @@
 
 use nom::{
     bytes::complete::{tag, take_until},
-    character::complete::digit1,
     error::{Error, ErrorKind},
     sequence::{delimited, terminated},
     IResult, Parser,
@@ -47,6 +46,32 @@ fn quoted(i: &[u8]) -> Res<'_, &[u8]> {
         Some(after) => Ok((after, &body[..end])),
         None => fail(rest, ErrorKind::Tag),
     }
+}
+
+/// `$remote_user - $status - "`: the user comes from any client's Basic credentials and may
+/// hold ` - `, so it runs to the first ` - ` followed by three digits, ` - ` and the request's
+/// opening quote. Returns the input from that quote on, and the three digits.
+fn user_and_status(i: &[u8]) -> Result<(&[u8], &[u8; 3]), Reject> {
+    // nginx escapes `"` in the user (`\x22`), so the first quote opens the request: the status
+    // is before it.
+    let Some(quote) = memchr::memchr(b'"', i) else { return Err(Reject::Truncated) };
+    let mut unquoted_request = false;
+    for at in memchr::memmem::find_iter(&i[..quote], SEP.as_bytes()) {
+        let after = &i[at + SEP.len()..];
+        if let [a, b, c, b' ', b'-', b' ', next, ..] = after {
+            if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() {
+                if *next != b'"' {
+                    unquoted_request = true;
+                    continue;
+                }
+                let status: &[u8; 3] = after[..3].try_into().map_err(|_| Reject::BadStatus)?;
+                return Ok((&after[6..], status));
+            }
+        }
+    }
+    // A status followed by something other than the request's quote is a broken layout; no
+    // status at all is a bad status.
+    Err(if unquoted_request { Reject::Malformed } else { Reject::BadStatus })
 }
 
 /// A nom failure as a rejection: running out of line is `Truncated`, anything else `Malformed`.
@@ -93,8 +118,8 @@ pub fn classify(line: &[u8]) -> Classified<'_> {
 /// second, all with the same time text, so comparing that text saves parsing it again.
 #[derive(Debug, Default)]
 pub struct RouterParser {
-    last_time: Vec<u8>,
-    last_ns: i64,
+    /// The last time text that parsed, and its value.
+    last: Option<(Vec<u8>, i64)>,
 }
 
 impl RouterParser {
@@ -103,13 +128,16 @@ impl RouterParser {
         if line.first() != Some(&b'[') {
             return Classified::Other;
         }
-        let mut time_of = |text: &[u8]| {
-            if text != self.last_time.as_slice() {
-                self.last_ns = access_time(text)?;
-                self.last_time.clear();
-                self.last_time.extend_from_slice(text);
+        let mut time_of = |text: &[u8]| match &mut self.last {
+            Some((last, ns)) if last.as_slice() == text => Ok(*ns),
+            last => {
+                let ns = access_time(text)?;
+                let (buf, value) = last.get_or_insert_with(|| (Vec::new(), 0));
+                buf.clear();
+                buf.extend_from_slice(text);
+                *value = ns;
+                Ok(ns)
             }
-            Ok(self.last_ns)
         };
         match parse_with(line, &mut time_of) {
             Ok(record) => Classified::Access(record),
@@ -137,25 +165,28 @@ fn parse_with<'l>(
     let time_ns = time_of(time)?;
     let (i, app) = bare(i).map_err(reject)?;
     let (i, _remote_addr) = bare(i).map_err(reject)?;
-    let (i, _remote_user) = bare(i).map_err(reject)?;
-    let (i, status) = terminated(digit1, tag(SEP)).parse(i).map_err(|e| match reject(e) {
-        Reject::Truncated => Reject::Truncated,
-        _ => Reject::BadStatus,
-    })?;
+    let (i, status) = user_and_status(i)?;
     let (i, request) = quoted(i).map_err(reject)?;
     let (i, bytes_sent) = bare(i).map_err(reject)?;
     let (i, _referer) = quoted(i).map_err(reject)?;
     let (i, _user_agent) = quoted(i).map_err(reject)?;
     let (i, _server_name) = quoted(i).map_err(reject)?;
-    let (i, _upstream_addr) = bare(i).map_err(reject)?;
-    let (i, _http_host) = bare(i).map_err(reject)?;
-    let (request_time, upstream_times) = bare(i).map_err(reject)?;
-
-    let status = match status {
-        [a, b, c] => u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'),
-        _ => return Err(Reject::BadStatus),
+    // `$upstream_addr - $http_host - $upstream_response_time - $request_time`. An interrupted
+    // retry's times (`0.001, -`) and a bad Host header can hold ` - `; the request time never
+    // does, so it is what follows the last separator.
+    let (middle, request_time) = match memchr::memmem::rfind(i, SEP.as_bytes()) {
+        Some(at) => (&i[..at], &i[at + SEP.len()..]),
+        None => return Err(Reject::Truncated),
     };
+    let (rest, _upstream_addr) = bare(middle).map_err(reject)?;
+    let (upstream_times, _http_host) = bare(rest).map_err(reject)?;
+
+    let status =
+        u16::from(status[0] - b'0') * 100 + u16::from(status[1] - b'0') * 10 + u16::from(status[2] - b'0');
     let request_time_text = request_time.trim_ascii_end();
+    if request_time_text.contains(&b' ') {
+        return Err(Reject::Malformed);
+    }
     Ok(AccessRecord {
         time_ns,
         app: std::str::from_utf8(app).map_err(|_| Reject::InvalidUtf8)?,
@@ -260,6 +291,29 @@ mod tests {
         let bad = br#"[2026-11-21X04:22:21+00:00] - web - 127.0.0.1 - - - 200 - "GET / HTTP/1.1" - 1 - "-" - "c" - "w" - - - w - - - 0.1"#;
         assert_eq!(parser.classify(bad), Classified::Rejected(Reject::BadTime));
         assert_eq!(parser.classify(bad), Classified::Rejected(Reject::BadTime));
+        // Nothing remembered yet: an empty time is not the epoch.
+        let empty =
+            br#"[] - web - 127.0.0.1 - - - 200 - "GET / HTTP/1.1" - 1 - "-" - "c" - "w" - - - w - - - 0.1"#;
+        assert_eq!(RouterParser::default().classify(empty), Classified::Rejected(Reject::BadTime));
+    }
+
+    #[test]
+    fn separators_inside_unquoted_fields() {
+        // A client's Basic user `a - b`, an interrupted retry's times `0.001, -`, and the bad
+        // Host header nginx logs on its 400: each holds ` - ` outside quotes.
+        let user = br#"[2026-11-21T04:22:21+00:00] - web - 127.0.0.1 - a - b - 200 - "GET / HTTP/1.1" - 169 - "-" - "c" - "w" - 127.0.0.1:1 - w - 0.001 - 0.002"#;
+        let r = parse(user).unwrap();
+        assert_eq!((r.app, r.status, r.bytes_sent, r.request_time), ("web", 200, 169, 0.002));
+        assert_eq!(r.upstream_times, b"0.001");
+        let retry = br#"[2026-11-21T04:22:21+00:00] - shop - 127.0.0.1 - - - 499 - "POST / HTTP/1.1" - 0 - "-" - "c" - "s" - 127.0.0.1:1, 127.0.0.1:2 - s - 0.001, - - 0.042"#;
+        let r = parse(retry).unwrap();
+        assert_eq!((r.status, r.request_time), (499, 0.042));
+        assert_eq!(r.upstream_times, b"0.001, -");
+        assert_eq!(r.upstream_time_total(), Some(0.001));
+        let host = br#"[2026-11-21T04:22:21+00:00] - router-default - 127.0.0.1 - - - 400 - "GET / HTTP/1.1" - 150 - "-" - "c" - "_" - - - bad - host - - - 0.000"#;
+        let r = parse(host).unwrap();
+        assert_eq!((r.app, r.status, r.bytes_sent, r.request_time), ("router-default", 400, 150, 0.0));
+        assert_eq!(r.upstream_times, b"host - -");
     }
 
     #[test]

@@ -469,7 +469,8 @@ fn parse_time(b: &[u8], format: TimeFormat) -> Result<i64, Reject> {
         TimeFormat::Unix => std::str::from_utf8(b)
             .ok()
             .and_then(|s| s.parse::<f64>().ok())
-            .filter(|s| s.is_finite() && s.abs() < 9.2e9)
+            // The same 1970..2200 range as the other layouts (see `timefmt`).
+            .filter(|s| s.is_finite() && (0.0..7.26e9).contains(s))
             .map(|s| (s * 1e9).round() as i64)
             .ok_or(Reject::BadTime),
     }

@@ -47,8 +47,10 @@ pub struct InfluxSettings {
 pub enum Outcome {
     /// Stored.
     Written,
-    /// InfluxDB stored the valid points of the batch and refused `dropped` (a field type
-    /// conflict, an unparsable line); resending would not change that.
+    /// InfluxDB stored the valid points of the batch and refused `dropped` of them (a field
+    /// type conflict, an unparsable line); resending would not change that. `dropped` counts the
+    /// whole batch, which may hold other submissions too: exact per-point counts are the
+    /// writer's `logmill_influx_points_*_total` counters.
     PartiallyWritten { dropped: u64, message: String },
     /// Refused for good (credentials, a missing bucket, a point too large…).
     Rejected { message: String },
@@ -294,47 +296,55 @@ impl Sender {
         for s in &batch {
             body.extend_from_slice(&s.body);
         }
-        let outcome = self.send_lines(body.freeze(), points).await;
+        let (outcome, tally) = self.send_lines(body.freeze(), points).await;
+        self.counters.points_written.add(tally.written);
+        self.counters.points_dropped.add(tally.dropped);
+        self.counters.points_rejected.add(tally.rejected);
+        self.counters.points_aborted.add(tally.aborted);
         match &outcome {
-            Outcome::Written => self.counters.points_written.add(points as u64),
             Outcome::PartiallyWritten { dropped, message } => {
-                self.counters.points_written.add((points as u64).saturating_sub(*dropped));
-                self.counters.points_dropped.add(*dropped);
                 tracing::warn!(dropped, %message, "InfluxDB partial write: the valid points are stored");
             }
-            Outcome::Rejected { message } => {
-                self.counters.points_rejected.add(points as u64);
-                tracing::error!(points, %message, "InfluxDB refused a batch");
-            }
-            Outcome::Aborted => self.counters.points_aborted.add(points as u64),
+            Outcome::Rejected { message } => tracing::error!(points, %message, "InfluxDB refused a batch"),
+            Outcome::Written | Outcome::Aborted => {}
         }
         for s in batch {
             let _ = s.ack.send(outcome.clone());
         }
     }
 
-    /// Sends these lines (split on 413) until answered for good.
-    async fn send_lines(&self, lines: Bytes, points: usize) -> Outcome {
+    /// Sends these lines (split on 413) until answered for good; the outcome of the worst part
+    /// and how many points ended which way.
+    async fn send_lines(&self, lines: Bytes, points: usize) -> (Outcome, Tally) {
         let body = if self.settings.gzip { gzip(&lines) } else { lines.clone() };
-        match self.send_body(body).await {
+        let outcome = match self.send_body(body).await {
             Err(TooLarge) => {
                 let Some((a, b)) = split_lines(&lines) else {
-                    return Outcome::Rejected {
-                        message: format!(
-                            "a single point of {} bytes is larger than InfluxDB accepts",
-                            lines.len()
-                        ),
-                    };
+                    let message =
+                        format!("a single point of {} bytes is larger than InfluxDB accepts", lines.len());
+                    return (
+                        Outcome::Rejected { message },
+                        Tally { rejected: points as u64, ..Tally::default() },
+                    );
                 };
                 self.counters.splits.add(1);
                 let (pa, pb) = (count_lines(&a), count_lines(&b));
-                debug_assert_eq!(pa + pb, points);
-                let first = Box::pin(self.send_lines(a, pa)).await;
-                let second = Box::pin(self.send_lines(b, pb)).await;
-                first.combine(second)
+                let (first, ta) = Box::pin(self.send_lines(a, pa)).await;
+                let (second, tb) = Box::pin(self.send_lines(b, pb)).await;
+                return (first.combine(second), ta.add(tb));
             }
             Ok(outcome) => outcome,
-        }
+        };
+        let n = points as u64;
+        let tally = match &outcome {
+            Outcome::Written => Tally { written: n, ..Tally::default() },
+            Outcome::PartiallyWritten { dropped, .. } => {
+                Tally { written: n.saturating_sub(*dropped), dropped: (*dropped).min(n), ..Tally::default() }
+            }
+            Outcome::Rejected { .. } => Tally { rejected: n, ..Tally::default() },
+            Outcome::Aborted => Tally { aborted: n, ..Tally::default() },
+        };
+        (outcome, tally)
     }
 
     /// Sends one body, the same bytes on every attempt, rotating through the URLs.
@@ -475,6 +485,26 @@ impl Sender {
             tracing::info!(url = %base, %statement, "created");
         }
         Ok(())
+    }
+}
+
+/// Points of one batch by how they ended (parts of a split batch can end differently).
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    written: u64,
+    dropped: u64,
+    rejected: u64,
+    aborted: u64,
+}
+
+impl Tally {
+    fn add(self, o: Tally) -> Tally {
+        Tally {
+            written: self.written + o.written,
+            dropped: self.dropped + o.dropped,
+            rejected: self.rejected + o.rejected,
+            aborted: self.aborted + o.aborted,
+        }
     }
 }
 

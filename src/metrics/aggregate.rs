@@ -58,7 +58,11 @@ struct Distribution {
 
 impl Distribution {
     fn insert(&mut self, v: f64) {
-        self.sum += v;
+        // A value line protocol cannot carry would make InfluxDB refuse the whole point.
+        if !v.is_finite() {
+            return;
+        }
+        self.sum = (self.sum + v).min(f64::MAX);
         self.max = self.max.max(v);
         let bucket = BUCKET_BOUNDS.iter().position(|&b| v <= b).unwrap_or(BUCKET_BOUNDS.len());
         self.buckets[bucket] += 1;
@@ -200,7 +204,7 @@ impl Aggregator {
             }
         };
         series.count += 1;
-        series.bytes_sent += record.bytes_sent;
+        series.bytes_sent = series.bytes_sent.saturating_add(record.bytes_sent);
         series.request_time.insert(record.request_time);
         if let Some(t) = record.upstream_time_total() {
             series.upstream_time.insert(t);
@@ -260,8 +264,8 @@ impl Aggregator {
         }
         self.stats.points += 1;
         let mut fields = Vec::with_capacity(40);
-        fields.push(("count".to_owned(), FieldValue::Int(s.count as i64)));
-        fields.push(("bytes_sent".to_owned(), FieldValue::Int(s.bytes_sent as i64)));
+        fields.push(("count".to_owned(), FieldValue::Int(s.count.min(i64::MAX as u64) as i64)));
+        fields.push(("bytes_sent".to_owned(), FieldValue::Int(s.bytes_sent.min(i64::MAX as u64) as i64)));
         s.request_time.write_fields("request_time", &mut fields);
         s.upstream_time.write_fields("upstream_time", &mut fields);
         let offset = (self.sequence % self.settings.window_ns as u64) as i64;
@@ -361,6 +365,22 @@ mod tests {
         assert_eq!(bar.field_value("upstream_time_sum"), None, "every request had `-`");
         assert_eq!(bar.field_value("upstream_time_bucket_le_inf"), None);
         assert_eq!(bar.timestamp_ns, Some(100 * SEC));
+    }
+
+    #[test]
+    fn huge_values_saturate_instead_of_losing_the_point() {
+        let mut a = Aggregator::new(settings(100));
+        let mut big = rec(100, "foo", 200, 1e308, b"1e308, 1e308");
+        big.bytes_sent = u64::MAX;
+        a.observe(&big, "n1");
+        a.observe(&big, "n1");
+        a.flush_all();
+        let points = a.take_ready();
+        let mut out = bytes::BytesMut::new();
+        crate::metrics::line_protocol::encode_point(&points[0], &mut out).expect("still encodable");
+        assert_eq!(int(&points[0], "count"), 2);
+        assert_eq!(int(&points[0], "bytes_sent"), i64::MAX);
+        assert_eq!(float(&points[0], "request_time_sum"), f64::MAX);
     }
 
     #[test]

@@ -9,6 +9,8 @@ const ALPHA: f64 = 0.0075;
 /// Values at or below this are counted as zero: nginx times have millisecond resolution, so
 /// `0.000` is common and must come back as exactly 0.
 const MIN_POSITIVE: f64 = 1e-9;
+/// Larger values share the top bucket (their percentile is then clamped to the exact max).
+const MAX_BUCKETED: f64 = 1e6;
 
 #[derive(Debug, Clone, Default)]
 pub struct Sketch {
@@ -42,7 +44,9 @@ impl Sketch {
             self.zeros += 1;
             return;
         }
-        let index = (v.ln() / ln_gamma()).ceil() as i32;
+        // Buckets span 1 ns to MAX_BUCKETED (11.6 days) at most, about 2,700 of them, so a series
+        // fed extreme values cannot grow without bound; min and max stay exact.
+        let index = (v.min(MAX_BUCKETED).ln() / ln_gamma()).ceil() as i32;
         if self.counts.is_empty() {
             self.offset = index;
             self.counts.push(0);

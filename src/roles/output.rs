@@ -5,6 +5,7 @@ use std::io::Write;
 use bytes::BytesMut;
 
 use crate::influx::writer::{InfluxWriter, Outcome, Pending};
+use crate::telemetry::Telemetry;
 
 /// What InfluxDB made of everything a sink submitted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,6 +42,8 @@ impl DeliverySummary {
 /// replay loop); each submission's answer is collected and awaited by [`InfluxSink::finish`].
 pub struct InfluxSink {
     writer: InfluxWriter,
+    /// The registry the writer counts into.
+    telemetry: Telemetry,
     runtime: tokio::runtime::Handle,
     buf: BytesMut,
     submit_bytes: usize,
@@ -49,8 +52,20 @@ pub struct InfluxSink {
 
 impl InfluxSink {
     /// `submit_bytes`: how much line protocol goes into one submission (a batch's worth).
-    pub fn new(writer: InfluxWriter, runtime: tokio::runtime::Handle, submit_bytes: usize) -> Self {
-        Self { writer, runtime, buf: BytesMut::new(), submit_bytes: submit_bytes.max(1), pending: Vec::new() }
+    pub fn new(
+        writer: InfluxWriter,
+        telemetry: Telemetry,
+        runtime: tokio::runtime::Handle,
+        submit_bytes: usize,
+    ) -> Self {
+        Self {
+            writer,
+            telemetry,
+            runtime,
+            buf: BytesMut::new(),
+            submit_bytes: submit_bytes.max(1),
+            pending: Vec::new(),
+        }
     }
 
     fn submit_complete_lines(&mut self) -> std::io::Result<()> {
@@ -65,26 +80,42 @@ impl InfluxSink {
 
     /// Waits for every submission's answer. Dropping the sink's writer handle here lets the
     /// writer task end once it has answered everything.
-    pub async fn finish(self) -> DeliverySummary {
-        let Self { writer, pending, .. } = self;
+    pub async fn finish(mut self) -> DeliverySummary {
+        // What was written after the last flush: complete lines are submitted; a last line
+        // without its `\n` is ended with one (line protocol lines are whole by construction).
+        if !self.buf.is_empty() && !self.buf.ends_with(b"\n") {
+            self.buf.extend_from_slice(b"\n");
+        }
+        let mut unsubmitted = 0;
+        if let Some(last) = memchr::memrchr(b'\n', &self.buf) {
+            let body = self.buf.split_to(last + 1).freeze();
+            let points = memchr::memchr_iter(b'\n', &body).count();
+            match self.writer.submit(body, points).await {
+                Ok(p) => self.pending.push((points as u64, p)),
+                Err(_) => unsubmitted = points as u64,
+            }
+        }
+        let Self { writer, pending, telemetry, .. } = self;
         drop(writer);
-        let mut summary = DeliverySummary::default();
+        let mut summary =
+            DeliverySummary { submitted: unsubmitted, aborted: unsubmitted, ..Default::default() };
         for (points, p) in pending {
             summary.submitted += points;
             match p.await {
-                Outcome::Written => summary.written += points,
-                Outcome::PartiallyWritten { dropped, message } => {
-                    summary.written += points.saturating_sub(dropped);
-                    summary.dropped += dropped;
+                Outcome::Written | Outcome::Aborted => {}
+                Outcome::PartiallyWritten { message, .. } | Outcome::Rejected { message } => {
                     summary.first_error.get_or_insert(message);
                 }
-                Outcome::Rejected { message } => {
-                    summary.rejected += points;
-                    summary.first_error.get_or_insert(message);
-                }
-                Outcome::Aborted => summary.aborted += points,
             }
         }
+        // A batch holds several submissions and parts of a split batch end differently: the
+        // writer's own counters have the exact count of each ending (this sink is their only
+        // writer).
+        let count = |name: &'static str| telemetry.counter(name, "", &[]).get();
+        summary.written = count("logmill_influx_points_written_total");
+        summary.dropped = count("logmill_influx_points_dropped_total");
+        summary.rejected = count("logmill_influx_points_rejected_total");
+        summary.aborted += count("logmill_influx_points_aborted_total");
         summary
     }
 }

@@ -225,7 +225,10 @@ pub fn replay(
         let mut file = File::open(path).map_err(read_err)?;
         summary.files += 1;
         let mut decoder = FileDecoder::new(options.format, settings.max_line_bytes);
-        let mut splitter = LineSplitter::new(FileDecoder::splitter_cap(settings.max_line_bytes), 0);
+        // Offsets run on across the files, so that lines of two raw files never share a key
+        // (see `LineOrigin::point_timestamp`).
+        let mut splitter =
+            LineSplitter::new(FileDecoder::splitter_cap(settings.max_line_bytes), summary.bytes);
         loop {
             if cancel.is_cancelled() {
                 summary.interrupted = true;
