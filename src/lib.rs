@@ -19,6 +19,7 @@
 //! - [`nsq`]: NSQ. [`nsq::protocol`] frames, commands, error codes and names (pure; its
 //!   `server` side decodes commands as nsqd does, for the test broker); [`nsq::codec`] the
 //!   `tokio_util` glue; [`nsq::connection`], [`nsq::producer`], [`nsq::consumer`] the client.
+//! - [`backoff`]: capped exponential backoff with jitter, for every retry. Pure.
 //! - [`config`]: TOML file + the old stack's environment → validated [`config::Settings`].
 //! - [`telemetry`]: the service's own `logmill_*` counters, Prometheus `/metrics`, `/healthz`,
 //!   and the same counters as points.
@@ -26,6 +27,7 @@
 //! - [`roles`]: the commands, wiring only ([`roles::replay`]; [`roles::output`] stdout or InfluxDB).
 
 pub mod access;
+pub mod backoff;
 pub mod config;
 pub mod influx;
 pub mod metrics;

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::api::{self, Api, Auth, Verdict};
+use crate::backoff::Backoff;
 use crate::telemetry::{Counter, Gauge, Telemetry};
 
 /// Validated writer settings.
@@ -350,7 +351,7 @@ impl Sender {
     /// Sends one body, the same bytes on every attempt, rotating through the URLs.
     async fn send_body(&self, body: Bytes) -> Result<Outcome, TooLarge> {
         let s = &self.settings;
-        let mut backoff = s.backoff_initial;
+        let mut backoff = Backoff::seeded(s.backoff_initial, s.backoff_max, "influx");
         let mut url_index = 0;
         let mut created = false;
         self.counters.batches.add(1);
@@ -408,29 +409,30 @@ impl Sender {
                     // Back off once every URL has failed in turn, or when told to wait.
                     let wait = match after {
                         Some(after) => after,
-                        None if url_index % s.urls.len() == 0 => {
-                            let w = jitter(backoff);
-                            backoff = (backoff * 2).min(s.backoff_max);
-                            w
-                        }
+                        None if url_index % s.urls.len() == 0 => backoff.next_delay(),
                         None => Duration::ZERO,
                     };
-                    if self.cancel.is_cancelled() {
+                    if !self.pause(wait).await {
                         return Ok(Outcome::Aborted);
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = self.cancel.cancelled() => return Ok(Outcome::Aborted),
                     }
                     continue;
                 }
             }
             // A failed database creation: wait as for any retry.
-            tokio::select! {
-                _ = tokio::time::sleep(jitter(backoff)) => {}
-                _ = self.cancel.cancelled() => return Ok(Outcome::Aborted),
+            if !self.pause(backoff.next_delay()).await {
+                return Ok(Outcome::Aborted);
             }
-            backoff = (backoff * 2).min(s.backoff_max);
+        }
+    }
+
+    /// Waits `d`; false when cancelled first (or already): the batch is then abandoned.
+    async fn pause(&self, d: Duration) -> bool {
+        if self.cancel.is_cancelled() {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = self.cancel.cancelled() => false,
         }
     }
 
@@ -523,15 +525,6 @@ fn describe(e: &reqwest::Error) -> String {
     s
 }
 
-/// Up to ±25 % of `d`, so that many writers do not retry in step.
-fn jitter(d: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    // A fresh RandomState is randomly keyed: enough randomness for jitter without a crate.
-    let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
-    let factor = 0.75 + (r % 1000) as f64 / 2000.0;
-    d.mul_f64(factor)
-}
-
 fn gzip(lines: &[u8]) -> Bytes {
     use std::io::Write;
     let mut encoder =
@@ -588,13 +581,5 @@ mod tests {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&gzip(&lines)[..]).read_to_end(&mut out).unwrap();
         assert_eq!(out, lines);
-    }
-
-    #[test]
-    fn jitter_stays_within_a_quarter() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_millis(1000));
-            assert!(j >= Duration::from_millis(750) && j <= Duration::from_millis(1250), "{j:?}");
-        }
     }
 }

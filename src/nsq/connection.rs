@@ -14,7 +14,7 @@
 //! (at least two heartbeat intervals, after which nsqd has given up on us anyway) and pending
 //! output that makes no progress for the write timeout end the connection.
 //!
-//! [`Backoff`] is the capped exponential backoff with jitter both roles reconnect with.
+//! Both roles reconnect with [`crate::backoff::Backoff`].
 
 use std::fmt;
 use std::io;
@@ -491,11 +491,6 @@ impl Connection {
         &mut self.out
     }
 
-    /// Bytes encoded and not yet written.
-    pub fn pending_out(&self) -> usize {
-        self.out.len()
-    }
-
     /// Whether a role may encode more: the output is below [`OUTPUT_HIGH_WATER_BYTES`].
     pub fn has_room(&self) -> bool {
         self.out.len() < OUTPUT_HIGH_WATER_BYTES
@@ -652,99 +647,9 @@ pub fn valid_address(addr: &str) -> bool {
     }
 }
 
-/// Capped exponential backoff with jitter: the `n`th consecutive failure waits
-/// `min(initial × 2ⁿ, max)`, then ±25 % (still capped at `max`), so many clients that lost the
-/// same nsqd do not come back in step.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    failures: u32,
-    rng: u64,
-}
-
-impl Backoff {
-    /// A backoff whose jitter is seeded by `seed` (any value; zero is fine).
-    pub fn new(initial: Duration, max: Duration, seed: u64) -> Backoff {
-        Backoff { initial, max: max.max(initial), failures: 0, rng: seed | 1 }
-    }
-
-    /// A backoff seeded from the clock and `salt`.
-    pub fn seeded(initial: Duration, max: Duration, salt: &str) -> Backoff {
-        let mut seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        for b in salt.bytes() {
-            seed = (seed ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-        Backoff::new(initial, max, seed)
-    }
-
-    /// The wait after one more failure.
-    pub fn next_delay(&mut self) -> Duration {
-        let unit = self.next_unit();
-        let d = Self::delay(self.initial, self.max, self.failures, unit);
-        self.failures = self.failures.saturating_add(1);
-        d
-    }
-
-    /// Back to the first delay (after a success).
-    pub fn reset(&mut self) {
-        self.failures = 0;
-    }
-
-    /// Consecutive failures so far.
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-
-    /// The pure rule: `failures` earlier failures, `unit` uniform in [0, 1).
-    pub fn delay(initial: Duration, max: Duration, failures: u32, unit: f64) -> Duration {
-        let factor = 2u32.saturating_pow(failures.min(31));
-        let base = initial.saturating_mul(factor).min(max);
-        let jitter = 0.75 + 0.5 * unit.clamp(0.0, 1.0);
-        base.mul_f64(jitter).min(max)
-    }
-
-    fn next_unit(&mut self) -> f64 {
-        // xorshift64*: jitter needs no more than this, and no dependency.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let x = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
-        let (i, m) = (Duration::from_millis(100), Duration::from_secs(5));
-        assert_eq!(Backoff::delay(i, m, 0, 0.5), Duration::from_millis(100));
-        assert_eq!(Backoff::delay(i, m, 1, 0.5), Duration::from_millis(200));
-        assert_eq!(Backoff::delay(i, m, 3, 0.5), Duration::from_millis(800));
-        assert_eq!(Backoff::delay(i, m, 0, 0.0), Duration::from_millis(75));
-        assert_eq!(Backoff::delay(i, m, 0, 1.0), Duration::from_millis(125));
-        assert_eq!(Backoff::delay(i, m, 10, 1.0), m, "capped, jitter included");
-        assert_eq!(Backoff::delay(i, m, u32::MAX, 0.0), m.mul_f64(0.75));
-        let mut b = Backoff::new(i, m, 42);
-        let mut last = Duration::ZERO;
-        for n in 0..20 {
-            let d = b.next_delay();
-            assert!(d <= m);
-            if n < 5 {
-                assert!(d >= Backoff::delay(i, m, n, 0.0) && d <= Backoff::delay(i, m, n, 1.0));
-                assert!(d > last);
-            }
-            last = d;
-        }
-        assert_eq!(b.failures(), 20);
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(125));
-    }
 
     #[test]
     fn addresses() {

@@ -71,8 +71,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::connection::{classify_server_error, Backoff, Connection, ConnectionError, ConnectionSettings};
+use super::connection::{classify_server_error, Connection, ConnectionError, ConnectionSettings};
 use super::protocol::{self, Frame, Message, MessageId};
+use crate::backoff::Backoff;
 use crate::telemetry::{Counter, Telemetry};
 
 /// How often the supervisor hands out freed RDY and checks the backoff timer.
@@ -429,23 +430,7 @@ impl Consumer {
         let stop = cancel.child_token();
         let stopped = CancellationToken::new();
         let shared = Arc::new(Shared::new(settings, give_up, telemetry));
-        let (events_tx, events_rx) = mpsc::channel(64);
-        let supervisor = Supervisor {
-            shared,
-            addresses,
-            deliveries: Some(tx),
-            events_tx,
-            events_rx,
-            conns: BTreeMap::new(),
-            tracker: tracker.clone(),
-            stop: stop.clone(),
-            settling: [0, 0],
-            offset: 0,
-            mode: Mode::Normal,
-            level: 0,
-            probe_seen: 0,
-            turn_granted: None,
-        };
+        let supervisor = Supervisor::new(shared, addresses, Some(tx), tracker.clone(), stop.clone());
         let done = stopped.clone();
         tracker.spawn(async move {
             supervisor.run().await;
@@ -571,6 +556,32 @@ async fn receiver_gone(deliveries: Option<&mpsc::Sender<Delivery>>) {
 }
 
 impl Supervisor {
+    fn new(
+        shared: Arc<Shared>,
+        addresses: watch::Receiver<BTreeSet<String>>,
+        deliveries: Option<mpsc::Sender<Delivery>>,
+        tracker: TaskTracker,
+        stop: CancellationToken,
+    ) -> Supervisor {
+        let (events_tx, events_rx) = mpsc::channel(64);
+        Supervisor {
+            shared,
+            addresses,
+            deliveries,
+            events_tx,
+            events_rx,
+            conns: BTreeMap::new(),
+            tracker,
+            stop,
+            settling: [0, 0],
+            offset: 0,
+            mode: Mode::Normal,
+            level: 0,
+            probe_seen: 0,
+            turn_granted: None,
+        }
+    }
+
     async fn run(mut self) {
         let span = tracing::info_span!("nsq_consumer", topic = %self.shared.settings.topic, channel = %self.shared.settings.channel);
         async move {
@@ -1197,23 +1208,8 @@ mod tests {
     fn supervisor(max_in_flight: u32) -> Supervisor {
         let settings = ConsumerSettings { max_in_flight, ..ConsumerSettings::default() };
         let shared = Arc::new(Shared::new(settings, None, &Telemetry::default()));
-        let (events_tx, events_rx) = mpsc::channel(8);
-        Supervisor {
-            shared,
-            addresses: fixed_addresses(Vec::<String>::new()),
-            deliveries: None,
-            events_tx,
-            events_rx,
-            conns: BTreeMap::new(),
-            tracker: TaskTracker::new(),
-            stop: CancellationToken::new(),
-            settling: [0, 0],
-            offset: 0,
-            mode: Mode::Normal,
-            level: 0,
-            probe_seen: 0,
-            turn_granted: None,
-        }
+        let addresses = fixed_addresses(Vec::<String>::new());
+        Supervisor::new(shared, addresses, None, TaskTracker::new(), CancellationToken::new())
     }
 
     fn add(s: &mut Supervisor, addr: &str) -> (watch::Receiver<u32>, Arc<ConnStats>) {

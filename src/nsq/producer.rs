@@ -45,8 +45,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::connection::{classify_server_error, Backoff, Connection, ConnectionError, ConnectionSettings};
+use super::connection::{classify_server_error, Connection, ConnectionError, ConnectionSettings};
 use super::protocol::{self, ErrorCode, Frame, ServerError};
+use crate::backoff::Backoff;
 use crate::telemetry::{Counter, Telemetry};
 
 /// nsqd's `--max-req-timeout` default, the longest DPUB delay it accepts.
