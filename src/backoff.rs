@@ -20,15 +20,9 @@ impl Backoff {
         Backoff { initial, max: max.max(initial), failures: 0, rng: seed | 1 }
     }
 
-    /// A backoff seeded from the clock and `salt`.
-    pub fn seeded(initial: Duration, max: Duration, salt: &str) -> Backoff {
-        let mut seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        for b in salt.bytes() {
-            seed = (seed ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-        Backoff::new(initial, max, seed)
+    /// A backoff with a random seed, so that clients started together do not retry in step.
+    pub fn random(initial: Duration, max: Duration) -> Backoff {
+        Backoff::new(initial, max, random_u64())
     }
 
     /// The wait after one more failure.
@@ -67,6 +61,23 @@ impl Backoff {
     }
 }
 
+/// `interval` spread over a window `jitter × interval` wide around it; `unit` in `[0, 1)`.
+pub fn jittered(interval: Duration, jitter: f64, unit: f64) -> Duration {
+    let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
+    interval.mul_f64(1.0 - jitter / 2.0 + jitter * unit.clamp(0.0, 1.0))
+}
+
+/// A number in `[0, 1)`: the one source of randomness for every jitter.
+pub fn random_unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh RandomState is randomly keyed: enough randomness for jitter without a crate.
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +106,19 @@ mod tests {
         assert_eq!(b.failures(), 20);
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(125));
+    }
+
+    #[test]
+    fn jitter_window() {
+        let i = Duration::from_secs(60);
+        assert_eq!(jittered(i, 0.3, 0.0), Duration::from_secs(51));
+        assert_eq!(jittered(i, 0.3, 0.5), i);
+        assert!(jittered(i, 0.3, 0.999_999) < Duration::from_secs(69));
+        assert_eq!(jittered(i, 0.0, 0.7), i);
+        assert_eq!(jittered(i, f64::NAN, 0.7), i);
+        for _ in 0..100 {
+            let u = random_unit();
+            assert!((0.0..1.0).contains(&u), "{u}");
+        }
     }
 }

@@ -29,6 +29,7 @@
 pub mod access;
 pub mod backoff;
 pub mod config;
+mod errors;
 pub mod influx;
 pub mod metrics;
 pub mod nsq;

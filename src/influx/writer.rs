@@ -351,7 +351,7 @@ impl Sender {
     /// Sends one body, the same bytes on every attempt, rotating through the URLs.
     async fn send_body(&self, body: Bytes) -> Result<Outcome, TooLarge> {
         let s = &self.settings;
-        let mut backoff = Backoff::seeded(s.backoff_initial, s.backoff_max, "influx");
+        let mut backoff = Backoff::random(s.backoff_initial, s.backoff_max);
         let mut url_index = 0;
         let mut created = false;
         self.counters.batches.add(1);
@@ -514,15 +514,8 @@ impl Tally {
 struct TooLarge;
 
 fn describe(e: &reqwest::Error) -> String {
-    // reqwest's Display names the URL; its source says what went wrong underneath.
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
+    // reqwest's Display names the URL; its sources say what went wrong underneath.
+    crate::errors::chain(e)
 }
 
 fn gzip(lines: &[u8]) -> Bytes {

@@ -892,7 +892,7 @@ impl ConnTask {
         async {
             let s = &self.shared.settings;
             let mut backoff =
-                Backoff::seeded(s.reconnect_backoff_initial, s.reconnect_backoff_max, &self.addr);
+                Backoff::random(s.reconnect_backoff_initial, s.reconnect_backoff_max);
             let mut connected_once = false;
             while !self.close.is_cancelled() {
                 let conn = tokio::select! {

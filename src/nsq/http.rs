@@ -72,15 +72,7 @@ pub fn endpoint(base: &Url, path: &str, query: &[(&str, &str)]) -> Url {
 /// What a failed request says: reqwest's message and its causes (connection refused, timed
 /// out…), without the URL, which the caller's error names once.
 pub fn describe(error: reqwest::Error) -> String {
-    let error = error.without_url();
-    let mut s = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
+    crate::errors::chain(&error.without_url())
 }
 
 /// Reads a response's status and body, at most [`MAX_ANSWER_BYTES`] of it.

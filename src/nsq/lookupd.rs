@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::http::{self, HttpError};
+use crate::backoff::{jittered, random_unit};
 use crate::telemetry::{Counter, Gauge, Telemetry};
 
 /// go-nsq's `lookupd_poll_interval` default.
@@ -296,20 +297,6 @@ pub fn merge(views: &[LookupdView]) -> Option<BTreeSet<String>> {
     let mut known = views.iter().filter_map(|v| v.answer.as_ref()).peekable();
     known.peek()?;
     Some(known.flatten().cloned().collect())
-}
-
-/// `interval` spread over a window `jitter × interval` wide around it; `unit` in `[0, 1)`.
-pub fn jittered(interval: Duration, jitter: f64, unit: f64) -> Duration {
-    let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
-    interval.mul_f64(1.0 - jitter / 2.0 + jitter * unit.clamp(0.0, 1.0))
-}
-
-/// A number in `[0, 1)`.
-fn random_unit() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    // A fresh RandomState is randomly keyed: enough randomness for jitter without a crate.
-    let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
-    (r >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[derive(Clone)]
@@ -671,20 +658,6 @@ mod tests {
         let mut never = LookupdView::default();
         assert!(!never.failed(0));
         assert_eq!(merge(&[never]), None);
-    }
-
-    #[test]
-    fn jitter_window() {
-        let i = Duration::from_secs(60);
-        assert_eq!(jittered(i, 0.3, 0.0), Duration::from_secs(51));
-        assert_eq!(jittered(i, 0.3, 0.5), i);
-        assert!(jittered(i, 0.3, 0.999_999) < Duration::from_secs(69));
-        assert_eq!(jittered(i, 0.0, 0.7), i);
-        assert_eq!(jittered(i, f64::NAN, 0.7), i);
-        for _ in 0..100 {
-            let u = random_unit();
-            assert!((0.0..1.0).contains(&u), "{u}");
-        }
     }
 
     #[test]

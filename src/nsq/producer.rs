@@ -324,7 +324,7 @@ impl Producer {
             Limits { max_message_bytes: settings.max_message_bytes, max_body_bytes: settings.max_body_bytes };
         let task = Task {
             answered_on_connection: false,
-            backoff: Backoff::seeded(settings.backoff_initial, settings.backoff_max, "producer"),
+            backoff: Backoff::random(settings.backoff_initial, settings.backoff_max),
             settings,
             rx,
             rx_closed: false,
