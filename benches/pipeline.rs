@@ -22,7 +22,7 @@ use criterion::{
 use tokio_util::sync::CancellationToken;
 
 use logmill::access::rules::{Registry, DEIS_ROUTER};
-use logmill::access::{router, AccessRecord, Classified, LineOrigin};
+use logmill::access::{router, AccessRecord, Classified, KeyGuard, LineOrigin};
 use logmill::config::{RawConfig, Settings};
 use logmill::metrics::aggregate::{AggregateSettings, Aggregator};
 use logmill::metrics::compat::CompatEncoder;
@@ -140,7 +140,8 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             for (record, origin) in &records {
-                encoder.write(record, HOST, *origin, &mut out).expect("encodes");
+                let ts = origin.point_timestamp(record.time_ns);
+                encoder.write(record, HOST, ts, &mut out).expect("encodes");
             }
             black_box(out.len());
         })
@@ -174,8 +175,9 @@ fn benches(c: &mut Criterion) {
             || LineProcessor::new(HOST, LineParser::FastPath, aggregate.clone()),
             |processor| {
                 out.clear();
+                let mut keys = KeyGuard::default();
                 for input in &inputs {
-                    processor.process(input.line, false, input.origin, &mut out);
+                    processor.process(input.line, false, input.origin, &mut keys, &mut out);
                 }
                 processor.finish(&mut out);
                 black_box(out.len());

@@ -66,7 +66,8 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// The counter `name{labels}`, created on first use.
+    /// Registers the counter `name{labels}` (or returns it, when already registered). Only
+    /// the code that counts registers; readers use [`Telemetry::value`], which never creates.
     pub fn counter(
         &self,
         name: &'static str,
@@ -80,6 +81,17 @@ impl Telemetry {
         Gauge(self.register(name, help, Kind::Gauge, labels))
     }
 
+    /// The current value of a registered counter or gauge; `None` when nothing registered
+    /// `name{labels}`, so that a misspelt name is an error rather than a silent zero.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+        let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        let family = families.get(name)?;
+        let (_, value) = family.series.iter().find(|(l, _)| {
+            l.len() == labels.len() && l.iter().zip(labels).all(|((k, v), (k2, v2))| k == k2 && v == v2)
+        })?;
+        Some(value.load(Ordering::Relaxed))
+    }
+
     fn register(
         &self,
         name: &'static str,
@@ -87,11 +99,15 @@ impl Telemetry {
         kind: Kind,
         labels: &[(&'static str, &str)],
     ) -> Arc<AtomicU64> {
+        // Every family is documented where it is counted; an empty help is a reader that
+        // meant `value`.
+        debug_assert!(!help.is_empty(), "{name} registered without help text");
         let labels: Labels = labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
         // A poisoned lock only means another thread panicked mid-registration; the map is
         // still consistent (inserts are single operations), so keep serving it.
         let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
         let family = families.entry(name).or_insert_with(|| Family { help, kind, series: BTreeMap::new() });
+        debug_assert!(family.kind == kind, "{name} registered as both a counter and a gauge");
         family.series.entry(labels).or_default().clone()
     }
 
@@ -205,6 +221,13 @@ mod tests {
              # HELP logmill_lines_rejected_total Lines rejected.\n# TYPE logmill_lines_rejected_total counter\nlogmill_lines_rejected_total{reason=\"too_long\"} 3\n\
              # HELP logmill_series_live Live series.\n# TYPE logmill_series_live gauge\nlogmill_series_live 7\n"
         );
+        assert_eq!(t.value("logmill_lines_rejected_total", &[("reason", "too_long")]), Some(3));
+        assert_eq!(t.value("logmill_series_live", &[]), Some(7));
+        // Reading never creates: a misspelt name or label is no series at all.
+        assert_eq!(t.value("logmill_lines_rejectd_total", &[("reason", "too_long")]), None);
+        assert_eq!(t.value("logmill_lines_rejected_total", &[("reason", "bad_time")]), None);
+        assert_eq!(t.value("logmill_lines_rejected_total", &[]), None);
+        assert!(!t.render_prometheus().contains("rejectd"));
         let points = t.points("n1", 5);
         assert_eq!(points.len(), 3);
         assert_eq!(points[1].measurement, "logmill_lines_rejected_total");

@@ -221,7 +221,7 @@ async fn no_message_lost_when_the_broker_restarts_during_a_sustained_publish() {
             })
         };
         let reconnects = |t: &Telemetry, role: &str| {
-            t.counter("logmill_nsq_reconnects_total", "", &[("role", role)]).get()
+            t.value("logmill_nsq_reconnects_total", &[("role", role)]).expect("registered at start")
         };
         eventually(WAIT, "some published", || b.published_count(topic) > 1000).await;
         b.drop_connections_mid_mpub(1);
@@ -318,7 +318,8 @@ async fn publishes_in_flight_when_an_unexplained_fatal_error_arrives_all_end_ok(
         // One PUB per message, so the pipeline holds many commands (up to max_pipelined).
         let settings = ProducerSettings { batch_max_messages: 1, ..producer_settings(&[addr]) };
         let producer = Producer::start(settings, &telemetry, &tracker, CancellationToken::new());
-        let retries = telemetry.counter("logmill_nsq_publish_retries_total", "", &[]);
+        let retries =
+            || telemetry.value("logmill_nsq_publish_retries_total", &[]).expect("registered at start");
         const N: usize = 3000;
         let submitted = Arc::new(AtomicUsize::new(0));
         let publisher = {
@@ -350,7 +351,7 @@ async fn publishes_in_flight_when_an_unexplained_fatal_error_arrives_all_end_ok(
         })
         .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(retries.get(), 0, "no fault before the error");
+        assert_eq!(retries(), 0, "no fault before the error");
         let unanswered = submitted.load(Ordering::SeqCst) - b.published_count("errors");
         assert!(unanswered >= 64, "publishes waiting behind the stall: {unanswered}");
         assert!(b.inject_error("E_INVALID injected") >= 1);
@@ -359,7 +360,7 @@ async fn publishes_in_flight_when_an_unexplained_fatal_error_arrives_all_end_ok(
         let published: HashSet<Bytes> = b.published("errors").into_iter().collect();
         assert_eq!(published.len(), N);
         // The producer's whole pipeline (64 PUBs written, unanswered) was resent.
-        assert!(retries.get() >= 32, "publishes pipelined behind the error: {}", retries.get());
+        assert!(retries() >= 32, "publishes pipelined behind the error: {}", retries());
     })
     .await
     .expect("test timed out");

@@ -234,6 +234,40 @@ impl LineOrigin {
     }
 }
 
+/// Keeps the point timestamps of one file's lines strictly increasing: each line's timestamp
+/// is `max(its own, previous + 1)`. Two lines with the same runtime time (or the same access
+/// second and the same offset modulo 10⁹) and the same tags would otherwise share a point key
+/// in InfluxDB, and one request would overwrite the other.
+///
+/// The guard is part of a file's checkpoint (see `tail::decoder::Resume`): a resend after a
+/// restart starts from the saved value and so gives every line the key it had before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KeyGuard {
+    last_ns: Option<i64>,
+}
+
+impl KeyGuard {
+    /// A guard that continues after a point stamped `last_ns` (`None`: nothing stamped yet).
+    pub fn after(last_ns: Option<i64>) -> Self {
+        Self { last_ns }
+    }
+
+    /// The timestamp of the next line, whose own is `candidate_ns`.
+    pub fn stamp(&mut self, candidate_ns: i64) -> i64 {
+        let ts = match self.last_ns {
+            Some(last) => candidate_ns.max(last.saturating_add(1)),
+            None => candidate_ns,
+        };
+        self.last_ns = Some(ts);
+        ts
+    }
+
+    /// The last timestamp given, for a checkpoint.
+    pub fn last_ns(&self) -> Option<i64> {
+        self.last_ns
+    }
+}
+
 /// What a line of a router's log turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Classified<'a> {
@@ -261,10 +295,12 @@ pub enum Reject {
     BadNumber,
     #[error("invalid UTF-8 in a field used as a tag")]
     InvalidUtf8,
+    #[error("a value line protocol cannot carry (an empty tag, a bad name)")]
+    Unencodable,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 7] = [
+    pub const ALL: [Reject; 8] = [
         Reject::TooLong,
         Reject::Truncated,
         Reject::Malformed,
@@ -272,6 +308,7 @@ impl Reject {
         Reject::BadStatus,
         Reject::BadNumber,
         Reject::InvalidUtf8,
+        Reject::Unencodable,
     ];
 
     /// The value of the `reason` label of `logmill_lines_rejected_total`.
@@ -284,6 +321,7 @@ impl Reject {
             Reject::BadStatus => "bad_status",
             Reject::BadNumber => "bad_number",
             Reject::InvalidUtf8 => "invalid_utf8",
+            Reject::Unencodable => "unencodable",
         }
     }
 }
@@ -347,6 +385,18 @@ mod tests {
             let fast = parse_decimal(text.as_bytes());
             proptest::prop_assert_eq!(fast.map(f64::to_bits), std.map(f64::to_bits), "{}", text);
         }
+    }
+
+    #[test]
+    fn the_key_guard_keeps_keys_unique_and_repeatable() {
+        let mut g = KeyGuard::default();
+        let keys: Vec<i64> = [5, 5, 5, 9, 7, 20].iter().map(|&t| g.stamp(t)).collect();
+        assert_eq!(keys, [5, 6, 7, 9, 10, 20]);
+        assert_eq!(g.last_ns(), Some(20));
+        // Resumed from a saved value, the same lines get the same keys.
+        let mut resumed = KeyGuard::after(Some(7));
+        assert_eq!([9, 7, 20].map(|t| resumed.stamp(t)), [9, 10, 20]);
+        assert_eq!(KeyGuard::after(Some(i64::MAX)).stamp(0), i64::MAX, "saturates, never wraps");
     }
 
     #[test]

@@ -8,12 +8,10 @@
 
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
-use bytes::BytesMut;
 use regex::bytes::{Captures, Regex};
 use serde::Deserialize;
 
-use super::{ruby_to_f, AccessRecord, LineOrigin, Method, Reject};
-use crate::metrics::line_protocol::LineBuilder;
+use super::{ruby_to_f, AccessRecord, Method, Reject};
 
 /// The definitions shipped inside the binary, as (file name, text).
 pub const BUILTINS: [(&str, &str); 3] = [
@@ -376,87 +374,67 @@ impl Definition {
         Some(record())
     }
 
-    /// Writes the line's points; on a rejection nothing is left in `out`.
-    pub fn write_points(
-        &self,
-        parsed: &Parsed<'_>,
-        host: &str,
-        origin: LineOrigin,
-        out: &mut BytesMut,
-    ) -> Result<usize, Reject> {
-        let start = out.len();
-        let timestamp = origin.point_timestamp(parsed.time_ns);
-        let mut written = 0;
-        for p in &self.points {
-            if let Err(reject) = self.write_point(p, parsed, host, timestamp, out) {
-                out.truncate(start);
-                return Err(reject);
+    /// The line's points, as the definition's templates make them. An error rejects the
+    /// whole line (a number that does not parse, text that is not UTF-8).
+    pub fn points<'s>(
+        &'s self,
+        parsed: &'s Parsed<'_>,
+        host: &'s str,
+    ) -> impl Iterator<Item = Result<RulePoint<'s>, Reject>> + 's {
+        self.points.iter().map(move |p| {
+            let mut tags = Vec::with_capacity(p.tags.len());
+            for t in &p.tags {
+                let raw = t.source.bytes(parsed, host);
+                let value = match t.conversion {
+                    Conversion::HttpMethod => Method::of_request(raw).as_str(),
+                    _ => std::str::from_utf8(raw).map_err(|_| Reject::InvalidUtf8)?,
+                };
+                tags.push((t.key.as_str(), value));
             }
-            written += 1;
-        }
-        Ok(written)
-    }
-
-    fn write_point(
-        &self,
-        p: &PointTemplate,
-        parsed: &Parsed<'_>,
-        host: &str,
-        timestamp: i64,
-        out: &mut BytesMut,
-    ) -> Result<(), Reject> {
-        let mut line = LineBuilder::new(out, &p.measurement);
-        for t in &p.tags {
-            let raw = t.source.bytes(parsed, host);
-            match t.conversion {
-                Conversion::HttpMethod => line.tag(&t.key, Method::of_request(raw).as_str()),
-                _ => line.tag(&t.key, std::str::from_utf8(raw).map_err(|_| Reject::InvalidUtf8)?),
-            };
-        }
-        for f in &p.fields {
-            match convert_field(f.source.bytes(parsed, host), f.conversion)? {
-                None => {}
-                Some(FieldOut::Float(v)) => {
-                    line.field_f64(&f.key, v);
-                }
-                Some(FieldOut::Int(v)) => {
-                    line.field_i64(&f.key, v);
-                }
-                Some(FieldOut::Bool(v)) => {
-                    line.field_bool(&f.key, v);
-                }
-                Some(FieldOut::Str(v)) => {
-                    line.field_str(&f.key, v);
+            let mut fields = Vec::with_capacity(p.fields.len());
+            for f in &p.fields {
+                if let Some(value) = convert_field(f.source.bytes(parsed, host), f.conversion)? {
+                    fields.push((f.key.as_str(), value));
                 }
             }
-        }
-        line.finish(Some(timestamp)).map_err(|_| Reject::Malformed)
+            Ok(RulePoint { measurement: &p.measurement, tags, fields })
+        })
     }
 }
 
-enum FieldOut<'a> {
+/// One point of a parsed line: names from the definition, values borrowed from the line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RulePoint<'a> {
+    pub measurement: &'a str,
+    pub tags: Vec<(&'a str, &'a str)>,
+    pub fields: Vec<(&'a str, RuleValue<'a>)>,
+}
+
+/// A field value of a [`RulePoint`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RuleValue<'a> {
     Float(f64),
     Int(i64),
     Bool(bool),
     Str(&'a str),
 }
 
-fn convert_field(raw: &[u8], conversion: Conversion) -> Result<Option<FieldOut<'_>>, Reject> {
+fn convert_field(raw: &[u8], conversion: Conversion) -> Result<Option<RuleValue<'_>>, Reject> {
     let text = || std::str::from_utf8(raw).map_err(|_| Reject::InvalidUtf8);
     Ok(Some(match conversion {
-        Conversion::RubyFloat => FieldOut::Float(ruby_to_f(raw)),
+        Conversion::RubyFloat => RuleValue::Float(ruby_to_f(raw)),
         Conversion::Float if raw == b"-" => return Ok(None),
         Conversion::Float => {
-            FieldOut::Float(text()?.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or(Reject::BadNumber)?)
+            RuleValue::Float(text()?.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or(Reject::BadNumber)?)
         }
         Conversion::Int if raw == b"-" => return Ok(None),
-        Conversion::Int => FieldOut::Int(text()?.parse().map_err(|_| Reject::BadNumber)?),
-        Conversion::Bool => FieldOut::Bool(match raw {
+        Conversion::Int => RuleValue::Int(text()?.parse().map_err(|_| Reject::BadNumber)?),
+        Conversion::Bool => RuleValue::Bool(match raw {
             b"true" => true,
             b"false" => false,
             _ => return Err(Reject::BadNumber),
         }),
-        Conversion::String | Conversion::HttpMethod => FieldOut::Str(text()?),
+        Conversion::String | Conversion::HttpMethod => RuleValue::Str(text()?),
     }))
 }
 
@@ -537,11 +515,13 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::line_protocol::parse_line;
-    use crate::metrics::point::FieldValue;
 
-    fn origin(offset: u64) -> LineOrigin {
-        LineOrigin { runtime_time_ns: None, file_offset: offset }
+    fn points<'s>(
+        d: &'s Definition,
+        parsed: &'s Parsed<'_>,
+        host: &'s str,
+    ) -> Result<Vec<RulePoint<'s>>, Reject> {
+        d.points(parsed, host).collect()
     }
 
     #[test]
@@ -562,20 +542,19 @@ mod tests {
         let parsed = d.parse(line).unwrap().unwrap();
         // date -u -d '2000-10-10 20:55:36' +%s → 971211336
         assert_eq!(parsed.time_ns, 971_211_336_000_000_000);
-        let mut out = BytesMut::new();
-        assert_eq!(d.write_points(&parsed, "n1", origin(7), &mut out), Ok(1));
         assert_eq!(
-            std::str::from_utf8(&out).unwrap(),
-            "apache_access,status=200,method=GET,host=n1 requests=1i,bytes=2326i 971211336000000007\n"
+            points(d, &parsed, "n1"),
+            Ok(vec![RulePoint {
+                measurement: "apache_access",
+                tags: vec![("status", "200"), ("method", "GET"), ("host", "n1")],
+                fields: vec![("requests", RuleValue::Int(1)), ("bytes", RuleValue::Int(2326))],
+            }])
         );
         // `%b` is `-` for an empty body: the field is left out, the point stays.
         let line = br#"127.0.0.1 - - [10/Oct/2000:13:55:36 -0700] "HEAD / HTTP/1.0" 304 -"#;
         let parsed = d.parse(line).unwrap().unwrap();
-        out.clear();
-        d.write_points(&parsed, "n1", origin(0), &mut out).unwrap();
-        let p = parse_line(out.strip_suffix(b"\n").unwrap()).unwrap();
-        assert_eq!(p.field_value("bytes"), None);
-        assert_eq!(p.field_value("requests"), Some(&FieldValue::Int(1)));
+        let p = points(d, &parsed, "n1").unwrap();
+        assert_eq!(p[0].fields, [("requests", RuleValue::Int(1))]);
         assert!(matches!(d.parse(b"garbage"), Err(Reject::Malformed)));
     }
 
@@ -586,11 +565,14 @@ mod tests {
         let line =
             br#"10.1.2.3 - - [31/May/2016:16:56:12 +0000] "POST /api HTTP/1.1" 201 17 "-" "curl/8.5.0""#;
         let parsed = d.parse(line).unwrap().unwrap();
-        let mut out = BytesMut::new();
-        d.write_points(&parsed, "n1", origin(1), &mut out).unwrap();
+        assert_eq!(parsed.time_ns, 1_464_713_772_000_000_000);
         assert_eq!(
-            std::str::from_utf8(&out).unwrap(),
-            "nginx_access,status=201,method=POST,host=n1 requests=1i,body_bytes_sent=17i 1464713772000000001\n"
+            points(d, &parsed, "n1"),
+            Ok(vec![RulePoint {
+                measurement: "nginx_access",
+                tags: vec![("status", "201"), ("method", "POST"), ("host", "n1")],
+                fields: vec![("requests", RuleValue::Int(1)), ("body_bytes_sent", RuleValue::Int(17))],
+            }])
         );
     }
 
@@ -647,11 +629,16 @@ fields = [{ key = "ms", from = "ms", as = "float" }]
         assert!(d.applies_to_container("my-router"));
         let parsed = d.parse(b"1464713772.5 12.5").unwrap().unwrap();
         assert_eq!(parsed.time_ns, 1_464_713_772_500_000_000);
-        let mut out = BytesMut::new();
-        d.write_points(&parsed, "n", origin(3), &mut out).unwrap();
-        assert_eq!(std::str::from_utf8(&out).unwrap(), "latency ms=12.5 1464713772000000003\n");
+        assert_eq!(
+            points(d, &parsed, "n"),
+            Ok(vec![RulePoint {
+                measurement: "latency",
+                tags: vec![],
+                fields: vec![("ms", RuleValue::Float(12.5))]
+            }])
+        );
         assert_eq!(d.parse(b"1464713772 x").map(|_| ()), Ok(()));
         let parsed = d.parse(b"1464713772 x").unwrap().unwrap();
-        assert_eq!(d.write_points(&parsed, "n", origin(3), &mut out), Err(Reject::BadNumber));
+        assert_eq!(points(d, &parsed, "n"), Err(Reject::BadNumber));
     }
 }

@@ -1,11 +1,14 @@
 //! The three points per access line that the old fluentd plugin put on the `metrics` topic,
 //! kept exactly (names, tags, float values in seconds and bytes) plus a `method` tag and a
-//! timestamp that keys each line uniquely (see [`LineOrigin::point_timestamp`]).
+//! timestamp that keys each line uniquely (see [`LineOrigin::point_timestamp`] and
+//! [`KeyGuard`](crate::access::KeyGuard)).
 
 use bytes::{BufMut, BytesMut};
 
 use super::line_protocol::{write_float, write_plain_decimal, write_tag_set, write_timestamp, EncodeError};
-use crate::access::{AccessRecord, LineOrigin};
+use crate::access::AccessRecord;
+#[cfg(doc)]
+use crate::access::LineOrigin;
 
 pub const REQUEST_TIME: &str = "deis_router_request_time_ms";
 pub const RESPONSE_TIME: &str = "deis_router_response_time_ms";
@@ -26,13 +29,13 @@ pub struct CompatEncoder {
 }
 
 impl CompatEncoder {
-    /// Writes the three compat points of one access line; `host` is the router pod's node. On
-    /// error nothing is written.
+    /// Writes the three compat points of one access line, stamped `timestamp_ns`; `host` is
+    /// the router pod's node. On error nothing is written.
     pub fn write(
         &mut self,
         record: &AccessRecord<'_>,
         host: &str,
-        origin: LineOrigin,
+        timestamp_ns: i64,
         out: &mut BytesMut,
     ) -> Result<(), EncodeError> {
         let status = record.status_text();
@@ -55,7 +58,7 @@ impl CompatEncoder {
         self.shared.extend_from_slice(record.method.as_str().as_bytes());
         let tags_end = self.shared.len();
         self.shared.put_u8(b' ');
-        write_timestamp(&mut self.shared, origin.point_timestamp(record.time_ns));
+        write_timestamp(&mut self.shared, timestamp_ns);
         self.shared.put_u8(b'\n');
 
         // Each value from the line's own text when it is a plain decimal, as it almost always
@@ -88,10 +91,13 @@ mod tests {
     use super::*;
     use crate::access::router;
 
+    use crate::access::LineOrigin;
+
     fn write(line: &[u8], host: &str, origin: LineOrigin) -> String {
         let record = router::parse(line).unwrap();
         let mut out = BytesMut::new();
-        CompatEncoder::default().write(&record, host, origin, &mut out).unwrap();
+        let ts = origin.point_timestamp(record.time_ns);
+        CompatEncoder::default().write(&record, host, ts, &mut out).unwrap();
         String::from_utf8(out.to_vec()).unwrap()
     }
 

@@ -891,8 +891,7 @@ impl ConnTask {
         let span = tracing::info_span!("nsq_consumer_conn", nsqd = %self.addr);
         async {
             let s = &self.shared.settings;
-            let mut backoff =
-                Backoff::random(s.reconnect_backoff_initial, s.reconnect_backoff_max);
+            let mut backoff = Backoff::random(s.reconnect_backoff_initial, s.reconnect_backoff_max);
             let mut connected_once = false;
             while !self.close.is_cancelled() {
                 let conn = tokio::select! {

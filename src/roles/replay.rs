@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::LineOrigin;
+use crate::access::KeyGuard;
 use crate::config::Settings;
 use crate::pipeline::{LineCounts, LineParser, LineProcessor};
-use crate::tail::container::{self, Reassembler, Wrapping};
-use crate::tail::lines::{Line, LineSplitter};
+use crate::tail::container::Wrapping;
+use crate::tail::decoder::{DecodeCounts, FileDecoder, Record, Resume};
 
 /// Read size: large enough that a read costs little per line, small enough to stay in cache.
 const CHUNK_BYTES: usize = 256 * 1024;
@@ -116,84 +116,8 @@ impl ReplaySummary {
     }
 }
 
-/// One file's decoding state: its wrapping and the partial records of its streams.
-struct FileDecoder {
-    wrapping: Option<Wrapping>,
-    max_line_bytes: usize,
-    reassembler: Reassembler,
-    scratch: Vec<u8>,
-}
-
-/// Counts of the decoding step, across files.
-#[derive(Default)]
-struct DecodeCounts {
-    undecodable: std::collections::BTreeMap<&'static str, u64>,
-    truncated: u64,
-}
-
-impl FileDecoder {
-    fn new(format: FormatChoice, max_line_bytes: usize) -> Self {
-        let wrapping = match format {
-            FormatChoice::Auto => None,
-            FormatChoice::Raw => Some(Wrapping::Raw),
-            FormatChoice::Docker => Some(Wrapping::Docker),
-            FormatChoice::Cri => Some(Wrapping::Cri),
-        };
-        Self { wrapping, max_line_bytes, reassembler: Reassembler::new(max_line_bytes), scratch: Vec::new() }
-    }
-
-    /// A wrapped line carries JSON or CRI framing around its text, and JSON escapes can make it
-    /// up to six times longer (`\u00XX`): the splitter leaves room for that, and the text
-    /// itself is capped at max_line_bytes after decoding.
-    fn splitter_cap(max_line_bytes: usize) -> usize {
-        max_line_bytes.saturating_mul(6).saturating_add(4096)
-    }
-
-    fn feed(
-        &mut self,
-        line: Line<'_>,
-        processor: &mut LineProcessor,
-        counts: &mut DecodeCounts,
-        out: &mut BytesMut,
-    ) {
-        let wrapping = *self.wrapping.get_or_insert_with(|| container::detect_wrapping(line.bytes));
-        if wrapping == Wrapping::Raw {
-            let truncated = line.truncated || line.bytes.len() > self.max_line_bytes;
-            counts.truncated += u64::from(truncated);
-            let origin = LineOrigin { runtime_time_ns: None, file_offset: line.offset };
-            let text = &line.bytes[..line.bytes.len().min(self.max_line_bytes)];
-            processor.process(text, truncated, origin, out);
-            return;
-        }
-        let fragment = match container::decode(wrapping, line.bytes, &mut self.scratch) {
-            Ok(f) => f,
-            Err(e) => {
-                *counts.undecodable.entry(e.reason()).or_default() += 1;
-                return;
-            }
-        };
-        if let Some(record) = self.reassembler.push(fragment) {
-            counts.truncated += u64::from(record.truncated);
-            let origin = LineOrigin { runtime_time_ns: record.time_ns, file_offset: line.offset };
-            processor.process(&record.text, record.truncated, origin, out);
-        }
-    }
-
-    /// Docker writes a container's last line without its `\n` until the next one comes: at
-    /// the end of a finished file, a record still in pieces is whole as it is.
-    fn finish(
-        &mut self,
-        file_offset: u64,
-        processor: &mut LineProcessor,
-        counts: &mut DecodeCounts,
-        out: &mut BytesMut,
-    ) {
-        self.reassembler.flush(|record| {
-            counts.truncated += u64::from(record.truncated);
-            let origin = LineOrigin { runtime_time_ns: record.time_ns, file_offset };
-            processor.process(&record.text, record.truncated, origin, out);
-        });
-    }
+fn process(processor: &mut LineProcessor, record: Record<'_>, keys: &mut KeyGuard, out: &mut BytesMut) {
+    processor.process(&record.text, record.truncated, record.origin(), keys, out);
 }
 
 /// Replays the files in order through one processor (one router's logs: a file and its
@@ -218,20 +142,26 @@ pub fn replay(
     let mut counts = DecodeCounts::default();
     let mut buf = BytesMut::with_capacity(FLUSH_BYTES + CHUNK_BYTES);
     let mut chunk = vec![0u8; CHUNK_BYTES];
+    let wrapping = match options.format {
+        FormatChoice::Auto => None,
+        FormatChoice::Raw => Some(Wrapping::Raw),
+        FormatChoice::Docker => Some(Wrapping::Docker),
+        FormatChoice::Cri => Some(Wrapping::Cri),
+    };
+    // One router's files: offsets run on across them, so that lines of two raw files never
+    // share a key (see `LineOrigin::point_timestamp`), and so do the keys.
+    let mut resume = Resume::default();
 
     'files: for path in &options.files {
         let shown = path.display().to_string();
         let read_err = |source| ReplayError::Read { path: shown.clone(), source };
         let mut file = File::open(path).map_err(read_err)?;
         summary.files += 1;
-        let mut decoder = FileDecoder::new(options.format, settings.max_line_bytes);
-        // Offsets run on across the files, so that lines of two raw files never share a key
-        // (see `LineOrigin::point_timestamp`).
-        let mut splitter =
-            LineSplitter::new(FileDecoder::splitter_cap(settings.max_line_bytes), summary.bytes);
+        let mut decoder = FileDecoder::new(wrapping, settings.max_line_bytes, resume);
         loop {
             if cancel.is_cancelled() {
                 summary.interrupted = true;
+                counts.add(&decoder.counts());
                 break 'files;
             }
             let n = match file.read(&mut chunk) {
@@ -241,14 +171,15 @@ pub fn replay(
                 Err(e) => return Err(read_err(e)),
             };
             summary.bytes += n as u64;
-            splitter.push(&chunk[..n], |line| decoder.feed(line, &mut processor, &mut counts, &mut buf));
+            decoder.push(&chunk[..n], |r, keys| process(&mut processor, r, keys, &mut buf));
             if buf.len() >= FLUSH_BYTES {
                 out.write_all(&buf).map_err(ReplayError::Write)?;
                 buf.clear();
             }
         }
-        splitter.finish(|line| decoder.feed(line, &mut processor, &mut counts, &mut buf));
-        decoder.finish(splitter.committed_offset(), &mut processor, &mut counts, &mut buf);
+        decoder.finish(|r, keys| process(&mut processor, r, keys, &mut buf));
+        counts.add(&decoder.counts());
+        resume = decoder.resume();
     }
     // Interrupted or not, what was read is flushed: a window is never left unwritten.
     processor.finish(&mut buf);
@@ -257,7 +188,7 @@ pub fn replay(
 
     let stats = processor.aggregate_stats();
     summary.counts = processor.counts();
-    summary.undecodable = counts.undecodable.into_iter().collect();
+    summary.undecodable = counts.undecodable_by_reason().collect();
     summary.truncated = counts.truncated;
     summary.evictions = stats.evictions;
     summary.late_lines = stats.late_lines;

@@ -36,7 +36,7 @@ impl Stream {
         }
     }
 
-    fn index(self) -> usize {
+    pub(super) fn index(self) -> usize {
         match self {
             Stream::Stdout => 0,
             Stream::Stderr => 1,
@@ -72,6 +72,14 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    pub const ALL: [DecodeError; 5] = [
+        DecodeError::BadJson,
+        DecodeError::MissingField,
+        DecodeError::BadTime,
+        DecodeError::BadStream,
+        DecodeError::BadCri,
+    ];
+
     /// A short label for a `reason` metric tag.
     pub fn reason(self) -> &'static str {
         match self {
@@ -445,112 +453,6 @@ fn hex4(b: &[u8]) -> Option<u16> {
     b.get(..4)?.iter().try_fold(0u16, |acc, &c| Some(acc << 4 | char::from(c).to_digit(16)? as u16))
 }
 
-/// One whole line of a container: the pieces of a split line joined.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record<'a> {
-    /// The first piece's time: the moment the line began.
-    pub time_ns: Option<i64>,
-    pub stream: Stream,
-    pub text: Cow<'a, [u8]>,
-    /// The line was longer than `max_line_bytes`; `text` holds its first `max_line_bytes`.
-    pub truncated: bool,
-}
-
-/// Joins partial fragments (Docker's 16 KiB splits, CRI `P` tags) into whole records, one
-/// buffer per stream since a runtime interleaves a container's stdout and stderr in one file.
-/// Use one per file.
-#[derive(Debug)]
-pub struct Reassembler {
-    max_line_bytes: usize,
-    pending: [Pending; 2],
-}
-
-const STREAMS: [Stream; 2] = [Stream::Stdout, Stream::Stderr];
-
-#[derive(Debug, Default)]
-struct Pending {
-    /// Pieces seen so far, capped at `max_line_bytes`: the excess is dropped, not buffered.
-    text: Vec<u8>,
-    time_ns: Option<i64>,
-    active: bool,
-    truncated: bool,
-}
-
-impl Pending {
-    fn take(&mut self, stream: Stream) -> Record<'static> {
-        self.active = false;
-        Record {
-            time_ns: self.time_ns.take(),
-            stream,
-            text: Cow::Owned(std::mem::take(&mut self.text)),
-            truncated: std::mem::take(&mut self.truncated),
-        }
-    }
-}
-
-impl Reassembler {
-    pub fn new(max_line_bytes: usize) -> Self {
-        Self { max_line_bytes, pending: Default::default() }
-    }
-
-    /// Returns the whole record when `frag` completes one. A whole line with no pieces pending
-    /// on its stream passes through borrowed; only joined pieces are copied.
-    pub fn push<'a>(&mut self, frag: Fragment<'a>) -> Option<Record<'a>> {
-        let max = self.max_line_bytes;
-        let pending = &mut self.pending[frag.stream.index()];
-        if !pending.active {
-            if !frag.partial {
-                let cut = frag.text.len().min(max);
-                return Some(Record {
-                    time_ns: frag.time_ns,
-                    stream: frag.stream,
-                    text: Cow::Borrowed(&frag.text[..cut]),
-                    truncated: cut < frag.text.len(),
-                });
-            }
-            pending.active = true;
-            pending.time_ns = frag.time_ns;
-        }
-        let room = max.saturating_sub(pending.text.len());
-        let take = frag.text.len().min(room);
-        if take < frag.text.len() {
-            pending.truncated = true;
-        }
-        if take > 0 {
-            let needed = pending.text.len() + take;
-            if needed > pending.text.capacity() {
-                // Doubling could reserve up to twice the cap; the cap bounds the allocation.
-                let target = needed.max(pending.text.capacity() * 2).min(max);
-                pending.text.reserve_exact(target - pending.text.len());
-            }
-            pending.text.extend_from_slice(&frag.text[..take]);
-        }
-        if frag.partial {
-            None
-        } else {
-            Some(pending.take(frag.stream))
-        }
-    }
-
-    /// Ends records whose last piece never came: at the end of a replayed file, or when a
-    /// rotation cut a line (Docker writes a container's last line without `'\n'` when it exits
-    /// mid-line). Delivers them oldest first.
-    pub fn flush(&mut self, mut on_record: impl FnMut(Record<'static>)) {
-        let [out, err] = &self.pending;
-        let order = if out.active && err.active && err.time_ns < out.time_ns { [1, 0] } else { [0, 1] };
-        for i in order {
-            if self.pending[i].active {
-                on_record(self.pending[i].take(STREAMS[i]));
-            }
-        }
-    }
-
-    /// Bytes of unfinished records held in memory (at most `max_line_bytes` per stream).
-    pub fn pending_bytes(&self) -> usize {
-        self.pending.iter().map(|p| p.text.len()).sum()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,11 +463,6 @@ mod tests {
     fn docker(line: &[u8]) -> Result<(Option<i64>, Stream, Vec<u8>, bool), DecodeError> {
         let mut scratch = Vec::new();
         decode_docker(line, &mut scratch).map(|f| (f.time_ns, f.stream, f.text.to_vec(), f.partial))
-    }
-
-    fn docker_line(log: &str, stream: &str, time: &str) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({ "log": log, "stream": stream, "time": time }))
-            .expect("a json! value always serialises")
     }
 
     #[test]
@@ -648,35 +545,6 @@ mod tests {
     }
 
     #[test]
-    fn docker_pieces_of_a_40_kib_line_reassemble() {
-        // Quotes, backslashes and tabs make the pieces take the escaped path; ASCII keeps the
-        // 16 KiB cuts on character boundaries, as they are for Docker only by luck.
-        let unit = b"0123456789abcdef\"\\\t";
-        let text: Vec<u8> = unit.iter().copied().cycle().take(40 * 1024).collect();
-        let pieces: Vec<&str> =
-            text.chunks(16 * 1024).map(|c| std::str::from_utf8(c).expect("ASCII")).collect();
-        assert_eq!(pieces.len(), 3);
-        let times = ["2016-10-20T18:39:20.1Z", "2016-10-20T18:39:20.2Z", "2016-10-20T18:39:20.3Z"];
-        let mut reasm = Reassembler::new(1 << 20);
-        let mut scratch = Vec::new();
-        let mut out = Vec::new();
-        for (i, (piece, time)) in pieces.iter().zip(times).enumerate() {
-            let log = if i == 2 { format!("{piece}\n") } else { piece.to_string() };
-            let line = docker_line(&log, "stdout", time);
-            let frag = decode_docker(&line, &mut scratch).expect("valid");
-            assert_eq!(frag.partial, i < 2);
-            if let Some(rec) = reasm.push(frag) {
-                out.push(rec.into_owned());
-            }
-        }
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].text, text);
-        assert_eq!(out[0].time_ns, Some(1_476_988_760 * NS + 100_000_000));
-        assert!(!out[0].truncated);
-        assert_eq!(reasm.pending_bytes(), 0);
-    }
-
-    #[test]
     fn cri_lines() {
         let f = decode_cri(b"2016-10-06T00:17:09.669794202Z stdout P partial text").expect("valid");
         assert_eq!(
@@ -721,93 +589,6 @@ mod tests {
         for (line, want) in cases {
             assert_eq!(decode_cri(line), Err(want), "{}", String::from_utf8_lossy(line));
         }
-    }
-
-    #[test]
-    fn cri_partials_join_per_stream() {
-        let lines: [&[u8]; 4] = [
-            b"2016-10-06T00:17:09.1Z stdout P one ",
-            b"2016-10-06T00:17:09.2Z stdout P two ",
-            b"2016-10-06T00:17:09.3Z stderr F an error",
-            b"2016-10-06T00:17:09.4Z stdout F three",
-        ];
-        let mut reasm = Reassembler::new(1024);
-        let mut out = Vec::new();
-        for line in lines {
-            let frag = decode_cri(line).expect("valid");
-            if let Some(rec) = reasm.push(frag) {
-                // The stderr line passes through without a copy.
-                assert_eq!(matches!(rec.text, Cow::Borrowed(_)), rec.stream == Stream::Stderr);
-                out.push(rec.into_owned());
-            }
-            if out.is_empty() {
-                assert!(reasm.pending_bytes() > 0);
-            }
-        }
-        let base = 1_475_713_029 * NS;
-        assert_eq!(
-            out,
-            vec![
-                Record {
-                    time_ns: Some(base + 300_000_000),
-                    stream: Stream::Stderr,
-                    text: Cow::Borrowed(&b"an error"[..]),
-                    truncated: false
-                },
-                Record {
-                    time_ns: Some(base + 100_000_000),
-                    stream: Stream::Stdout,
-                    text: Cow::Borrowed(&b"one two three"[..]),
-                    truncated: false
-                },
-            ]
-        );
-        assert_eq!(reasm.pending_bytes(), 0);
-    }
-
-    #[test]
-    fn an_overlong_record_is_truncated_and_the_next_is_intact() {
-        let mut reasm = Reassembler::new(10);
-        let frag = |text: &'static [u8], partial, t| Fragment {
-            time_ns: Some(t),
-            stream: Stream::Stdout,
-            text,
-            partial,
-        };
-        assert_eq!(reasm.push(frag(b"0123456", true, 1)), None);
-        assert_eq!(reasm.push(frag(b"789abc", true, 2)), None);
-        assert_eq!(reasm.pending_bytes(), 10);
-        assert_eq!(reasm.push(frag(b"def", true, 3)), None);
-        assert_eq!(reasm.pending_bytes(), 10);
-        let rec = reasm.push(frag(b"g", false, 4)).expect("the last piece completes it");
-        assert_eq!((rec.time_ns, &rec.text[..], rec.truncated), (Some(1), &b"0123456789"[..], true));
-        assert!(reasm.pending[0].text.capacity() <= 10);
-        let rec = reasm.push(frag(b"next", false, 5)).expect("whole");
-        assert_eq!((rec.time_ns, &rec.text[..], rec.truncated), (Some(5), &b"next"[..], false));
-        assert_eq!(reasm.push(frag(b"x", true, 6)), None);
-        let rec = reasm.push(frag(b"y", false, 7)).expect("the last piece completes it");
-        assert_eq!((rec.time_ns, &rec.text[..], rec.truncated), (Some(6), &b"xy"[..], false));
-        // A whole line over the cap is cut on the borrowed path too.
-        let rec = reasm.push(frag(b"0123456789ABC", false, 8)).expect("whole");
-        assert_eq!((&rec.text[..], rec.truncated), (&b"0123456789"[..], true));
-        assert!(matches!(rec.text, Cow::Borrowed(_)));
-    }
-
-    #[test]
-    fn flush_delivers_unfinished_records_oldest_first() {
-        let mut reasm = Reassembler::new(100);
-        let frag =
-            |stream, text: &'static [u8], t| Fragment { time_ns: Some(t), stream, text, partial: true };
-        assert_eq!(reasm.push(frag(Stream::Stdout, b"late", 20)), None);
-        assert_eq!(reasm.push(frag(Stream::Stderr, b"early", 10)), None);
-        let mut out = Vec::new();
-        reasm.flush(|r| out.push((r.stream, r.time_ns, r.text.into_owned())));
-        assert_eq!(
-            out,
-            vec![(Stream::Stderr, Some(10), b"early".to_vec()), (Stream::Stdout, Some(20), b"late".to_vec())]
-        );
-        assert_eq!(reasm.pending_bytes(), 0);
-        reasm.flush(|_| panic!("nothing left"));
     }
 
     #[test]
@@ -905,55 +686,6 @@ mod tests {
                 text.as_bytes().to_vec(),
                 !log.ends_with('\n'),
             )));
-        }
-
-        #[test]
-        fn cri_pieces_reassemble(
-            text in proptest::collection::vec(any::<u8>().prop_filter("one line", |b| *b != b'\n'), 0..200),
-            cuts in proptest::collection::vec(0usize..200, 0..6),
-            other_stream in proptest::collection::vec(any::<bool>(), 0..6),
-        ) {
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(text.len())).collect();
-            cuts.sort_unstable();
-            cuts.push(text.len());
-            let mut lines = Vec::new();
-            let mut from = 0;
-            for (i, &cut) in cuts.iter().enumerate() {
-                let tag = if i + 1 == cuts.len() { "F" } else { "P" };
-                let mut line = format!("2016-10-06T00:17:09.{i}Z stdout {tag} ").into_bytes();
-                line.extend_from_slice(&text[from..cut]);
-                lines.push(line);
-                // Whole stderr lines interleaved between the pieces must not disturb them.
-                if other_stream.get(i).copied().unwrap_or(false) {
-                    lines.push(b"2016-10-06T00:17:10Z stderr F noise".to_vec());
-                }
-                from = cut;
-            }
-            let mut reasm = Reassembler::new(1024);
-            let mut out = Vec::new();
-            for line in &lines {
-                let frag = decode_cri(line).map_err(|e| TestCaseError::fail(e.to_string()))?;
-                if let Some(rec) = reasm.push(frag) {
-                    if rec.stream == Stream::Stdout {
-                        out.push(rec.into_owned());
-                    }
-                }
-            }
-            prop_assert_eq!(out.len(), 1);
-            prop_assert_eq!(&out[0].text[..], &text[..]);
-            prop_assert_eq!(out[0].time_ns, Some(1_475_713_029 * NS));
-            prop_assert_eq!(reasm.pending_bytes(), 0);
-        }
-    }
-
-    impl Record<'_> {
-        fn into_owned(self) -> Record<'static> {
-            Record {
-                time_ns: self.time_ns,
-                stream: self.stream,
-                text: Cow::Owned(self.text.into_owned()),
-                truncated: self.truncated,
-            }
         }
     }
 }
