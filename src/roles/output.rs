@@ -111,7 +111,7 @@ impl InfluxSink {
         // A batch holds several submissions and parts of a split batch end differently: the
         // writer's own counters have the exact count of each ending (this sink is their only
         // writer).
-        let count = |name: &'static str| telemetry.counter(name, "", &[]).get();
+        let count = |name: &'static str| telemetry.value(name, &[]).unwrap_or(0);
         summary.written = count("logmill_influx_points_written_total");
         summary.dropped = count("logmill_influx_points_dropped_total");
         summary.rejected = count("logmill_influx_points_rejected_total");
