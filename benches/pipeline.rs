@@ -194,7 +194,7 @@ fn benches(c: &mut Criterion) {
     let options =
         ReplayOptions { files: vec![docker], format: FormatChoice::Docker, parser: DEIS_ROUTER.to_owned() };
     let cancel = CancellationToken::new();
-    let summary = replay(&settings, &options, &mut std::io::sink(), &cancel).expect("replay");
+    let summary = replay(&settings, &options, &cancel, |_, _| Ok(())).expect("replay");
     eprintln!(
         "testdata/router-docker.log: {docker_bytes} bytes, {} lines ({} access, {} other)",
         summary.counts.lines, summary.counts.access, summary.counts.other
@@ -202,7 +202,7 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("replay_docker");
     configure(&mut group, docker_bytes as usize);
     group.bench_function("replay", |b| {
-        b.iter(|| black_box(replay(&settings, &options, &mut std::io::sink(), &cancel).expect("replay")))
+        b.iter(|| black_box(replay(&settings, &options, &cancel, |_, _| Ok(())).expect("replay")))
     });
     group.finish();
 }

@@ -33,6 +33,7 @@ mod errors;
 pub mod influx;
 pub mod metrics;
 pub mod nsq;
+pub mod output;
 pub mod pipeline;
 pub mod roles;
 pub mod shutdown;

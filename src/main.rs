@@ -5,12 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use logmill::config::{RawConfig, Settings};
-use logmill::influx::writer::InfluxWriter;
-use logmill::roles::output::InfluxSink;
-use logmill::roles::replay::{self, FormatChoice, ReplayOptions};
-use logmill::shutdown::Shutdown;
-use logmill::telemetry::Telemetry;
+use logmill::config::RawConfig;
+use logmill::roles::inspect;
+use logmill::roles::replay::{self, Destination, FormatChoice, ReplayOptions};
 
 /// logmill turns a Kubernetes (Deis Workflow / Hephy) cluster's logs into metrics.
 ///
@@ -36,12 +33,6 @@ struct Cli {
 
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Output {
-    Stdout,
-    Influx,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,7 +63,7 @@ enum Command {
         /// Where the points go: line protocol on stdout, or InfluxDB (the `[influx]` settings,
         /// or the --influx-* flags). With `influx`, exits 1 unless every point was answered.
         #[arg(long, value_enum, default_value = "stdout")]
-        output: Output,
+        output: Destination,
         /// InfluxDB base URL (repeat for failover) [default: `influx.urls`, $INFLUXDB_URLS].
         #[arg(long = "influx-url")]
         influx_urls: Vec<String>,
@@ -128,66 +119,6 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<RawConfig> {
     Ok(raw)
 }
 
-fn run_replay(settings: Settings, options: ReplayOptions, output: Output) -> anyhow::Result<ExitCode> {
-    let influx = match output {
-        Output::Stdout => None,
-        Output::Influx => Some(settings.influx.clone().context(
-            "--output influx needs an InfluxDB URL (--influx-url, influx.urls or $INFLUXDB_URLS)",
-        )?),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let shutdown = Shutdown::new();
-    let (summary, delivery) = runtime.block_on(async {
-        shutdown.cancel_on_signals();
-        let cancel = shutdown.token.clone();
-        // Reading is blocking file I/O, on its own thread; the runtime meanwhile watches for
-        // signals and runs the InfluxDB writer.
-        let result = match influx {
-            None => tokio::task::spawn_blocking(move || {
-                let stdout = std::io::stdout();
-                let mut out = stdout.lock();
-                replay::replay(&settings, &options, &mut out, &cancel)
-            })
-            .await
-            .map(|r| r.map(|s| (s, None))),
-            Some(influx) => {
-                let submit_bytes = influx.batch_max_bytes;
-                let telemetry = Telemetry::default();
-                let writer = InfluxWriter::start(influx, &telemetry, &shutdown.tracker, cancel.clone())?;
-                let mut sink = InfluxSink::new(
-                    writer,
-                    telemetry.clone(),
-                    tokio::runtime::Handle::current(),
-                    submit_bytes,
-                );
-                let replayed = tokio::task::spawn_blocking(move || {
-                    replay::replay(&settings, &options, &mut sink, &cancel).map(|s| (s, sink))
-                })
-                .await;
-                match replayed {
-                    Ok(Ok((summary, sink))) => Ok(Ok((summary, Some(sink.finish().await)))),
-                    Ok(Err(e)) => Ok(Err(e)),
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        shutdown.token.cancel();
-        shutdown.drain(std::time::Duration::from_secs(5)).await;
-        anyhow::Ok(result??)
-    })?;
-    eprint!("{}", summary.render());
-    if let Some(delivery) = &delivery {
-        eprint!("{}", delivery.render());
-    }
-    Ok(if summary.interrupted {
-        ExitCode::from(130)
-    } else if delivery.is_some_and(|d| !d.complete()) {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Replay {
@@ -226,17 +157,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 raw.influx.username = user;
             }
             let settings = raw.validate().context("invalid settings")?;
-            let options = ReplayOptions { files, format, parser };
-            run_replay(settings, options, output)
+            replay::run(settings, ReplayOptions { files, format, parser }, output)
         }
         Command::CheckConfig { file } => {
             let raw = load_config(file.as_ref().or(cli.config.as_ref()))?;
             let settings = raw.validate().context("invalid settings")?;
-            print!("{}", raw.to_toml());
-            println!("\n# effective host: {}", settings.host);
-            let names: Vec<&str> = settings.parsers.iter().map(|d| d.name.as_str()).collect();
-            println!("# parser definitions: {}", names.join(", "));
-            Ok(ExitCode::SUCCESS)
+            Ok(inspect::check_config(&raw, &settings))
         }
         Command::Parsers { parsers_dir } => {
             let mut raw = load_config(cli.config.as_ref())?;
@@ -244,11 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 raw.parsers.dir = parsers_dir;
             }
             let settings = raw.validate().context("invalid settings")?;
-            for d in settings.parsers.iter() {
-                let origin = if d.builtin { "built-in" } else { "user" };
-                println!("{:<20} {:<9} {}", d.name, origin, d.description);
-            }
-            Ok(ExitCode::SUCCESS)
+            Ok(inspect::parsers(&settings))
         }
     }
 }

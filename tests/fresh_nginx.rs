@@ -9,7 +9,7 @@ use std::time::Duration;
 use logmill::config::RawConfig;
 use logmill::metrics::line_protocol::parse_lines;
 use logmill::metrics::point::{FieldValue, Point};
-use logmill::roles::replay::{replay, FormatChoice, ReplayOptions};
+use logmill::roles::replay::{collect, replay, FormatChoice, ReplayOptions};
 use tokio_util::sync::CancellationToken;
 
 fn free_port() -> u16 {
@@ -157,7 +157,8 @@ async fn replaying_fresh_nginx_output_counts_exactly() {
     let options =
         ReplayOptions { files: vec![fresh_log], format: FormatChoice::Auto, parser: "deis-router".into() };
     let mut out = Vec::new();
-    let summary = replay(&raw.validate().unwrap(), &options, &mut out, &CancellationToken::new()).unwrap();
+    let summary =
+        replay(&raw.validate().unwrap(), &options, &CancellationToken::new(), collect(&mut out)).unwrap();
     let sent: usize = plan.iter().map(|p| p.3).sum();
     assert_eq!(summary.counts.access, sent as u64, "{fresh}");
     assert_eq!(summary.counts.rejected_total(), 0, "{fresh}");

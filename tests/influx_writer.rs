@@ -15,7 +15,7 @@ use fault_proxy::{Fault, FaultProxy};
 use influxd::Influxd;
 use logmill::config::{RawConfig, RawInflux};
 use logmill::influx::writer::{InfluxSettings, InfluxWriter, Outcome};
-use logmill::roles::replay::{replay, FormatChoice, ReplayOptions};
+use logmill::roles::replay::{collect, replay, FormatChoice, ReplayOptions};
 use logmill::telemetry::Telemetry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,7 +50,7 @@ fn reference_points() -> Vec<u8> {
         parser: "deis-router".into(),
     };
     let mut out = Vec::new();
-    replay(&settings, &options, &mut out, &CancellationToken::new()).unwrap();
+    replay(&settings, &options, &CancellationToken::new(), collect(&mut out)).unwrap();
     out
 }
 
@@ -129,7 +129,7 @@ async fn reference_data_lands_exactly() {
     let points = reference_points();
     let lines = points.iter().filter(|&&b| b == b'\n').count();
     let outcomes = submit_all(&run.writer, &points, 3_000).await;
-    assert!(outcomes.iter().all(|o| *o == Outcome::Written), "{outcomes:?}");
+    assert!(outcomes.iter().all(Outcome::is_written), "{outcomes:?}");
     assert_reference_counts(&influx, "kubernetes").await;
     let metrics = run.telemetry.render_prometheus();
     assert_eq!(counter(&metrics, "logmill_influx_points_written_total"), lines as u64, "{metrics}");
@@ -161,7 +161,7 @@ async fn faults_lose_nothing_and_double_nothing() {
     proxy.set_max_body_bytes(Some(64 << 10));
     let run = start(settings(&[proxy.url()], "faults", |r| r.batch_max_points = 20_000));
     let outcomes = submit_all(&run.writer, &reference_points(), 10_000).await;
-    assert!(outcomes.iter().all(|o| *o == Outcome::Written), "{outcomes:?}");
+    assert!(outcomes.iter().all(Outcome::is_written), "{outcomes:?}");
     assert_eq!(proxy.pending_faults(), 0, "every fault was used");
     let requests = proxy.requests_to("/write");
     assert!(requests.iter().any(|r| r.outcome == fault_proxy::Outcome::TooLarge), "a 413 happened");
@@ -181,7 +181,7 @@ async fn retried_batches_are_resent_byte_for_byte() {
     let run = start(settings(&[proxy.url()], "same", |_| {}));
     let lines = b"m,t=a v=1.5 1000000000\nm,t=b v=2.5 1000000001\n";
     let outcomes = submit_all(&run.writer, lines, 10).await;
-    assert_eq!(outcomes, [Outcome::Written]);
+    assert_eq!(outcomes, [Outcome::written(2)]);
     let bodies: Vec<Bytes> = proxy.requests_to("/write").into_iter().map(|r| r.body).collect();
     assert_eq!(bodies.len(), 3);
     assert!(bodies.iter().all(|b| *b == bodies[0]), "every attempt sent the same bytes");
@@ -202,7 +202,7 @@ async fn influxd_down_for_ten_seconds_mid_run() {
     let cut = points.len() / 3;
     let cut = cut + points[cut..].iter().position(|&b| b == b'\n').unwrap() + 1;
     let first = submit_all(&run.writer, &points[..cut], 1_000).await;
-    assert!(first.iter().all(|o| *o == Outcome::Written));
+    assert!(first.iter().all(Outcome::is_written));
     influx.stop().await;
     let writer = run.writer.clone();
     let rest = points[cut..].to_vec();
@@ -211,7 +211,7 @@ async fn influxd_down_for_ten_seconds_mid_run() {
     assert!(!second.is_finished(), "nothing can be written while influxd is down");
     influx.start_again().await;
     let second = tokio::time::timeout(Duration::from_secs(60), second).await.unwrap().unwrap();
-    assert!(second.iter().all(|o| *o == Outcome::Written), "{second:?}");
+    assert!(second.iter().all(Outcome::is_written), "{second:?}");
     assert_reference_counts(&influx, "restart").await;
     let metrics = run.telemetry.render_prometheus();
     assert!(counter(&metrics, "logmill_influx_retries_total") > 0, "{metrics}");
@@ -223,16 +223,14 @@ async fn a_type_conflict_is_a_partial_write_not_retried() {
     influx.create_database("conflict").await;
     let proxy = FaultProxy::start(influx.addr()).await;
     let run = start(settings(&[proxy.url()], "conflict", |_| {}));
-    assert_eq!(submit_all(&run.writer, b"m value=1.0 1000\n", 10).await, [Outcome::Written]);
+    assert_eq!(submit_all(&run.writer, b"m value=1.0 1000\n", 10).await, [Outcome::written(1)]);
     // `value` is a float: an integer is a field type conflict. The other two points are fine.
     let batch = b"m value=2i 2000\nm value=3.0 3000\nother,t=x value=1.0 4000\n";
     let outcomes = submit_all(&run.writer, batch, 10).await;
-    match &outcomes[..] {
-        [Outcome::PartiallyWritten { dropped: 1, message }] => {
-            assert!(message.contains("field type conflict"), "{message}");
-        }
-        other => panic!("{other:?}"),
-    }
+    let [outcome] = &outcomes[..] else { panic!("{outcomes:?}") };
+    assert_eq!((outcome.written, outcome.dropped), (2, 1), "{outcome:?}");
+    let message = outcome.error.as_deref().unwrap_or_default();
+    assert!(message.contains("field type conflict"), "{message}");
     // One request for that batch: it is not resent.
     assert_eq!(proxy.requests_to("/write").len(), 2);
     assert_eq!(influx.scalar("conflict", "SELECT count(\"value\") FROM \"m\"").await, 2.0);
@@ -249,7 +247,7 @@ async fn wrong_credentials_are_a_clear_error_without_the_secret() {
         r.password_from_env = Some("wrong-secret".into());
     }));
     let outcomes = submit_all(&run.writer, b"m v=1.0 1\n", 10).await;
-    let [Outcome::Rejected { message }] = &outcomes[..] else { panic!("{outcomes:?}") };
+    let [Outcome { rejected: 1, error: Some(message), .. }] = &outcomes[..] else { panic!("{outcomes:?}") };
     assert!(message.contains(&influx.url()), "names the URL: {message}");
     assert!(message.contains("`admin`"), "names the user: {message}");
     assert!(message.contains("401"), "{message}");
@@ -262,7 +260,7 @@ async fn wrong_credentials_are_a_clear_error_without_the_secret() {
         r.username = "admin".into();
         r.password_from_env = Some("right-secret".into());
     }));
-    assert_eq!(submit_all(&run.writer, b"m v=1.0 1\n", 10).await, [Outcome::Written]);
+    assert_eq!(submit_all(&run.writer, b"m v=1.0 1\n", 10).await, [Outcome::written(1)]);
 }
 
 #[tokio::test]
@@ -273,7 +271,7 @@ async fn failover_to_the_next_url() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let run = start(settings(&[format!("http://{dead}"), influx.url()], "failover", |_| {}));
     let outcomes = submit_all(&run.writer, b"m v=1.0 1\nm v=2.0 2\n", 1).await;
-    assert_eq!(outcomes, [Outcome::Written, Outcome::Written]);
+    assert_eq!(outcomes, [Outcome::written(1), Outcome::written(1)]);
     assert_eq!(influx.scalar("failover", "SELECT count(\"v\") FROM \"m\"").await, 2.0);
 }
 
@@ -306,7 +304,7 @@ async fn back_pressure_while_unavailable_then_delivery() {
         pending.push(run.writer.submit(line(i), 100).await.unwrap());
     }
     for p in pending {
-        assert_eq!(p.await, Outcome::Written);
+        assert_eq!(p.await, Outcome::written(100));
     }
     assert_eq!(influx.scalar("pressure", "SELECT count(\"v\") FROM \"m\"").await, 20.0);
 }
@@ -321,7 +319,7 @@ async fn cancel_stops_retrying_and_answers_aborted() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     run.cancel.cancel();
     let outcome = tokio::time::timeout(Duration::from_secs(5), pending).await.unwrap();
-    assert_eq!(outcome, Outcome::Aborted, "not written, so not acknowledged");
+    assert_eq!(outcome, Outcome::aborted(1), "not written, so not acknowledged");
 }
 
 #[tokio::test]
@@ -364,7 +362,7 @@ async fn the_v2_request_matches_the_documented_api() {
         r.token_from_env = Some("tok-123".into());
     }));
     let lines = b"deis_router_bytes_sent,app=foo,status_code=200,host=n value=211.0 1464713772000000042\n";
-    assert_eq!(submit_all(&run.writer, lines, 10).await, [Outcome::Written]);
+    assert_eq!(submit_all(&run.writer, lines, 10).await, [Outcome::written(1)]);
     let (head, body) = captured.await.unwrap();
     let mut head_lines = head.lines();
     assert_eq!(
@@ -442,7 +440,7 @@ async fn https_with_a_custom_ca() {
     let ca = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/tls/ca.pem");
     let url = format!("https://localhost:{}", front.port());
     let run = start(settings(std::slice::from_ref(&url), "tls", |r| r.ca_file = ca.display().to_string()));
-    assert_eq!(submit_all(&run.writer, b"m v=1.0 1\nm v=2.0 2\n", 10).await, [Outcome::Written]);
+    assert_eq!(submit_all(&run.writer, b"m v=1.0 1\nm v=2.0 2\n", 10).await, [Outcome::written(2)]);
     assert_eq!(influx.scalar("tls", "SELECT count(\"v\") FROM \"m\"").await, 2.0);
 
     // Without the CA the certificate is not trusted: nothing is written, and the writer keeps
@@ -451,7 +449,7 @@ async fn https_with_a_custom_ca() {
     let pending = untrusted.writer.submit(Bytes::from_static(b"m v=1.0 1\n"), 1).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     untrusted.cancel.cancel();
-    assert_eq!(tokio::time::timeout(Duration::from_secs(5), pending).await.unwrap(), Outcome::Aborted);
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), pending).await.unwrap(), Outcome::aborted(1));
     let metrics = untrusted.telemetry.render_prometheus();
     assert!(counter(&metrics, "logmill_influx_retries_total") > 0, "{metrics}");
 }
@@ -467,7 +465,11 @@ async fn a_split_batch_counts_each_part_as_it_ended() {
     let big = format!("m,t={} v=3.0 3\n", "x".repeat(5000));
     let lines = format!("m v=1.0 1\n{big}m v=2.0 2\n");
     let outcomes = submit_all(&run.writer, lines.as_bytes(), 10).await;
-    assert!(matches!(&outcomes[..], [Outcome::Rejected { .. }]), "{outcomes:?}");
+    // The one submission learns exactly how its points ended.
+    assert!(
+        matches!(&outcomes[..], [Outcome { written: 2, rejected: 1, dropped: 0, aborted: 0, .. }]),
+        "{outcomes:?}"
+    );
     // The two small points were written; only the one too large for the server was refused.
     assert_eq!(influx.scalar("split", "SELECT count(\"v\") FROM \"m\"").await, 2.0);
     let metrics = run.telemetry.render_prometheus();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use logmill::config::{RawConfig, Settings};
 use logmill::metrics::line_protocol::parse_lines;
 use logmill::metrics::point::{FieldValue, Point};
-use logmill::roles::replay::{replay, FormatChoice, ReplayOptions, ReplaySummary};
+use logmill::roles::replay::{collect, replay, FormatChoice, ReplayOptions, ReplaySummary};
 use tokio_util::sync::CancellationToken;
 
 const ACCESS_LINES: u64 = 37_082;
@@ -39,7 +39,7 @@ fn run(files: &[&str], format: FormatChoice, parser: &str) -> (Vec<Point>, Repla
     let options =
         ReplayOptions { files: files.iter().map(|f| testdata(f)).collect(), format, parser: parser.into() };
     let mut out = Vec::new();
-    let summary = replay(&settings(), &options, &mut out, &CancellationToken::new()).unwrap();
+    let summary = replay(&settings(), &options, &CancellationToken::new(), collect(&mut out)).unwrap();
     let points = parse_lines(&out).map(|(n, p)| p.unwrap_or_else(|e| panic!("line {n}: {e}"))).collect();
     (points, summary)
 }
@@ -163,9 +163,9 @@ fn the_regex_definition_matches_the_fast_path() {
     ] {
         let options = ReplayOptions { files: vec![testdata(file)], format, parser: "deis-router".into() };
         let mut fast = Vec::new();
-        let fs = replay(&settings(), &options, &mut fast, &CancellationToken::new()).unwrap();
+        let fs = replay(&settings(), &options, &CancellationToken::new(), collect(&mut fast)).unwrap();
         let mut regex = Vec::new();
-        let rs = replay(&user, &options, &mut regex, &CancellationToken::new()).unwrap();
+        let rs = replay(&user, &options, &CancellationToken::new(), collect(&mut regex)).unwrap();
         // The same lines are access lines, other lines and rejected; a regex that does not match
         // cannot say why, so the reasons of rejected lines may differ.
         let outcome = |c: &logmill::pipeline::LineCounts| {

@@ -43,54 +43,118 @@ pub struct InfluxSettings {
     pub backoff_max: Duration,
 }
 
-/// What became of a submission's points.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+/// What became of a submission's points, counted exactly.
+///
+/// A batch holds several submissions and a batch split after a 413 can end differently in each
+/// part, so one submission's points may end in more than one way. InfluxDB does not say which
+/// points a partial write refused: its count is charged to the part's first submissions, so
+/// `dropped` is exact summed over every submission, an attribution for one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
     /// Stored.
-    Written,
-    /// InfluxDB stored the valid points of the batch and refused `dropped` of them (a field
-    /// type conflict, an unparsable line); resending would not change that. `dropped` counts the
-    /// whole batch, which may hold other submissions too: exact per-point counts are the
-    /// writer's `logmill_influx_points_*_total` counters.
-    PartiallyWritten { dropped: u64, message: String },
+    pub written: u64,
+    /// Refused inside a partial write (a field type conflict, an unparsable line); InfluxDB
+    /// stored the rest, and resending would not change that.
+    pub dropped: u64,
     /// Refused for good (credentials, a missing bucket, a point too large…).
-    Rejected { message: String },
-    /// Not known to be stored: the writer stopped (shutdown) before InfluxDB took the batch.
-    /// The caller must not acknowledge upstream; the points come again after a restart.
-    Aborted,
+    pub rejected: u64,
+    /// Not known to be stored: the writer stopped (shutdown) before InfluxDB took them. The
+    /// caller must not acknowledge upstream; they come again after a restart.
+    pub aborted: u64,
+    /// InfluxDB's reason for the first drop or rejection.
+    pub error: Option<String>,
 }
 
 impl Outcome {
+    /// `n` points stored.
+    pub fn written(n: u64) -> Self {
+        Self { written: n, ..Self::default() }
+    }
+
+    /// `n` points refused for good, for `reason`.
+    pub fn rejected(n: u64, reason: impl Into<String>) -> Self {
+        Self { rejected: n, error: Some(reason.into()), ..Self::default() }
+    }
+
+    /// `n` points not known to be stored.
+    pub fn aborted(n: u64) -> Self {
+        Self { aborted: n, ..Self::default() }
+    }
+
+    pub fn points(&self) -> u64 {
+        self.written + self.dropped + self.rejected + self.aborted
+    }
+
     /// The points are as stored as they will ever be: acknowledge upstream.
     pub fn is_final(&self) -> bool {
-        !matches!(self, Outcome::Aborted)
+        self.aborted == 0
     }
 
-    fn severity(&self) -> u8 {
-        match self {
-            Outcome::Written => 0,
-            Outcome::PartiallyWritten { .. } => 1,
-            Outcome::Rejected { .. } => 2,
-            Outcome::Aborted => 3,
+    /// Every point was stored.
+    pub fn is_written(&self) -> bool {
+        self.dropped + self.rejected + self.aborted == 0
+    }
+
+    /// Adds another outcome's counts (a summary over submissions); the first error stays.
+    pub fn add(&mut self, other: &Outcome) {
+        self.written += other.written;
+        self.dropped += other.dropped;
+        self.rejected += other.rejected;
+        self.aborted += other.aborted;
+        if self.error.is_none() {
+            self.error.clone_from(&other.error);
         }
     }
+}
 
-    /// The outcome of a batch sent in parts: the worst part's, with drops added up.
-    fn combine(self, other: Outcome) -> Outcome {
-        match (self, other) {
-            (
-                Outcome::PartiallyWritten { dropped: a, message },
-                Outcome::PartiallyWritten { dropped: b, .. },
-            ) => Outcome::PartiallyWritten { dropped: a + b, message },
-            (a, b) => {
-                if a.severity() >= b.severity() {
-                    a
-                } else {
-                    b
+/// How one part of a batch (the whole batch unless a 413 split it) ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ending {
+    Written,
+    Partial { dropped: u64, message: String },
+    Rejected { message: String },
+    Aborted,
+}
+
+/// Each submission's outcome, from how the parts of its batch ended. `parts` are (lines,
+/// ending) in batch order; `sizes` the submissions' points in the same order.
+fn distribute(parts: &[(u64, Ending)], sizes: &[u64]) -> Vec<Outcome> {
+    let mut outcomes: Vec<Outcome> = sizes.iter().map(|_| Outcome::default()).collect();
+    let (mut sub, mut used) = (0, 0);
+    for (lines, ending) in parts {
+        let (mut left, mut to_drop) =
+            (*lines, if let Ending::Partial { dropped, .. } = ending { *dropped } else { 0 });
+        while left > 0 && sub < sizes.len() {
+            let take = left.min(sizes[sub] - used);
+            let o = &mut outcomes[sub];
+            match ending {
+                Ending::Written => o.written += take,
+                Ending::Partial { message, .. } => {
+                    let d = take.min(to_drop);
+                    to_drop -= d;
+                    o.dropped += d;
+                    o.written += take - d;
+                    if d > 0 && o.error.is_none() {
+                        o.error = Some(message.clone());
+                    }
                 }
+                Ending::Rejected { message } => {
+                    o.rejected += take;
+                    o.error.get_or_insert_with(|| message.clone());
+                }
+                Ending::Aborted => o.aborted += take,
+            }
+            (left, used) = (left - take, used + take);
+            if used == sizes[sub] {
+                (sub, used) = (sub + 1, 0);
             }
         }
+        // Submissions of no points take no lines; skip them so the next part starts right.
+        while sub < sizes.len() && sizes[sub] == 0 {
+            sub += 1;
+        }
     }
+    outcomes
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,12 +176,13 @@ struct Submission {
 }
 
 /// The answer to one submission; resolves once its batch is answered for good.
-pub struct Pending(oneshot::Receiver<Outcome>);
+pub struct Pending(oneshot::Receiver<Outcome>, u64);
 
 impl std::future::Future for Pending {
     type Output = Outcome;
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Outcome> {
-        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Outcome::Aborted))
+        let points = self.1;
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Outcome::aborted(points)))
     }
 }
 
@@ -225,7 +290,7 @@ impl InfluxWriter {
             .send(Submission { body, points, ack, _budget: budget })
             .await
             .map_err(|_| WriterError::Closed)?;
-        Ok(Pending(rx))
+        Ok(Pending(rx, points as u64))
     }
 }
 
@@ -297,59 +362,55 @@ impl Sender {
         for s in &batch {
             body.extend_from_slice(&s.body);
         }
-        let (outcome, tally) = self.send_lines(body.freeze(), points).await;
-        self.counters.points_written.add(tally.written);
-        self.counters.points_dropped.add(tally.dropped);
-        self.counters.points_rejected.add(tally.rejected);
-        self.counters.points_aborted.add(tally.aborted);
-        match &outcome {
-            Outcome::PartiallyWritten { dropped, message } => {
-                tracing::warn!(dropped, %message, "InfluxDB partial write: the valid points are stored");
-            }
-            Outcome::Rejected { message } => tracing::error!(points, %message, "InfluxDB refused a batch"),
-            Outcome::Written | Outcome::Aborted => {}
+        let mut parts = Vec::new();
+        self.send_lines(body.freeze(), points as u64, &mut parts).await;
+        let sizes: Vec<u64> = batch.iter().map(|s| s.points as u64).collect();
+        let outcomes = distribute(&parts, &sizes);
+        let mut total = Outcome::default();
+        for o in &outcomes {
+            total.add(o);
         }
-        for s in batch {
-            let _ = s.ack.send(outcome.clone());
+        self.counters.points_written.add(total.written);
+        self.counters.points_dropped.add(total.dropped);
+        self.counters.points_rejected.add(total.rejected);
+        self.counters.points_aborted.add(total.aborted);
+        if let Some(message) = &total.error {
+            if total.rejected > 0 {
+                tracing::error!(points = total.rejected, %message, "InfluxDB refused points for good");
+            }
+            if total.dropped > 0 {
+                tracing::warn!(dropped = total.dropped, %message, "InfluxDB partial write: the valid points are stored");
+            }
+        }
+        for (s, outcome) in batch.into_iter().zip(outcomes) {
+            let _ = s.ack.send(outcome);
         }
     }
 
-    /// Sends these lines (split on 413) until answered for good; the outcome of the worst part
-    /// and how many points ended which way.
-    async fn send_lines(&self, lines: Bytes, points: usize) -> (Outcome, Tally) {
+    /// Sends these lines (split on 413) until answered for good, appending how each part
+    /// ended, in order.
+    async fn send_lines(&self, lines: Bytes, points: u64, parts: &mut Vec<(u64, Ending)>) {
         let body = if self.settings.gzip { gzip(&lines) } else { lines.clone() };
-        let outcome = match self.send_body(body).await {
-            Err(TooLarge) => {
-                let Some((a, b)) = split_lines(&lines) else {
+        match self.send_body(body).await {
+            Ok(ending) => parts.push((points, ending)),
+            Err(TooLarge) => match split_lines(&lines) {
+                None => {
                     let message =
                         format!("a single point of {} bytes is larger than InfluxDB accepts", lines.len());
-                    return (
-                        Outcome::Rejected { message },
-                        Tally { rejected: points as u64, ..Tally::default() },
-                    );
-                };
-                self.counters.splits.add(1);
-                let (pa, pb) = (count_lines(&a), count_lines(&b));
-                let (first, ta) = Box::pin(self.send_lines(a, pa)).await;
-                let (second, tb) = Box::pin(self.send_lines(b, pb)).await;
-                return (first.combine(second), ta.add(tb));
-            }
-            Ok(outcome) => outcome,
-        };
-        let n = points as u64;
-        let tally = match &outcome {
-            Outcome::Written => Tally { written: n, ..Tally::default() },
-            Outcome::PartiallyWritten { dropped, .. } => {
-                Tally { written: n.saturating_sub(*dropped), dropped: (*dropped).min(n), ..Tally::default() }
-            }
-            Outcome::Rejected { .. } => Tally { rejected: n, ..Tally::default() },
-            Outcome::Aborted => Tally { aborted: n, ..Tally::default() },
-        };
-        (outcome, tally)
+                    parts.push((points, Ending::Rejected { message }));
+                }
+                Some((a, b)) => {
+                    self.counters.splits.add(1);
+                    let (pa, pb) = (count_lines(&a) as u64, count_lines(&b) as u64);
+                    Box::pin(self.send_lines(a, pa, parts)).await;
+                    Box::pin(self.send_lines(b, pb, parts)).await;
+                }
+            },
+        }
     }
 
     /// Sends one body, the same bytes on every attempt, rotating through the URLs.
-    async fn send_body(&self, body: Bytes) -> Result<Outcome, TooLarge> {
+    async fn send_body(&self, body: Bytes) -> Result<Ending, TooLarge> {
         let s = &self.settings;
         let mut backoff = Backoff::random(s.backoff_initial, s.backoff_max);
         let mut url_index = 0;
@@ -362,10 +423,8 @@ impl Sender {
                 Err(e) => Verdict::Retry { after: None, reason: describe(&e) },
             };
             match verdict {
-                Verdict::Written => return Ok(Outcome::Written),
-                Verdict::Partial { dropped, message } => {
-                    return Ok(Outcome::PartiallyWritten { dropped, message })
-                }
+                Verdict::Written => return Ok(Ending::Written),
+                Verdict::Partial { dropped, message } => return Ok(Ending::Partial { dropped, message }),
                 Verdict::TooLarge => return Err(TooLarge),
                 Verdict::DatabaseNotFound if s.create_database && !created => {
                     created = true;
@@ -385,7 +444,7 @@ impl Sender {
                         Api::V2 { bucket, .. } => bucket.as_str(),
                     };
                     if !s.create_database {
-                        return Ok(Outcome::Rejected {
+                        return Ok(Ending::Rejected {
                             message: format!(
                                 "{base}: database `{database}` not found (and influx.create_database is off)"
                             ),
@@ -400,7 +459,7 @@ impl Sender {
                         (401 | 403, None) => format!("{base} requires credentials ({status}): {message}"),
                         _ => format!("{base} refused the batch ({status}): {message}"),
                     };
-                    return Ok(Outcome::Rejected { message });
+                    return Ok(Ending::Rejected { message });
                 }
                 Verdict::Retry { after, reason } => {
                     self.counters.retries.add(1);
@@ -413,14 +472,14 @@ impl Sender {
                         None => Duration::ZERO,
                     };
                     if !self.pause(wait).await {
-                        return Ok(Outcome::Aborted);
+                        return Ok(Ending::Aborted);
                     }
                     continue;
                 }
             }
             // A failed database creation: wait as for any retry.
             if !self.pause(backoff.next_delay()).await {
-                return Ok(Outcome::Aborted);
+                return Ok(Ending::Aborted);
             }
         }
     }
@@ -490,26 +549,6 @@ impl Sender {
     }
 }
 
-/// Points of one batch by how they ended (parts of a split batch can end differently).
-#[derive(Debug, Clone, Copy, Default)]
-struct Tally {
-    written: u64,
-    dropped: u64,
-    rejected: u64,
-    aborted: u64,
-}
-
-impl Tally {
-    fn add(self, o: Tally) -> Tally {
-        Tally {
-            written: self.written + o.written,
-            dropped: self.dropped + o.dropped,
-            rejected: self.rejected + o.rejected,
-            aborted: self.aborted + o.aborted,
-        }
-    }
-}
-
 /// A 413: the caller splits the batch.
 struct TooLarge;
 
@@ -556,15 +595,45 @@ mod tests {
     }
 
     #[test]
-    fn outcomes_combine_to_the_worst() {
-        let p = |n| Outcome::PartiallyWritten { dropped: n, message: "m".into() };
-        assert_eq!(Outcome::Written.combine(Outcome::Written), Outcome::Written);
-        assert_eq!(Outcome::Written.combine(p(2)), p(2));
-        assert_eq!(p(1).combine(p(2)), p(3));
-        let r = Outcome::Rejected { message: "x".into() };
-        assert_eq!(p(1).combine(r.clone()), r);
-        assert_eq!(r.clone().combine(Outcome::Aborted), Outcome::Aborted);
-        assert!(!Outcome::Aborted.is_final() && r.is_final());
+    fn each_submission_learns_how_its_own_points_ended() {
+        let partial = |dropped| Ending::Partial { dropped, message: "conflict".into() };
+        let rejected = Ending::Rejected { message: "too large".into() };
+        let o = |w, d, r, a, e: Option<&str>| Outcome {
+            written: w,
+            dropped: d,
+            rejected: r,
+            aborted: a,
+            error: e.map(str::to_owned),
+        };
+        // One part, three submissions: all written.
+        assert_eq!(
+            distribute(&[(6, Ending::Written)], &[1, 2, 3]),
+            [o(1, 0, 0, 0, None), o(2, 0, 0, 0, None), o(3, 0, 0, 0, None)]
+        );
+        // A split batch: lines 0..4 written, 4..6 refused for good; the second submission
+        // straddles the cut.
+        assert_eq!(
+            distribute(&[(4, Ending::Written), (2, rejected.clone())], &[3, 2, 1]),
+            [o(3, 0, 0, 0, None), o(1, 0, 1, 0, Some("too large")), o(0, 0, 1, 0, Some("too large"))]
+        );
+        // A partial write of 3 drops over submissions of 2 and 4: charged to the first ones.
+        assert_eq!(
+            distribute(&[(6, partial(3))], &[2, 4]),
+            [o(0, 2, 0, 0, Some("conflict")), o(3, 1, 0, 0, Some("conflict"))]
+        );
+        // Aborted at shutdown; empty submissions take no lines.
+        assert_eq!(
+            distribute(&[(2, Ending::Written), (1, Ending::Aborted)], &[0, 2, 0, 1]),
+            [o(0, 0, 0, 0, None), o(2, 0, 0, 0, None), o(0, 0, 0, 0, None), o(0, 0, 0, 1, None)]
+        );
+        // Summed, the counts are the parts' exactly.
+        let mut total = Outcome::default();
+        for x in distribute(&[(3, partial(2)), (5, Ending::Written), (2, rejected)], &[4, 4, 2]) {
+            total.add(&x);
+        }
+        assert_eq!(total, o(6, 2, 2, 0, Some("conflict")));
+        assert!(total.is_final() && !total.is_written());
+        assert!(!Outcome::aborted(1).is_final());
     }
 
     #[test]

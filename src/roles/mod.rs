@@ -1,4 +1,4 @@
 //! The commands of the one binary. Wiring only: the work is in the modules they call.
 
-pub mod output;
+pub mod inspect;
 pub mod replay;

@@ -2,22 +2,28 @@
 //! (no tailing: each file is read once to its end), and write both point families.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use anyhow::Context;
+use bytes::{Bytes, BytesMut};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::KeyGuard;
 use crate::config::Settings;
+use crate::influx::writer::InfluxWriter;
+use crate::output::{DeliverySummary, Output, OutputError};
 use crate::pipeline::{LineCounts, LineParser, LineProcessor};
+use crate::shutdown::Shutdown;
 use crate::tail::container::Wrapping;
 use crate::tail::decoder::{DecodeCounts, FileDecoder, Record, Resume};
+use crate::telemetry::Telemetry;
 
 /// Read size: large enough that a read costs little per line, small enough to stay in cache.
 const CHUNK_BYTES: usize = 256 * 1024;
-/// Output is handed to the writer in pieces of about this size.
+/// Output is submitted in pieces of about this size.
 const FLUSH_BYTES: usize = 1 << 20;
 
 /// How the lines of the files are wrapped.
@@ -48,8 +54,17 @@ pub enum ReplayError {
     UnknownParser(String),
     #[error("reading {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("writing output: {0}")]
-    Write(std::io::Error),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+}
+
+/// Where `replay` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Destination {
+    /// Line protocol on stdout.
+    Stdout,
+    /// InfluxDB, with the `[influx]` settings.
+    Influx,
 }
 
 /// What a replay did.
@@ -116,17 +131,37 @@ impl ReplaySummary {
     }
 }
 
+/// An `emit` for [`replay`] that appends the line protocol to `out` (tests, benchmarks).
+pub fn collect(out: &mut Vec<u8>) -> impl FnMut(Bytes, usize) -> Result<(), OutputError> + '_ {
+    |body, _| {
+        out.extend_from_slice(&body);
+        Ok(())
+    }
+}
+
+/// The points written since the last call (compat and aggregated alike).
+fn take_points(processor: &LineProcessor, emitted: &mut u64) -> usize {
+    let c = processor.counts();
+    let total = c.compat_points + c.aggregate_points;
+    let new = total - *emitted;
+    *emitted = total;
+    new as usize
+}
+
 fn process(processor: &mut LineProcessor, record: Record<'_>, keys: &mut KeyGuard, out: &mut BytesMut) {
     processor.process(&record.text, record.truncated, record.origin(), keys, out);
 }
 
 /// Replays the files in order through one processor (one router's logs: a file and its
 /// rotations, oldest first) and writes line protocol to `out`.
+///
+/// Line protocol is handed to `emit` in pieces of about a mebibyte, with the number of points
+/// in each.
 pub fn replay(
     settings: &Settings,
     options: &ReplayOptions,
-    out: &mut dyn Write,
     cancel: &CancellationToken,
+    mut emit: impl FnMut(Bytes, usize) -> Result<(), OutputError>,
 ) -> Result<ReplaySummary, ReplayError> {
     let started = Instant::now();
     let definition = settings
@@ -142,6 +177,8 @@ pub fn replay(
     let mut counts = DecodeCounts::default();
     let mut buf = BytesMut::with_capacity(FLUSH_BYTES + CHUNK_BYTES);
     let mut chunk = vec![0u8; CHUNK_BYTES];
+    // Points handed to `emit` so far.
+    let mut emitted = 0;
     let wrapping = match options.format {
         FormatChoice::Auto => None,
         FormatChoice::Raw => Some(Wrapping::Raw),
@@ -173,8 +210,8 @@ pub fn replay(
             summary.bytes += n as u64;
             decoder.push(&chunk[..n], |r, keys| process(&mut processor, r, keys, &mut buf));
             if buf.len() >= FLUSH_BYTES {
-                out.write_all(&buf).map_err(ReplayError::Write)?;
-                buf.clear();
+                let points = take_points(&processor, &mut emitted);
+                emit(buf.split().freeze(), points)?;
             }
         }
         decoder.finish(|r, keys| process(&mut processor, r, keys, &mut buf));
@@ -183,8 +220,10 @@ pub fn replay(
     }
     // Interrupted or not, what was read is flushed: a window is never left unwritten.
     processor.finish(&mut buf);
-    out.write_all(&buf).map_err(ReplayError::Write)?;
-    out.flush().map_err(ReplayError::Write)?;
+    if !buf.is_empty() {
+        let points = take_points(&processor, &mut emitted);
+        emit(buf.split().freeze(), points)?;
+    }
 
     let stats = processor.aggregate_stats();
     summary.counts = processor.counts();
@@ -194,4 +233,61 @@ pub fn replay(
     summary.late_lines = stats.late_lines;
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// `logmill replay`: replays the files to `destination`, prints the summary to stderr and
+/// answers the exit code (130 when interrupted, 1 when InfluxDB did not take every point).
+pub fn run(settings: Settings, options: ReplayOptions, destination: Destination) -> anyhow::Result<ExitCode> {
+    let influx = match destination {
+        Destination::Stdout => None,
+        Destination::Influx => Some(settings.influx.clone().context(
+            "--output influx needs an InfluxDB URL (--influx-url, influx.urls or $INFLUXDB_URLS)",
+        )?),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let shutdown = Shutdown::new();
+    let (summary, delivery) = runtime.block_on(async {
+        shutdown.cancel_on_signals();
+        let output = match influx {
+            None => Output::Stdout,
+            Some(influx) => Output::Influx(InfluxWriter::start(
+                influx,
+                &Telemetry::default(),
+                &shutdown.tracker,
+                shutdown.token.clone(),
+            )?),
+        };
+        let cancel = shutdown.token.clone();
+        let runtime = tokio::runtime::Handle::current();
+        // Reading is blocking file I/O, on its own thread; the runtime meanwhile watches for
+        // signals and runs the InfluxDB writer.
+        let reading = tokio::task::spawn_blocking(move || {
+            let mut pending = Vec::new();
+            let summary = replay(&settings, &options, &cancel, |body, points| {
+                pending.push((points as u64, runtime.block_on(output.submit(body, points))?));
+                Ok(())
+            });
+            // The output is dropped here, so the writer task ends once it has answered all.
+            summary.map(|summary| (summary, pending))
+        });
+        let (summary, pending) = reading.await??;
+        let mut delivery = DeliverySummary::default();
+        for (points, outcome) in pending {
+            delivery.add(points, &outcome.await);
+        }
+        shutdown.token.cancel();
+        shutdown.drain(Duration::from_secs(5)).await;
+        anyhow::Ok((summary, delivery))
+    })?;
+    eprint!("{}", summary.render());
+    if destination == Destination::Influx {
+        eprint!("{}", delivery.render("influx"));
+    }
+    Ok(if summary.interrupted {
+        ExitCode::from(130)
+    } else if !delivery.complete() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

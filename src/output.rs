@@ -1,0 +1,118 @@
+//! The one output boundary: every role hands line protocol to an [`Output`] with
+//! `submit(body, points)` and learns each submission's fate as an [`Outcome`]. Checkpoints and
+//! FINs move from outcomes, and summaries add them up; nothing reads counters back by name.
+
+use std::future::Future;
+use std::io::Write;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+
+pub use crate::influx::writer::Outcome;
+use crate::influx::writer::{self, InfluxWriter, WriterError};
+use crate::nsq::producer::{Producer, PublishAck, PublishError};
+
+/// Where line protocol goes.
+#[derive(Clone)]
+pub enum Output {
+    /// Written to stdout at once; a full pipe makes the caller wait.
+    Stdout,
+    /// InfluxDB, through the batching, retrying writer.
+    Influx(InfluxWriter),
+    /// Published to an NSQ topic (the `metrics` topic of the old stack), one message per
+    /// submission; `written` means nsqd answered `OK`.
+    Nsq { producer: Producer, topic: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutputError {
+    #[error("writing to stdout: {0}")]
+    Stdout(#[from] std::io::Error),
+    #[error(transparent)]
+    Influx(#[from] WriterError),
+    #[error("publishing: {0}")]
+    Nsq(#[from] PublishError),
+}
+
+impl Output {
+    /// Hands over `points` complete lines of line protocol (each ending in `\n`). Waits while
+    /// the output is full (the back-pressure on the caller); the returned [`Pending`] resolves
+    /// to what became of them.
+    pub async fn submit(&self, body: Bytes, points: usize) -> Result<Pending, OutputError> {
+        let pending = match self {
+            Output::Stdout => {
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(&body)?;
+                stdout.flush()?;
+                Inner::Ready(Some(Outcome::written(points as u64)))
+            }
+            Output::Influx(writer) => Inner::Influx(writer.submit(body, points).await?),
+            Output::Nsq { producer, topic } => Inner::Nsq(producer.submit(topic, body).await?, points as u64),
+        };
+        Ok(Pending(pending))
+    }
+}
+
+/// The answer to one submission.
+pub struct Pending(Inner);
+
+enum Inner {
+    Ready(Option<Outcome>),
+    Influx(writer::Pending),
+    Nsq(PublishAck, u64),
+}
+
+impl Future for Pending {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        match &mut self.0 {
+            Inner::Ready(outcome) => Poll::Ready(outcome.take().unwrap_or_default()),
+            Inner::Influx(pending) => Pin::new(pending).poll(cx),
+            Inner::Nsq(ack, points) => Pin::new(ack).poll(cx).map(|answer| match answer {
+                Ok(()) => Outcome::written(*points),
+                // Not known to be stored: sent again after a restart.
+                Err(PublishError::Stopped) => Outcome::aborted(*points),
+                Err(e) => Outcome::rejected(*points, e.to_string()),
+            }),
+        }
+    }
+}
+
+/// Every submission's outcome added up, for a one-shot role's summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliverySummary {
+    pub submitted: u64,
+    pub outcome: Outcome,
+}
+
+impl DeliverySummary {
+    pub fn add(&mut self, points: u64, outcome: &Outcome) {
+        self.submitted += points;
+        self.outcome.add(outcome);
+    }
+
+    /// Points submitted but never handed over (the output closed first).
+    pub fn unsubmitted(&mut self, points: u64) {
+        self.add(points, &Outcome::aborted(points));
+    }
+
+    /// Every point is either stored or was refused for a reason the output gave.
+    pub fn complete(&self) -> bool {
+        self.outcome.rejected == 0 && self.outcome.aborted == 0
+    }
+
+    pub fn render(&self, output: &str) -> String {
+        let o = &self.outcome;
+        let mut s = format!(
+            "  {output:<17} {} points submitted, {} written, {} dropped by partial writes, {} rejected, {} not delivered\n",
+            self.submitted, o.written, o.dropped, o.rejected, o.aborted
+        );
+        if let Some(e) = &o.error {
+            s.push_str(&format!("  {:<17} {e}\n", format!("{output} error")));
+        }
+        s
+    }
+}
