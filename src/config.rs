@@ -18,6 +18,7 @@ use crate::metrics::aggregate::AggregateSettings;
 use crate::nsq::connection::{ConnectionSettings, Secret, TlsSettings};
 use crate::nsq::consumer::ConsumerSettings;
 use crate::nsq::producer::ProducerSettings;
+use crate::nsq::NsqSettings;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -245,43 +246,89 @@ impl Default for RawNsq {
     }
 }
 
+// The NSQ client's own defaults (`ProducerSettings`, `ConsumerSettings`,
+// `ConnectionSettings`) are the one place they are defined; the file's defaults read them.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 fn default_nsq_max_in_flight() -> u32 {
-    200
+    ConsumerSettings::default().max_in_flight
 }
 fn default_msg_timeout_ms() -> u64 {
+    // 60 s, nsqd's own `--msg-timeout` default, asked for explicitly so that a server started
+    // with a shorter one does not redeliver what a slow InfluxDB holds.
     60_000
 }
 fn default_heartbeat_interval_ms() -> u64 {
-    30_000
+    ConnectionSettings::default().heartbeat_interval.map_or(0, ms)
 }
 fn default_dial_timeout_ms() -> u64 {
-    5_000
+    ms(ConnectionSettings::default().dial_timeout)
 }
 fn default_write_timeout_ms() -> u64 {
-    10_000
+    ms(ConnectionSettings::default().write_timeout)
 }
 fn default_publish_batch_max_messages() -> usize {
-    200
+    ProducerSettings::default().batch_max_messages
 }
 fn default_publish_batch_max_bytes() -> usize {
-    512 * 1024
+    ProducerSettings::default().batch_max_bytes
 }
 fn default_max_msg_bytes() -> usize {
-    crate::nsq::protocol::NSQD_DEFAULT_MAX_MSG_BYTES
+    ProducerSettings::default().max_message_bytes
 }
 fn default_max_body_bytes() -> usize {
-    5 * 1024 * 1024
+    ProducerSettings::default().max_body_bytes
 }
 fn default_publish_queue_capacity() -> usize {
-    10_000
+    ProducerSettings::default().queue_capacity
 }
 fn default_drain_timeout_ms() -> u64 {
-    5_000
+    ms(ConsumerSettings::default().drain_timeout)
 }
 
 impl RawNsq {
-    /// How connections to nsqd are opened (TLS roots loaded, the AUTH secret read).
-    pub fn connection_settings(&self, host: &str) -> Result<ConnectionSettings, ConfigError> {
+    /// Checks every value once and builds the client's settings: TLS roots loaded and the
+    /// AUTH secret read here, once, for every connection of the role.
+    pub fn validate(&self, host: &str) -> Result<NsqSettings, ConfigError> {
+        for topic in [&self.log_topic, &self.metric_topic] {
+            if !valid_nsq_name(topic) {
+                return Err(invalid("nsq topics", format!("`{topic}` is not a valid NSQ topic name")));
+            }
+        }
+        if !valid_nsq_name(&self.channel) {
+            return Err(invalid(
+                "nsq.channel",
+                format!("`{}` is not a valid NSQ channel name", self.channel),
+            ));
+        }
+        if ["consume", "consumer"].contains(&self.channel.as_str()) {
+            return Err(invalid("nsq.channel", "`consume` and `consumer` belong to the Deis logger and telegraf; sharing them would split their messages"));
+        }
+        if self.lookupd_poll_interval_secs == 0 {
+            return Err(invalid("nsq.lookupd_poll_interval_secs", "must be greater than 0"));
+        }
+        for (key, addresses) in [
+            ("nsq.lookupd_http_addresses", &self.lookupd_http_addresses),
+            ("nsq.nsqd_http_addresses", &self.nsqd_http_addresses),
+        ] {
+            for address in addresses {
+                crate::nsq::http::base_url(address).map_err(|e| invalid(key, e.to_string()))?;
+            }
+        }
+        let connection = self.connection_settings(host)?;
+        Ok(NsqSettings {
+            nsqd_tcp_addresses: self.nsqd_tcp_addresses.clone(),
+            producer: self.producer_settings(connection.clone())?,
+            consumer: self.consumer_settings(connection)?,
+            lookupd_http_addresses: self.lookupd_http_addresses.clone(),
+            lookupd_poll_interval: Duration::from_secs(self.lookupd_poll_interval_secs),
+            log_topic: self.log_topic.clone(),
+            metric_topic: self.metric_topic.clone(),
+        })
+    }
+
+    fn connection_settings(&self, host: &str) -> Result<ConnectionSettings, ConfigError> {
         for addr in &self.nsqd_tcp_addresses {
             if !crate::nsq::connection::valid_address(addr) {
                 return Err(invalid("nsq.nsqd_tcp_addresses", format!("`{addr}` is not host:port")));
@@ -336,8 +383,7 @@ impl RawNsq {
         })
     }
 
-    /// The producer's settings.
-    pub fn producer_settings(&self, host: &str) -> Result<ProducerSettings, ConfigError> {
+    fn producer_settings(&self, connection: ConnectionSettings) -> Result<ProducerSettings, ConfigError> {
         let defaults = ProducerSettings::default();
         if self.publish_batch_max_messages == 0 {
             return Err(invalid("nsq.publish_batch_max_messages", "must be at least 1"));
@@ -362,7 +408,7 @@ impl RawNsq {
         }
         Ok(ProducerSettings {
             addresses: self.nsqd_tcp_addresses.clone(),
-            connection: self.connection_settings(host)?,
+            connection,
             queue_capacity: self.publish_queue_capacity,
             batch_max_messages: self.publish_batch_max_messages,
             batch_max_bytes: self.publish_batch_max_bytes,
@@ -373,15 +419,15 @@ impl RawNsq {
         })
     }
 
-    /// The consumer's settings for `topic` on `channel`.
-    pub fn consumer_settings(&self, host: &str, topic: &str) -> Result<ConsumerSettings, ConfigError> {
+    /// The consumers' settings; the topic is set per subscription (`NsqSettings::consumer`).
+    fn consumer_settings(&self, connection: ConnectionSettings) -> Result<ConsumerSettings, ConfigError> {
         if self.max_in_flight == 0 {
             return Err(invalid("nsq.max_in_flight", "must be at least 1"));
         }
         Ok(ConsumerSettings {
-            topic: topic.to_owned(),
+            topic: self.log_topic.clone(),
             channel: self.channel.clone(),
-            connection: self.connection_settings(host)?,
+            connection,
             max_in_flight: self.max_in_flight,
             max_attempts: self.max_attempts,
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
@@ -640,7 +686,7 @@ pub struct Settings {
     pub parsers: Registry,
     pub aggregate: AggregateSettings,
     pub telemetry_listen: Option<SocketAddr>,
-    pub nsq: RawNsq,
+    pub nsq: NsqSettings,
     /// The InfluxDB writer's settings, when `influx.urls` is set.
     pub influx: Option<InfluxSettings>,
 }
@@ -733,35 +779,7 @@ impl RawConfig {
             "" => None,
             addr => Some(addr.parse().map_err(|e| invalid("telemetry.listen", format!("`{addr}`: {e}")))?),
         };
-        for topic in [&self.nsq.log_topic, &self.nsq.metric_topic] {
-            if !valid_nsq_name(topic) {
-                return Err(invalid("nsq topics", format!("`{topic}` is not a valid NSQ topic name")));
-            }
-        }
-        if !valid_nsq_name(&self.nsq.channel) {
-            return Err(invalid(
-                "nsq.channel",
-                format!("`{}` is not a valid NSQ channel name", self.nsq.channel),
-            ));
-        }
-        if ["consume", "consumer"].contains(&self.nsq.channel.as_str()) {
-            return Err(invalid("nsq.channel", "`consume` and `consumer` belong to the Deis logger and telegraf; sharing them would split their messages"));
-        }
-        if self.nsq.lookupd_poll_interval_secs == 0 {
-            return Err(invalid("nsq.lookupd_poll_interval_secs", "must be greater than 0"));
-        }
-        for (key, addresses) in [
-            ("nsq.lookupd_http_addresses", &self.nsq.lookupd_http_addresses),
-            ("nsq.nsqd_http_addresses", &self.nsq.nsqd_http_addresses),
-        ] {
-            for address in addresses {
-                crate::nsq::http::base_url(address).map_err(|e| invalid(key, e.to_string()))?;
-            }
-        }
-        // The NSQ client's settings are built where a role starts it; checking them here makes a
-        // bad value (or an unreadable secret or CA file) fail at start-up, not at first use.
-        self.nsq.producer_settings(&host)?;
-        self.nsq.consumer_settings(&host, &self.nsq.log_topic)?;
+        let nsq = self.nsq.validate(&host)?;
         Ok(Settings {
             host,
             max_line_bytes: self.max_line_bytes,
@@ -774,7 +792,7 @@ impl RawConfig {
                 sequence_base: 0,
             },
             telemetry_listen,
-            nsq: self.nsq.clone(),
+            nsq,
             influx: self.influx.validate()?,
         })
     }
@@ -816,7 +834,7 @@ mod tests {
         let s = raw.validate().unwrap();
         assert_eq!(s.nsq.log_topic, "logs");
         assert_eq!(s.nsq.metric_topic, "metrics");
-        assert_eq!(s.nsq.channel, "logmill");
+        assert_eq!(s.nsq.consumer.channel, "logmill");
         assert!(s.influx.is_none(), "no URL, no writer");
         assert_eq!(s.aggregate.window_ns, 10_000_000_000);
         assert_eq!(s.max_line_bytes, 1 << 20);
@@ -900,8 +918,8 @@ mod tests {
         raw.apply_env(|k| (k == "NSQD_HTTP_ADDRESSES").then(|| "nsqd-0:4151, http://nsqd-1:4151".to_owned()))
             .unwrap();
         let s = raw.validate().unwrap();
-        assert_eq!(s.nsq.nsqd_http_addresses, ["nsqd-0:4151", "http://nsqd-1:4151"]);
-        assert_eq!(s.nsq.lookupd_poll_interval_secs, 15);
+        assert_eq!(s.nsq.consumer.create_on, ["nsqd-0:4151", "http://nsqd-1:4151"]);
+        assert_eq!(s.nsq.lookupd_poll_interval, Duration::from_secs(15));
         let raw = RawConfig::from_toml("x", "[nsq]\nlookupd_poll_interval_secs = 0\n").unwrap();
         assert!(raw.validate().unwrap_err().to_string().contains("nsq.lookupd_poll_interval_secs"));
         let raw = RawConfig::from_toml("x", "[nsq]\nnsqd_http_addresses = [\"ftp://n:4151\"]\n").unwrap();
@@ -916,12 +934,13 @@ mod tests {
         assert_eq!(raw.nsq.heartbeat_interval_ms, 30_000);
         assert_eq!(raw.nsq.publish_batch_max_messages, 200);
         assert!(!raw.nsq.tls);
-        let p = raw.nsq.producer_settings("node-1").unwrap();
+        let nsq = raw.nsq.validate("node-1").unwrap();
+        let p = &nsq.producer;
         assert_eq!(p.addresses, ["127.0.0.1:4150"]);
         assert_eq!(p.connection.client_id, "node-1");
         assert_eq!(p.connection.msg_timeout, Some(Duration::from_secs(60)));
         assert!(p.connection.auth_secret.is_none() && p.connection.tls.is_none());
-        let c = raw.nsq.consumer_settings("node-1", "logs").unwrap();
+        let c = nsq.consumer("logs");
         assert_eq!((c.topic.as_str(), c.channel.as_str(), c.max_in_flight), ("logs", "logmill", 200));
 
         let dir = tempfile::tempdir().unwrap();
@@ -934,18 +953,19 @@ mod tests {
             secret.display()
         );
         let mut raw = RawConfig::from_toml("x", &text).unwrap();
-        let c = raw.nsq.consumer_settings("h", "metrics").unwrap();
+        let nsq = raw.nsq.validate("h").unwrap();
+        let c = nsq.consumer("metrics");
         assert_eq!((c.max_in_flight, c.max_attempts), (2500, 7));
         assert_eq!(c.connection.msg_timeout, None);
         assert_eq!(c.connection.heartbeat_interval, Some(Duration::from_secs(5)));
         assert_eq!(c.connection.dial_timeout, Duration::from_millis(250));
         assert_eq!(c.connection.auth_secret.as_ref().map(|s| s.0.as_slice()), Some(&b"s3cret"[..]));
         assert_eq!(c.connection.tls.as_ref().and_then(|t| t.server_name.as_deref()), Some("nsqd.example"));
-        let p = raw.nsq.producer_settings("h").unwrap();
+        let p = &nsq.producer;
         assert_eq!((p.batch_max_messages, p.batch_max_bytes), (50, 65536));
         // The environment's secret wins over the file, and is never serialized.
         raw.apply_env(|k| (k == "NSQ_AUTH_SECRET").then(|| "from-env".to_owned())).unwrap();
-        let c = raw.nsq.consumer_settings("h", "logs").unwrap();
+        let c = raw.nsq.validate("h").unwrap().consumer("logs");
         assert_eq!(c.connection.auth_secret.map(|s| s.0), Some(b"from-env".to_vec()));
         assert!(!raw.to_toml().contains("from-env"));
 
@@ -979,7 +999,7 @@ mod tests {
     fn nsqd_size_limits_reach_the_client() {
         let raw =
             RawConfig::from_toml("x", "[nsq]\nmax_msg_bytes = 2097152\nmax_body_bytes = 8388608\n").unwrap();
-        let p = raw.nsq.producer_settings("n").unwrap();
+        let p = raw.nsq.validate("n").unwrap().producer;
         assert_eq!((p.max_message_bytes, p.max_body_bytes), (2_097_152, 8_388_608));
         // A frame carries the 4-byte type and the 26-byte message header besides the body.
         assert_eq!(p.connection.max_frame_bytes, 2_097_152 + 30);
