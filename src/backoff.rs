@@ -7,7 +7,7 @@ use std::time::Duration;
 /// `min(initial × 2ⁿ, max)`, then ±25 % (still capped at `max`), so many clients that lost the
 /// same server do not come back in step.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     failures: u32,
@@ -16,17 +16,17 @@ pub struct Backoff {
 
 impl Backoff {
     /// A backoff whose jitter is seeded by `seed` (any value; zero is fine).
-    pub fn new(initial: Duration, max: Duration, seed: u64) -> Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration, seed: u64) -> Backoff {
         Backoff { initial, max: max.max(initial), failures: 0, rng: seed | 1 }
     }
 
     /// A backoff with a random seed, so that clients started together do not retry in step.
-    pub fn random(initial: Duration, max: Duration) -> Backoff {
+    pub(crate) fn random(initial: Duration, max: Duration) -> Backoff {
         Backoff::new(initial, max, random_u64())
     }
 
     /// The wait after one more failure.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let unit = self.next_unit();
         let d = Self::delay(self.initial, self.max, self.failures, unit);
         self.failures = self.failures.saturating_add(1);
@@ -34,17 +34,18 @@ impl Backoff {
     }
 
     /// Back to the first delay (after a success).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.failures = 0;
     }
 
     /// Consecutive failures so far.
-    pub fn failures(&self) -> u32 {
+    #[cfg(test)]
+    fn failures(&self) -> u32 {
         self.failures
     }
 
     /// The pure rule: `failures` earlier failures, `unit` uniform in [0, 1).
-    pub fn delay(initial: Duration, max: Duration, failures: u32, unit: f64) -> Duration {
+    pub(crate) fn delay(initial: Duration, max: Duration, failures: u32, unit: f64) -> Duration {
         let factor = 2u32.saturating_pow(failures.min(31));
         let base = initial.saturating_mul(factor).min(max);
         let jitter = 0.75 + 0.5 * unit.clamp(0.0, 1.0);
@@ -62,13 +63,13 @@ impl Backoff {
 }
 
 /// `interval` spread over a window `jitter × interval` wide around it; `unit` in `[0, 1)`.
-pub fn jittered(interval: Duration, jitter: f64, unit: f64) -> Duration {
+pub(crate) fn jittered(interval: Duration, jitter: f64, unit: f64) -> Duration {
     let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
     interval.mul_f64(1.0 - jitter / 2.0 + jitter * unit.clamp(0.0, 1.0))
 }
 
 /// A number in `[0, 1)`: the one source of randomness for every jitter.
-pub fn random_unit() -> f64 {
+pub(crate) fn random_unit() -> f64 {
     (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 

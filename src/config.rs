@@ -290,7 +290,7 @@ fn default_drain_timeout_ms() -> u64 {
 impl RawNsq {
     /// Checks every value once and builds the client's settings: TLS roots loaded and the
     /// AUTH secret read here, once, for every connection of the role.
-    pub fn validate(&self, host: &str) -> Result<NsqSettings, ConfigError> {
+    pub(crate) fn validate(&self, host: &str) -> Result<NsqSettings, ConfigError> {
         for topic in [&self.log_topic, &self.metric_topic] {
             if !valid_nsq_name(topic) {
                 return Err(invalid("nsq topics", format!("`{topic}` is not a valid NSQ topic name")));
@@ -681,14 +681,14 @@ impl RawInflux {
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub host: String,
-    pub max_line_bytes: usize,
+    pub(crate) host: String,
+    pub(crate) max_line_bytes: usize,
     pub parsers: Registry,
     pub aggregate: AggregateSettings,
     pub telemetry_listen: Option<SocketAddr>,
     pub nsq: NsqSettings,
     /// The InfluxDB writer's settings, when `influx.urls` is set.
-    pub influx: Option<InfluxSettings>,
+    pub(crate) influx: Option<InfluxSettings>,
 }
 
 impl RawConfig {
@@ -701,7 +701,7 @@ impl RawConfig {
         Self::from_toml(&shown, &text)
     }
 
-    pub fn from_toml(path: &str, text: &str) -> Result<Self, ConfigError> {
+    pub(crate) fn from_toml(path: &str, text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|source| ConfigError::Toml { path: path.to_owned(), source })
     }
 
@@ -798,13 +798,13 @@ impl RawConfig {
     }
 
     /// The effective configuration as TOML, for `check-config`.
-    pub fn to_toml(&self) -> String {
+    pub(crate) fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
 
 /// NSQ's rule for topic and channel names: `^[.a-zA-Z0-9_-]+(#ephemeral)?$`, 1 to 64 bytes.
-pub fn valid_nsq_name(name: &str) -> bool {
+pub(crate) fn valid_nsq_name(name: &str) -> bool {
     crate::nsq::protocol::valid_name(name)
 }
 
@@ -816,9 +816,6 @@ fn machine_host_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
 }
-
-/// How often the long-running roles write their own counters as points.
-pub const TELEMETRY_POINTS_INTERVAL: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
-pub use crate::influx::writer::Outcome;
+pub(crate) use crate::influx::writer::Outcome;
 use crate::influx::writer::{self, InfluxWriter, WriterError};
 use crate::nsq::producer::{Producer, PublishAck, PublishError};
 
@@ -40,7 +40,7 @@ impl Output {
     /// Hands over `points` complete lines of line protocol (each ending in `\n`). Waits while
     /// the output is full (the back-pressure on the caller); the returned [`Pending`] resolves
     /// to what became of them.
-    pub async fn submit(&self, body: Bytes, points: usize) -> Result<Pending, OutputError> {
+    pub(crate) async fn submit(&self, body: Bytes, points: usize) -> Result<Pending, OutputError> {
         let pending = match self {
             Output::Stdout => {
                 let mut stdout = std::io::stdout().lock();
@@ -83,28 +83,23 @@ impl Future for Pending {
 
 /// Every submission's outcome added up, for a one-shot role's summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeliverySummary {
-    pub submitted: u64,
-    pub outcome: Outcome,
+pub(crate) struct DeliverySummary {
+    pub(crate) submitted: u64,
+    pub(crate) outcome: Outcome,
 }
 
 impl DeliverySummary {
-    pub fn add(&mut self, points: u64, outcome: &Outcome) {
+    pub(crate) fn add(&mut self, points: u64, outcome: &Outcome) {
         self.submitted += points;
         self.outcome.add(outcome);
     }
 
-    /// Points submitted but never handed over (the output closed first).
-    pub fn unsubmitted(&mut self, points: u64) {
-        self.add(points, &Outcome::aborted(points));
-    }
-
     /// Every point is either stored or was refused for a reason the output gave.
-    pub fn complete(&self) -> bool {
+    pub(crate) fn complete(&self) -> bool {
         self.outcome.rejected == 0 && self.outcome.aborted == 0
     }
 
-    pub fn render(&self, output: &str) -> String {
+    pub(crate) fn render(&self, output: &str) -> String {
         let o = &self.outcome;
         let mut s = format!(
             "  {output:<17} {} points submitted, {} written, {} dropped by partial writes, {} rejected, {} not delivered\n",

@@ -18,12 +18,12 @@ pub struct LineCounts {
     pub lines: u64,
     pub access: u64,
     pub other: u64,
-    pub rejected: [u64; Reject::ALL.len()],
+    pub(crate) rejected: [u64; Reject::ALL.len()],
     /// Points written as line protocol, compat and aggregated.
     pub compat_points: u64,
     pub aggregate_points: u64,
     /// Aggregated points that could not be encoded (a value line protocol cannot carry).
-    pub encode_errors: u64,
+    pub(crate) encode_errors: u64,
 }
 
 impl LineCounts {
@@ -31,7 +31,7 @@ impl LineCounts {
         self.rejected.iter().sum()
     }
 
-    pub fn rejected(&self, reason: Reject) -> u64 {
+    pub(crate) fn rejected(&self, reason: Reject) -> u64 {
         self.rejected[reason as usize]
     }
 }
@@ -47,7 +47,7 @@ pub enum LineParser {
 
 impl LineParser {
     /// The fast path for the unmodified built-in `deis-router`, the definition otherwise.
-    pub fn for_definition(definition: &Arc<Definition>) -> Self {
+    pub(crate) fn for_definition(definition: &Arc<Definition>) -> Self {
         if definition.builtin && definition.name == DEIS_ROUTER {
             Self::FastPath
         } else {
@@ -87,11 +87,11 @@ impl LineProcessor {
         }
     }
 
-    pub fn counts(&self) -> LineCounts {
+    pub(crate) fn counts(&self) -> LineCounts {
         self.counts
     }
 
-    pub fn aggregate_stats(&self) -> AggregateStats {
+    pub(crate) fn aggregate_stats(&self) -> AggregateStats {
         self.aggregator.stats()
     }
 

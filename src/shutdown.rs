@@ -11,19 +11,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 #[derive(Debug, Clone, Default)]
-pub struct Shutdown {
-    pub token: CancellationToken,
-    pub tracker: TaskTracker,
+pub(crate) struct Shutdown {
+    pub(crate) token: CancellationToken,
+    pub(crate) tracker: TaskTracker,
 }
 
 impl Shutdown {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Fires the token on the first SIGINT or SIGTERM (Kubernetes sends SIGTERM, then SIGKILL
     /// after the grace period).
-    pub fn cancel_on_signals(&self) {
+    pub(crate) fn cancel_on_signals(&self) {
         let token = self.token.clone();
         self.tracker.spawn(async move {
             let ctrl_c = tokio::signal::ctrl_c();
@@ -48,7 +48,7 @@ impl Shutdown {
     }
 
     /// Closes the tracker and waits for every task, at most `grace`. Returns whether all ended.
-    pub async fn drain(&self, grace: Duration) -> bool {
+    pub(crate) async fn drain(&self, grace: Duration) -> bool {
         self.tracker.close();
         tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
     }

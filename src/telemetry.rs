@@ -31,31 +31,23 @@ enum Kind {
 
 /// A monotonically increasing count.
 #[derive(Debug, Clone, Default)]
-pub struct Counter(Arc<AtomicU64>);
+pub(crate) struct Counter(Arc<AtomicU64>);
 
 impl Counter {
-    pub fn add(&self, n: u64) {
+    pub(crate) fn add(&self, n: u64) {
         if n > 0 {
             self.0.fetch_add(n, Ordering::Relaxed);
         }
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
     }
 }
 
 /// A value that goes up and down (queue depth, live series).
 #[derive(Debug, Clone, Default)]
-pub struct Gauge(Arc<AtomicU64>);
+pub(crate) struct Gauge(Arc<AtomicU64>);
 
 impl Gauge {
-    pub fn set(&self, v: u64) {
+    pub(crate) fn set(&self, v: u64) {
         self.0.store(v, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -68,7 +60,7 @@ pub struct Telemetry {
 impl Telemetry {
     /// Registers the counter `name{labels}` (or returns it, when already registered). Only
     /// the code that counts registers; readers use [`Telemetry::value`], which never creates.
-    pub fn counter(
+    pub(crate) fn counter(
         &self,
         name: &'static str,
         help: &'static str,
@@ -77,7 +69,12 @@ impl Telemetry {
         Counter(self.register(name, help, Kind::Counter, labels))
     }
 
-    pub fn gauge(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+    pub(crate) fn gauge(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Gauge {
         Gauge(self.register(name, help, Kind::Gauge, labels))
     }
 

@@ -7,7 +7,7 @@
 /// Why a timestamp was not understood.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum TimeError {
+pub(crate) enum TimeError {
     #[error("timestamp has an unexpected layout")]
     Layout,
     #[error("timestamp has a field out of range")]
@@ -17,7 +17,7 @@ pub enum TimeError {
 const NANOS_PER_SEC: i64 = 1_000_000_000;
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -28,7 +28,7 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 }
 
 /// The calendar date of a day count since 1970-01-01 (inverse of [`days_from_civil`]).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -107,7 +107,7 @@ fn offset(b: &[u8]) -> Result<i64, TimeError> {
 /// RFC 3339 / ISO 8601 as nginx's `$time_iso8601`, Docker and CRI write it:
 /// `2016-10-06T00:17:09.669794202Z`, `2026-11-21T04:22:21+00:00`. The fraction may have any
 /// number of digits (beyond nine they are truncated) or be absent.
-pub fn parse_rfc3339(b: &[u8]) -> Result<i64, TimeError> {
+pub(crate) fn parse_rfc3339(b: &[u8]) -> Result<i64, TimeError> {
     if b.len() < 20 {
         return Err(TimeError::Layout);
     }
@@ -144,7 +144,7 @@ fn month_abbrev(b: &[u8]) -> Result<u32, TimeError> {
 }
 
 /// nginx's `$time_local` and Apache's `%t` (Common Log Format): `31/May/2016:16:56:12 +0000`.
-pub fn parse_clf(b: &[u8]) -> Result<i64, TimeError> {
+pub(crate) fn parse_clf(b: &[u8]) -> Result<i64, TimeError> {
     if b.len() != 26 {
         return Err(TimeError::Layout);
     }
@@ -162,7 +162,7 @@ pub fn parse_clf(b: &[u8]) -> Result<i64, TimeError> {
 }
 
 /// Either layout of an nginx access time: ISO 8601 or `$time_local`.
-pub fn parse_access_time(b: &[u8]) -> Result<i64, TimeError> {
+pub(crate) fn parse_access_time(b: &[u8]) -> Result<i64, TimeError> {
     if b.get(2) == Some(&b'/') {
         parse_clf(b)
     } else {

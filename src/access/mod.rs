@@ -10,7 +10,7 @@ pub mod rules;
 /// The HTTP method of a request, from a closed set so that a scanner's garbage methods cannot
 /// create new series in InfluxDB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Method {
+pub(crate) enum Method {
     Get,
     Head,
     Post,
@@ -26,7 +26,7 @@ pub enum Method {
 
 impl Method {
     /// The method of an nginx `$request` (`GET /path HTTP/1.1`).
-    pub fn of_request(request: &[u8]) -> Self {
+    pub(crate) fn of_request(request: &[u8]) -> Self {
         let token = request.split(|&b| b == b' ').next().unwrap_or_default();
         match token {
             b"GET" => Self::Get,
@@ -42,7 +42,7 @@ impl Method {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Get => "GET",
             Self::Head => "HEAD",
@@ -64,44 +64,44 @@ pub struct AccessRecord<'a> {
     /// `$time_iso8601` or `$time_local`, Unix nanoseconds (nginx writes whole seconds).
     pub time_ns: i64,
     /// `$app_name`.
-    pub app: &'a str,
+    pub(crate) app: &'a str,
     /// `$status`, always three digits.
-    pub status: u16,
-    pub method: Method,
+    pub(crate) status: u16,
+    pub(crate) method: Method,
     /// `$bytes_sent`.
-    pub bytes_sent: u64,
+    pub(crate) bytes_sent: u64,
     /// `$bytes_sent` as written, to copy into points without formatting a number.
-    pub bytes_sent_text: &'a [u8],
+    pub(crate) bytes_sent_text: &'a [u8],
     /// `$upstream_response_time` as written: `-`, `0.002`, or one time per attempt
     /// (`0.000, 0.012`, and `:` between internal redirects).
-    pub upstream_times: &'a [u8],
+    pub(crate) upstream_times: &'a [u8],
     /// `$request_time`, seconds.
-    pub request_time: f64,
+    pub(crate) request_time: f64,
     /// `$request_time` as written.
-    pub request_time_text: &'a [u8],
+    pub(crate) request_time_text: &'a [u8],
 }
 
 impl<'a> AccessRecord<'a> {
     /// `$status` as the three characters of a tag value.
-    pub fn status_text(&self) -> StatusText {
+    pub(crate) fn status_text(&self) -> StatusText {
         StatusText::new(self.status)
     }
 
     /// The upstream time the old fluentd plugin stored: Ruby's `to_f` of the raw field, so the
     /// first attempt's time, and 0.0 for `-`.
-    pub fn upstream_time_compat(&self) -> f64 {
+    pub(crate) fn upstream_time_compat(&self) -> f64 {
         ruby_to_f(self.upstream_times)
     }
 
     /// The text [`upstream_time_compat`](Self::upstream_time_compat) reads its number from
     /// (empty for `-`).
-    pub fn upstream_time_compat_text(&self) -> &'a [u8] {
+    pub(crate) fn upstream_time_compat_text(&self) -> &'a [u8] {
         ruby_to_f_text(self.upstream_times)
     }
 
     /// The time spent in upstreams, summed over every attempt of a retried request; `None`
     /// when no attempt has a time (`-`).
-    pub fn upstream_time_total(&self) -> Option<f64> {
+    pub(crate) fn upstream_time_total(&self) -> Option<f64> {
         let mut total = None;
         for part in self.upstream_times.split(|&b| b == b',' || b == b':') {
             if let Some(t) = parse_decimal(part.trim_ascii()) {
@@ -116,15 +116,15 @@ impl<'a> AccessRecord<'a> {
 
 /// A three-digit status code as a `&str`, without allocating.
 #[derive(Debug, Clone, Copy)]
-pub struct StatusText([u8; 3]);
+pub(crate) struct StatusText([u8; 3]);
 
 impl StatusText {
-    pub fn new(status: u16) -> Self {
+    pub(crate) fn new(status: u16) -> Self {
         let s = status.min(999);
         Self([b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8])
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         // Three ASCII digits are always UTF-8.
         std::str::from_utf8(&self.0).unwrap_or("000")
     }
@@ -134,7 +134,7 @@ impl StatusText {
 /// logs write (`0.046`, `211`): with at most 15 digits and at most 22 after the point, the
 /// digits as an integer and the power of ten are both exact doubles, so one division is
 /// correctly rounded, the same value the general parser returns (Clinger's fast path).
-pub fn parse_decimal(b: &[u8]) -> Option<f64> {
+pub(crate) fn parse_decimal(b: &[u8]) -> Option<f64> {
     const POW10: [f64; 23] = [
         1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17,
         1e18, 1e19, 1e20, 1e21, 1e22,
@@ -174,12 +174,12 @@ fn parse_decimal_slow(b: &[u8]) -> Option<f64> {
 
 /// Ruby's `String#to_f`, which the old fluentd plugin applied to every number: skip leading
 /// whitespace, read the longest leading decimal number, 0.0 when there is none.
-pub fn ruby_to_f(b: &[u8]) -> f64 {
+pub(crate) fn ruby_to_f(b: &[u8]) -> f64 {
     parse_decimal(ruby_to_f_text(b)).filter(|v| v.is_finite()).unwrap_or(0.0)
 }
 
 /// The leading number that Ruby's `to_f` reads (empty when there is none).
-pub fn ruby_to_f_text(b: &[u8]) -> &[u8] {
+pub(crate) fn ruby_to_f_text(b: &[u8]) -> &[u8] {
     let b = b.trim_ascii_start();
     let mut end = 0;
     if matches!(b.first(), Some(b'+' | b'-')) {
@@ -253,7 +253,7 @@ impl KeyGuard {
     }
 
     /// The timestamp of the next line, whose own is `candidate_ns`.
-    pub fn stamp(&mut self, candidate_ns: i64) -> i64 {
+    pub(crate) fn stamp(&mut self, candidate_ns: i64) -> i64 {
         let ts = match self.last_ns {
             Some(last) => candidate_ns.max(last.saturating_add(1)),
             None => candidate_ns,
@@ -300,7 +300,7 @@ pub enum Reject {
 }
 
 impl Reject {
-    pub const ALL: [Reject; 8] = [
+    pub(crate) const ALL: [Reject; 8] = [
         Reject::TooLong,
         Reject::Truncated,
         Reject::Malformed,
@@ -312,7 +312,7 @@ impl Reject {
     ];
 
     /// The value of the `reason` label of `logmill_lines_rejected_total`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reject::TooLong => "too_long",
             Reject::Truncated => "truncated",

@@ -152,7 +152,7 @@ fn access_time(text: &[u8]) -> Result<i64, Reject> {
 }
 
 /// Parses one access line.
-pub fn parse(line: &[u8]) -> Result<AccessRecord<'_>, Reject> {
+pub(crate) fn parse(line: &[u8]) -> Result<AccessRecord<'_>, Reject> {
     parse_with(line, &mut access_time)
 }
 

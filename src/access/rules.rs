@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::{ruby_to_f, AccessRecord, Method, Reject};
 
 /// The definitions shipped inside the binary, as (file name, text).
-pub const BUILTINS: [(&str, &str); 3] = [
+pub(crate) const BUILTINS: [(&str, &str); 3] = [
     ("deis-router.toml", include_str!("../../parsers/deis-router.toml")),
     ("nginx-combined.toml", include_str!("../../parsers/nginx-combined.toml")),
     ("apache-common.toml", include_str!("../../parsers/apache-common.toml")),
@@ -87,7 +87,7 @@ struct RawTime {
 /// How a time capture is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum TimeFormat {
+pub(crate) enum TimeFormat {
     /// `$time_iso8601` or `$time_local`, whichever the line has.
     Nginx,
     /// `2016-10-06T00:17:09.669794202Z`.
@@ -133,7 +133,7 @@ struct RawValue {
 /// How a captured text becomes a tag or field value.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Conversion {
+pub(crate) enum Conversion {
     /// The text itself (tag, or string field).
     #[default]
     String,
@@ -195,8 +195,8 @@ struct AggregateCaptures {
 /// A validated definition, ready to apply.
 #[derive(Debug)]
 pub struct Definition {
-    pub name: String,
-    pub description: String,
+    pub(crate) name: String,
+    pub(crate) description: String,
     /// Shipped inside the binary, unmodified.
     pub builtin: bool,
     containers: Vec<regex::Regex>,
@@ -212,7 +212,7 @@ pub struct Definition {
 /// A line the definition parsed: its captures and time.
 pub struct Parsed<'l> {
     captures: Captures<'l>,
-    pub time_ns: i64,
+    pub(crate) time_ns: i64,
 }
 
 fn invalid(file: &str, message: impl Into<String>) -> RulesError {
@@ -221,7 +221,7 @@ fn invalid(file: &str, message: impl Into<String>) -> RulesError {
 
 impl Definition {
     /// Reads and validates one definition; `file` names it in errors.
-    pub fn from_toml(file: &str, text: &str, builtin: bool) -> Result<Self, RulesError> {
+    pub(crate) fn from_toml(file: &str, text: &str, builtin: bool) -> Result<Self, RulesError> {
         let raw: RawDefinition =
             toml::from_str(text).map_err(|source| RulesError::Toml { file: file.to_owned(), source })?;
         if raw.name.is_empty() {
@@ -376,7 +376,7 @@ impl Definition {
 
     /// The line's points, as the definition's templates make them. An error rejects the
     /// whole line (a number that does not parse, text that is not UTF-8).
-    pub fn points<'s>(
+    pub(crate) fn points<'s>(
         &'s self,
         parsed: &'s Parsed<'_>,
         host: &'s str,
@@ -404,15 +404,15 @@ impl Definition {
 
 /// One point of a parsed line: names from the definition, values borrowed from the line.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RulePoint<'a> {
-    pub measurement: &'a str,
-    pub tags: Vec<(&'a str, &'a str)>,
-    pub fields: Vec<(&'a str, RuleValue<'a>)>,
+pub(crate) struct RulePoint<'a> {
+    pub(crate) measurement: &'a str,
+    pub(crate) tags: Vec<(&'a str, &'a str)>,
+    pub(crate) fields: Vec<(&'a str, RuleValue<'a>)>,
 }
 
 /// A field value of a [`RulePoint`].
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RuleValue<'a> {
+pub(crate) enum RuleValue<'a> {
     Float(f64),
     Int(i64),
     Bool(bool),
@@ -472,7 +472,7 @@ impl Registry {
     }
 
     /// The built-ins plus every `*.toml` in `dir`.
-    pub fn load(dir: Option<&Path>) -> Result<Self, RulesError> {
+    pub(crate) fn load(dir: Option<&Path>) -> Result<Self, RulesError> {
         let mut registry = Self::builtin()?;
         let Some(dir) = dir else { return Ok(registry) };
         let io = |source| RulesError::Io { dir: dir.display().to_string(), source };
@@ -497,7 +497,7 @@ impl Registry {
         self.definitions.get(name)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Definition>> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Definition>> {
         self.definitions.values()
     }
 

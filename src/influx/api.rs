@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// Which write API, with its target and credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Api {
+pub(crate) enum Api {
     /// 1.x `POST /write?db=&rp=&precision=ns`.
     V1 { database: String, retention_policy: Option<String> },
     /// 2.x `POST /api/v2/write?org=&bucket=&precision=ns` (also InfluxDB 3 and 1.8+).
@@ -14,7 +14,7 @@ pub enum Api {
 
 /// How requests authenticate. Secrets never appear in URLs or messages.
 #[derive(Clone, PartialEq, Eq)]
-pub enum Auth {
+pub(crate) enum Auth {
     None,
     /// 1.x user and password, sent as HTTP basic auth.
     Basic {
@@ -37,7 +37,7 @@ impl std::fmt::Debug for Auth {
 
 impl Auth {
     /// The user to name in errors, when there is one.
-    pub fn username(&self) -> Option<&str> {
+    pub(crate) fn username(&self) -> Option<&str> {
         match self {
             Auth::Basic { username, .. } => Some(username),
             _ => None,
@@ -46,7 +46,7 @@ impl Auth {
 }
 
 /// Percent-encodes a query-string value (RFC 3986 unreserved characters pass).
-pub fn encode_query_value(v: &str) -> String {
+pub(crate) fn encode_query_value(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for b in v.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -60,7 +60,7 @@ pub fn encode_query_value(v: &str) -> String {
 
 /// The write URL under `base` (`http://host:8086`, no trailing slash). logmill stamps every
 /// point in nanoseconds, so precision is always `ns`.
-pub fn write_url(base: &str, api: &Api) -> String {
+pub(crate) fn write_url(base: &str, api: &Api) -> String {
     match api {
         Api::V1 { database, retention_policy } => {
             let mut url = format!("{base}/write?db={}", encode_query_value(database));
@@ -86,7 +86,7 @@ fn quote_ident(s: &str) -> String {
 
 /// The InfluxQL statements that create a 1.x database and, when a duration is configured, its
 /// retention policy (as the default, so points written without `rp` land in it too).
-pub fn create_statements(database: &str, retention: Option<(&str, &str)>) -> Vec<String> {
+pub(crate) fn create_statements(database: &str, retention: Option<(&str, &str)>) -> Vec<String> {
     let mut statements = vec![format!("CREATE DATABASE {}", quote_ident(database))];
     if let Some((rp, duration)) = retention {
         statements.push(format!(
@@ -100,7 +100,7 @@ pub fn create_statements(database: &str, retention: Option<(&str, &str)>) -> Vec
 
 /// What an answer means for the batch.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// 204: every point is stored.
     Written,
     /// 400/422 `partial write`: the valid points ARE stored, `dropped` were refused. Never
@@ -141,12 +141,12 @@ fn dropped_count(message: &str) -> Option<u64> {
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare from InfluxDB and taken as absent).
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
+pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
     v.trim().parse::<u64>().ok().map(|s| Duration::from_secs(s.min(3600)))
 }
 
 /// Classifies an answer to a write.
-pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> Verdict {
+pub(crate) fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> Verdict {
     match status {
         200..=299 => Verdict::Written,
         400 | 422 => {

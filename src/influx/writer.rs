@@ -22,25 +22,25 @@ use crate::telemetry::{Counter, Gauge, Telemetry};
 #[derive(Debug, Clone)]
 pub struct InfluxSettings {
     /// Base URLs, tried in turn (failover); no trailing slash.
-    pub urls: Vec<String>,
-    pub api: Api,
-    pub auth: Auth,
-    pub gzip: bool,
-    pub batch_max_points: usize,
-    pub batch_max_bytes: usize,
-    pub flush_interval: Duration,
+    pub(crate) urls: Vec<String>,
+    pub(crate) api: Api,
+    pub(crate) auth: Auth,
+    pub(crate) gzip: bool,
+    pub(crate) batch_max_points: usize,
+    pub(crate) batch_max_bytes: usize,
+    pub(crate) flush_interval: Duration,
     /// Bytes of line protocol accepted but not yet answered for good.
-    pub buffer_max_bytes: usize,
-    pub max_in_flight: usize,
-    pub timeout: Duration,
+    pub(crate) buffer_max_bytes: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) timeout: Duration,
     /// PEM file of a CA to trust besides the built-in roots.
-    pub ca_file: Option<std::path::PathBuf>,
+    pub(crate) ca_file: Option<std::path::PathBuf>,
     /// Create a missing 1.x database (and `retention`) on `database not found`.
-    pub create_database: bool,
+    pub(crate) create_database: bool,
     /// (name, duration) of a retention policy to create with the database.
-    pub retention: Option<(String, String)>,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
+    pub(crate) retention: Option<(String, String)>,
+    pub(crate) backoff_initial: Duration,
+    pub(crate) backoff_max: Duration,
 }
 
 /// What became of a submission's points, counted exactly.
@@ -72,7 +72,7 @@ impl Outcome {
     }
 
     /// `n` points refused for good, for `reason`.
-    pub fn rejected(n: u64, reason: impl Into<String>) -> Self {
+    pub(crate) fn rejected(n: u64, reason: impl Into<String>) -> Self {
         Self { rejected: n, error: Some(reason.into()), ..Self::default() }
     }
 
@@ -96,7 +96,7 @@ impl Outcome {
     }
 
     /// Adds another outcome's counts (a summary over submissions); the first error stays.
-    pub fn add(&mut self, other: &Outcome) {
+    pub(crate) fn add(&mut self, other: &Outcome) {
         self.written += other.written;
         self.dropped += other.dropped;
         self.rejected += other.rejected;

@@ -16,36 +16,36 @@ use super::point::{FieldValue, Point};
 use super::sketch::Sketch;
 use crate::access::{AccessRecord, Method};
 
-pub const MEASUREMENT: &str = "router_requests";
+pub(crate) const MEASUREMENT: &str = "router_requests";
 
 /// Upper bounds of the histogram buckets, seconds; a last bucket `inf` takes the rest.
-pub const BUCKET_BOUNDS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub(crate) const BUCKET_BOUNDS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const BUCKET_NAMES: [&str; 12] =
     ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "inf"];
 
 /// How the aggregator windows and bounds its state.
 #[derive(Debug, Clone)]
 pub struct AggregateSettings {
-    pub window_ns: i64,
+    pub(crate) window_ns: i64,
     /// How far behind the watermark a window stays open for stragglers.
-    pub lateness_ns: i64,
-    pub max_series: NonZeroUsize,
+    pub(crate) lateness_ns: i64,
+    pub(crate) max_series: NonZeroUsize,
     /// The `consumer` tag: the instance that aggregated (`local` for replay and run).
-    pub consumer: String,
+    pub(crate) consumer: String,
     /// First flush sequence number. Replays use 0 so that replaying a file again writes the
     /// same keys; a long-running consumer starts from a clock-derived value so that a restart
     /// does not reuse the keys of points it wrote before.
-    pub sequence_base: u64,
+    pub(crate) sequence_base: u64,
 }
 
 /// Counters of what the aggregator did, for telemetry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AggregateStats {
-    pub lines: u64,
-    pub points: u64,
-    pub evictions: u64,
+pub(crate) struct AggregateStats {
+    pub(crate) lines: u64,
+    pub(crate) points: u64,
+    pub(crate) evictions: u64,
     /// Lines whose window had already been flushed.
-    pub late_lines: u64,
+    pub(crate) late_lines: u64,
 }
 
 #[derive(Debug, Default)]
@@ -155,7 +155,7 @@ impl Aggregator {
         }
     }
 
-    pub fn stats(&self) -> AggregateStats {
+    pub(crate) fn stats(&self) -> AggregateStats {
         self.stats
     }
 
@@ -216,7 +216,7 @@ impl Aggregator {
 
     /// Moves the watermark (event time) forward and flushes every window that is due. A
     /// consumer whose input has gone quiet calls this with the wall clock.
-    pub fn advance_to(&mut self, watermark_ns: i64) {
+    pub(crate) fn advance_to(&mut self, watermark_ns: i64) {
         self.watermark_ns = self.watermark_ns.max(watermark_ns);
         let span = self.settings.window_ns.saturating_add(self.settings.lateness_ns);
         let due = |start: i64| start.saturating_add(span) <= self.watermark_ns;

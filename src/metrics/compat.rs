@@ -10,9 +10,9 @@ use crate::access::AccessRecord;
 #[cfg(doc)]
 use crate::access::LineOrigin;
 
-pub const REQUEST_TIME: &str = "deis_router_request_time_ms";
-pub const RESPONSE_TIME: &str = "deis_router_response_time_ms";
-pub const BYTES_SENT: &str = "deis_router_bytes_sent";
+pub(crate) const REQUEST_TIME: &str = "deis_router_request_time_ms";
+pub(crate) const RESPONSE_TIME: &str = "deis_router_response_time_ms";
+pub(crate) const BYTES_SENT: &str = "deis_router_bytes_sent";
 
 /// A compat measurement, the text its value is read from, and the value when that text is not
 /// a plain decimal.

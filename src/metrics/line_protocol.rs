@@ -141,7 +141,7 @@ static STRING_SLOW: [bool; 256] = byte_set(b"\"\\\n\r");
 /// line.finish(None)?; // deis_router_bytes_sent,app=foo value=211.0\n
 /// ```
 #[must_use = "the line is removed again unless finish() is called"]
-pub struct LineBuilder<'a> {
+pub(crate) struct LineBuilder<'a> {
     out: &'a mut BytesMut,
     /// Length of `out` before this line, to truncate back to on error.
     start: usize,
@@ -152,7 +152,7 @@ pub struct LineBuilder<'a> {
 
 impl<'a> LineBuilder<'a> {
     /// Starts a line with `measurement`, escaping `,` and space.
-    pub fn new(out: &'a mut BytesMut, measurement: &str) -> Self {
+    pub(crate) fn new(out: &'a mut BytesMut, measurement: &str) -> Self {
         let start = out.len();
         let error = match measurement.as_bytes().first() {
             // InfluxDB drops a line whose first non-blank byte is '#' and skips leading tabs
@@ -165,7 +165,7 @@ impl<'a> LineBuilder<'a> {
 
     /// Adds a tag. An empty value omits the tag, as Telegraf does, since InfluxDB rejects
     /// empty tag values; the key is still checked, so an empty key is an error either way.
-    pub fn tag(&mut self, key: &str, value: &str) -> &mut Self {
+    pub(crate) fn tag(&mut self, key: &str, value: &str) -> &mut Self {
         if self.error.is_some() {
             return self;
         }
@@ -189,7 +189,7 @@ impl<'a> LineBuilder<'a> {
     /// Adds a float field with the shortest digits that read back to the same value, always
     /// with a decimal point: `211.0`, not `211`. InfluxDB takes a bare `211` as a float too, but
     /// the point keeps the type plain to anyone reading the bytes.
-    pub fn field_f64(&mut self, key: &str, v: f64) -> &mut Self {
+    pub(crate) fn field_f64(&mut self, key: &str, v: f64) -> &mut Self {
         if !v.is_finite() {
             self.fail(EncodeError::NonFinite);
         } else if self.field_key(key) {
@@ -199,7 +199,7 @@ impl<'a> LineBuilder<'a> {
     }
 
     /// Adds an integer field (`12i`).
-    pub fn field_i64(&mut self, key: &str, v: i64) -> &mut Self {
+    pub(crate) fn field_i64(&mut self, key: &str, v: i64) -> &mut Self {
         if self.field_key(key) {
             write_i64(self.out, v);
             self.out.put_u8(b'i');
@@ -209,7 +209,7 @@ impl<'a> LineBuilder<'a> {
 
     /// Adds an unsigned field (`12u`). InfluxDB 1.x OSS rejects these; it exists for symmetry
     /// with the parser and for 2.x.
-    pub fn field_u64(&mut self, key: &str, v: u64) -> &mut Self {
+    pub(crate) fn field_u64(&mut self, key: &str, v: u64) -> &mut Self {
         if self.field_key(key) {
             write_u64(self.out, v);
             self.out.put_u8(b'u');
@@ -218,7 +218,7 @@ impl<'a> LineBuilder<'a> {
     }
 
     /// Adds a boolean field (`true`/`false`).
-    pub fn field_bool(&mut self, key: &str, v: bool) -> &mut Self {
+    pub(crate) fn field_bool(&mut self, key: &str, v: bool) -> &mut Self {
         if self.field_key(key) {
             self.out.extend_from_slice(if v { b"true" } else { b"false" });
         }
@@ -226,7 +226,7 @@ impl<'a> LineBuilder<'a> {
     }
 
     /// Adds a string field, quoted, with `"` and `\` escaped.
-    pub fn field_str(&mut self, key: &str, v: &str) -> &mut Self {
+    pub(crate) fn field_str(&mut self, key: &str, v: &str) -> &mut Self {
         if self.field_key(key) {
             self.out.put_u8(b'"');
             if let Err(e) = write_string(self.out, v) {
@@ -240,7 +240,7 @@ impl<'a> LineBuilder<'a> {
 
     /// Ends the line with an optional timestamp in nanoseconds and `\n`. On error the line is
     /// removed from the buffer.
-    pub fn finish(mut self, timestamp_ns: Option<i64>) -> Result<(), EncodeError> {
+    pub(crate) fn finish(mut self, timestamp_ns: Option<i64>) -> Result<(), EncodeError> {
         if let Some(e) = self.error {
             // Drop truncates.
             return Err(e);
@@ -296,7 +296,7 @@ impl Drop for LineBuilder<'_> {
 /// Appends `,key=value` for each tag, escaped, omitting empty values as [`LineBuilder::tag`]
 /// does: the part of a line that several points of one source share, so a caller can encode it
 /// once and copy it (the three compat points of an access line). On error `out` is unchanged.
-pub fn write_tag_set(out: &mut BytesMut, tags: &[(&str, &str)]) -> Result<(), EncodeError> {
+pub(crate) fn write_tag_set(out: &mut BytesMut, tags: &[(&str, &str)]) -> Result<(), EncodeError> {
     let start = out.len();
     for (key, value) in tags {
         let result = if value.is_empty() {
@@ -317,7 +317,7 @@ pub fn write_tag_set(out: &mut BytesMut, tags: &[(&str, &str)]) -> Result<(), En
 }
 
 /// Appends a float value as [`LineBuilder::field_f64`] writes it.
-pub fn write_float(out: &mut BytesMut, v: f64) -> Result<(), EncodeError> {
+pub(crate) fn write_float(out: &mut BytesMut, v: f64) -> Result<(), EncodeError> {
     if !v.is_finite() {
         return Err(EncodeError::NonFinite);
     }
@@ -326,7 +326,7 @@ pub fn write_float(out: &mut BytesMut, v: f64) -> Result<(), EncodeError> {
 }
 
 /// Appends a timestamp (`ns`) as [`LineBuilder::finish`] writes it, without the space.
-pub fn write_timestamp(out: &mut BytesMut, ns: i64) {
+pub(crate) fn write_timestamp(out: &mut BytesMut, ns: i64) {
     write_i64(out, ns);
 }
 
@@ -338,7 +338,7 @@ pub fn write_timestamp(out: &mut BytesMut, ns: i64) {
 /// digits survives the trip through an f64 (DBL_DIG = 15): its shortest round-trip digits are
 /// its own, without leading and trailing zeros. So the canonical text is written without the
 /// float formatting that would otherwise dominate the cost of a compat point.
-pub fn write_plain_decimal(out: &mut BytesMut, text: &[u8]) -> bool {
+pub(crate) fn write_plain_decimal(out: &mut BytesMut, text: &[u8]) -> bool {
     // One pass: where the point is, and the first and last non-zero digits.
     let mut dot = None;
     let (mut first_nonzero, mut last_nonzero) = (usize::MAX, 0);
@@ -376,7 +376,7 @@ pub fn write_plain_decimal(out: &mut BytesMut, text: &[u8]) -> bool {
 }
 
 /// Encodes `point` as one line, through [`LineBuilder`].
-pub fn encode_point(point: &Point, out: &mut BytesMut) -> Result<(), EncodeError> {
+pub(crate) fn encode_point(point: &Point, out: &mut BytesMut) -> Result<(), EncodeError> {
     let mut line = LineBuilder::new(out, &point.measurement);
     for (key, value) in &point.tags {
         line.tag(key, value);
@@ -578,7 +578,7 @@ fn name_string(raw: &[u8], escaped: bool, equals: bool) -> Result<String, ParseE
 ///
 /// Accepts what InfluxDB 1.x accepts, with two differences: `u` integers are accepted (1.x
 /// OSS rejects them) and duplicate tag keys are not checked. Tags keep their order in the line.
-pub fn parse_line(line: &[u8]) -> Result<Point, ParseError> {
+pub(crate) fn parse_line(line: &[u8]) -> Result<Point, ParseError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
 
     let mut i = skip_blank(line, 0);

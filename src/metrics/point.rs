@@ -21,7 +21,7 @@ pub enum FieldValue {
 pub struct Point {
     pub measurement: String,
     pub tags: Vec<(String, String)>,
-    pub fields: Vec<(String, FieldValue)>,
+    pub(crate) fields: Vec<(String, FieldValue)>,
     pub timestamp_ns: Option<i64>,
 }
 

@@ -13,7 +13,7 @@ const MIN_POSITIVE: f64 = 1e-9;
 const MAX_BUCKETED: f64 = 1e6;
 
 #[derive(Debug, Clone, Default)]
-pub struct Sketch {
+pub(crate) struct Sketch {
     zeros: u64,
     /// Bucket index of `counts[0]`.
     offset: i32,
@@ -28,7 +28,7 @@ fn ln_gamma() -> f64 {
 }
 
 impl Sketch {
-    pub fn insert(&mut self, v: f64) {
+    pub(crate) fn insert(&mut self, v: f64) {
         if !(v.is_finite() && v >= 0.0) {
             return;
         }
@@ -61,13 +61,13 @@ impl Sketch {
         *slot = slot.saturating_add(1);
     }
 
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.total
     }
 
     /// The nearest-rank `q`-quantile (the value at rank `ceil(q·n)`), within α relative error;
     /// `None` when empty.
-    pub fn quantile(&self, q: f64) -> Option<f64> {
+    pub(crate) fn quantile(&self, q: f64) -> Option<f64> {
         if self.total == 0 {
             return None;
         }

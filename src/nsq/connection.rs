@@ -33,11 +33,11 @@ use tokio_rustls::rustls;
 use super::protocol::{self, EncodeError, Frame, FrameError, IdentifyConfig, IdentifyResponse, ServerError};
 
 /// nsqd's default `--max-rdy-count`, assumed when the server does not negotiate.
-pub const DEFAULT_MAX_RDY_COUNT: u32 = 2500;
+pub(crate) const DEFAULT_MAX_RDY_COUNT: u32 = 2500;
 /// Output a role may queue on a connection before it stops taking work from its channels:
 /// enough for a few MPUBs of 200 small messages, small enough that a stalled server is
 /// noticed by the write timeout rather than by memory.
-pub const OUTPUT_HIGH_WATER_BYTES: usize = 256 * 1024;
+pub(crate) const OUTPUT_HIGH_WATER_BYTES: usize = 256 * 1024;
 /// The read buffer grows to a frame's size; this is what it starts with and reserves per read.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -55,9 +55,9 @@ impl fmt::Debug for Secret {
 #[derive(Clone)]
 pub struct TlsSettings {
     /// rustls client configuration (roots, protocol versions).
-    pub config: Arc<rustls::ClientConfig>,
+    pub(crate) config: Arc<rustls::ClientConfig>,
     /// Name to verify the server's certificate against; default: the host of the address.
-    pub server_name: Option<String>,
+    pub(crate) server_name: Option<String>,
 }
 
 impl fmt::Debug for TlsSettings {
@@ -162,7 +162,7 @@ impl ConnectionSettings {
 
     /// The silence after which the connection is considered dead: the read timeout, but never
     /// less than two heartbeat intervals plus a margin (nsqd sends one per interval).
-    pub fn effective_read_timeout(&self) -> Duration {
+    pub(crate) fn effective_read_timeout(&self) -> Duration {
         match self.heartbeat_interval {
             Some(hb) => self.read_timeout.max(hb * 2 + Duration::from_secs(1)),
             None => self.read_timeout,
@@ -174,11 +174,11 @@ impl ConnectionSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Negotiated {
     /// Largest RDY this server accepts.
-    pub max_rdy_count: u32,
+    pub(crate) max_rdy_count: u32,
     /// The msg_timeout in force for this connection.
-    pub msg_timeout: Duration,
+    pub(crate) msg_timeout: Duration,
     /// nsqd's version (empty when it did not negotiate).
-    pub version: String,
+    pub(crate) version: String,
     /// The connection is TLS.
     pub tls: bool,
     /// AUTH was required and accepted.
@@ -472,7 +472,7 @@ impl Connection {
     }
 
     /// The server's address as dialed.
-    pub fn addr(&self) -> &str {
+    pub(crate) fn addr(&self) -> &str {
         &self.addr
     }
 
@@ -492,7 +492,7 @@ impl Connection {
     }
 
     /// Whether a role may encode more: the output is below [`OUTPUT_HIGH_WATER_BYTES`].
-    pub fn has_room(&self) -> bool {
+    pub(crate) fn has_room(&self) -> bool {
         self.out.len() < OUTPUT_HIGH_WATER_BYTES
     }
 
@@ -560,7 +560,7 @@ impl Connection {
     }
 
     /// Writes all pending output, within the write timeout.
-    pub async fn flush(&mut self) -> Result<(), ConnectionError> {
+    pub(crate) async fn flush(&mut self) -> Result<(), ConnectionError> {
         let timeout = self.write_timeout;
         let out = &mut self.out;
         let wr = &mut self.wr;
@@ -634,13 +634,13 @@ pub fn classify_server_error(e: ServerError) -> ConnectionError {
 }
 
 /// The host part of `host:port` (brackets of an IPv6 literal removed).
-pub fn host_of(addr: &str) -> &str {
+pub(crate) fn host_of(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// Whether `addr` looks like `host:port`.
-pub fn valid_address(addr: &str) -> bool {
+pub(crate) fn valid_address(addr: &str) -> bool {
     match addr.rsplit_once(':') {
         Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
         None => false,

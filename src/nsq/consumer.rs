@@ -159,7 +159,7 @@ fn join_errors(errors: &[super::http::HttpError]) -> String {
 }
 
 /// Called with a message that reached `max_attempts`, before it is finished.
-pub type GiveUpHook = Arc<dyn Fn(&Message) + Send + Sync>;
+pub(crate) type GiveUpHook = Arc<dyn Fn(&Message) + Send + Sync>;
 
 /// A set of addresses that never changes, for direct nsqd addresses.
 pub fn fixed_addresses<I, S>(addresses: I) -> watch::Receiver<BTreeSet<String>>
@@ -453,7 +453,7 @@ impl Consumer {
 /// RDY per connection: `max_in_flight` spread over `max_rdy.len()` connections (each capped by
 /// its server's `max_rdy_count`), the remainder (or, with more connections than
 /// `max_in_flight`, the single RDYs) given to the connections from `offset` on.
-pub fn rdy_targets(max_in_flight: u32, max_rdy: &[u32], offset: usize) -> Vec<u32> {
+pub(crate) fn rdy_targets(max_in_flight: u32, max_rdy: &[u32], offset: usize) -> Vec<u32> {
     let n = max_rdy.len();
     let mut out = vec![0u32; n];
     if n == 0 {

@@ -13,7 +13,7 @@ use reqwest::Url;
 
 /// The largest answer read from nsqd or nsqlookupd. Their JSON answers are a few KiB; anything
 /// near this is not one of them, and is not worth buffering.
-pub const MAX_ANSWER_BYTES: usize = 1 << 20;
+pub(crate) const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 /// Longest piece of an unexpected answer quoted in an error message.
 const QUOTE_MAX_CHARS: usize = 200;
@@ -36,7 +36,7 @@ pub enum HttpError {
 /// The base URL of an nsqd or nsqlookupd HTTP address: `host:port` (as nsqd's and go-nsq's
 /// flags take them) or `http://host:port` / `https://host:port`, optionally with a path prefix
 /// (a reverse proxy). No query, no fragment; a trailing `/` is dropped.
-pub fn base_url(address: &str) -> Result<Url, HttpError> {
+pub(crate) fn base_url(address: &str) -> Result<Url, HttpError> {
     let bad = |reason: &str| HttpError::Address { address: address.to_owned(), reason: reason.to_owned() };
     let trimmed = address.trim();
     if trimmed.is_empty() {
@@ -59,7 +59,7 @@ pub fn base_url(address: &str) -> Result<Url, HttpError> {
 }
 
 /// `base` + `/path` + the query pairs, percent-encoded.
-pub fn endpoint(base: &Url, path: &str, query: &[(&str, &str)]) -> Url {
+pub(crate) fn endpoint(base: &Url, path: &str, query: &[(&str, &str)]) -> Url {
     let mut url = base.clone();
     let joined = format!("{}{path}", base.path().trim_end_matches('/'));
     url.set_path(&joined);
@@ -71,12 +71,15 @@ pub fn endpoint(base: &Url, path: &str, query: &[(&str, &str)]) -> Url {
 
 /// What a failed request says: reqwest's message and its causes (connection refused, timed
 /// out…), without the URL, which the caller's error names once.
-pub fn describe(error: reqwest::Error) -> String {
+pub(crate) fn describe(error: reqwest::Error) -> String {
     crate::errors::chain(&error.without_url())
 }
 
 /// Reads a response's status and body, at most [`MAX_ANSWER_BYTES`] of it.
-pub async fn read_answer(url: &Url, mut response: reqwest::Response) -> Result<(u16, Vec<u8>), HttpError> {
+pub(crate) async fn read_answer(
+    url: &Url,
+    mut response: reqwest::Response,
+) -> Result<(u16, Vec<u8>), HttpError> {
     let status = response.status().as_u16();
     let mut body = Vec::new();
     loop {
@@ -95,7 +98,7 @@ pub async fn read_answer(url: &Url, mut response: reqwest::Response) -> Result<(
 
 /// The reason in an NSQ error answer: `{"message":"…"}` (v1 API), `{"status_txt":"…"}` (the
 /// wrapped pre-1.0 API), else the start of the body as text.
-pub fn error_message(body: &[u8]) -> String {
+pub(crate) fn error_message(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct ErrorAnswer {
         message: Option<String>,
@@ -110,7 +113,7 @@ pub fn error_message(body: &[u8]) -> String {
 }
 
 /// The start of a body, as text, for an error message.
-pub fn quote(body: &[u8]) -> String {
+pub(crate) fn quote(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     if text.is_empty() {

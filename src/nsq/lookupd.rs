@@ -41,15 +41,16 @@ use crate::backoff::{jittered, random_unit};
 use crate::telemetry::{Counter, Gauge, Telemetry};
 
 /// go-nsq's `lookupd_poll_interval` default.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
+#[cfg(test)]
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
 /// go-nsq's `lookupd_poll_jitter` default (there it delays the first poll by up to 30 % of the
 /// interval; here every wait is spread over a window 30 % of the interval wide).
-pub const DEFAULT_POLL_JITTER: f64 = 0.3;
+pub(crate) const DEFAULT_POLL_JITTER: f64 = 0.3;
 /// A `/lookup` is one map lookup on the lookupd; a lookupd that takes longer than this is as
 /// good as down.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Failed polls through which a lookupd's last answer is kept.
-pub const DEFAULT_MAX_FAILED_POLLS: u32 = 3;
+pub(crate) const DEFAULT_MAX_FAILED_POLLS: u32 = 3;
 
 /// The `Accept` value that makes every nsqlookupd since v0.3 answer in the unwrapped v1 shape
 /// (older ones ignore it and wrap; both are parsed).
@@ -59,13 +60,13 @@ const ACCEPT_V1: &str = "application/vnd.nsq; version=1.0";
 #[derive(Debug, Clone)]
 pub struct LookupdSettings {
     /// Base URLs of the lookupds' HTTP APIs.
-    pub lookupds: Vec<Url>,
-    pub topic: String,
-    pub poll_interval: Duration,
+    pub(crate) lookupds: Vec<Url>,
+    pub(crate) topic: String,
+    pub(crate) poll_interval: Duration,
     /// Width of the window each wait is drawn from, as a fraction of `poll_interval` (0.3: each
     /// wait is between 85 % and 115 % of the interval), so consumers restarted together do not
     /// poll in step.
-    pub poll_jitter: f64,
+    pub(crate) poll_jitter: f64,
     /// Timeout of one `/lookup` request.
     pub timeout: Duration,
     /// See the module documentation: a lookupd's last answer outlives this many consecutive
@@ -105,29 +106,30 @@ impl LookupdSettings {
 /// One nsqd as nsqlookupd lists it (`PeerInfo` in nsqio/nsq `nsqlookupd/registration_db.go`;
 /// `remote_address`, `topology_*` and unknown fields are ignored).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Producer {
+pub(crate) struct Producer {
     /// The address nsqd says clients should use (`--broadcast-address`, its host name by
     /// default).
     #[serde(default)]
-    pub broadcast_address: String,
+    pub(crate) broadcast_address: String,
     #[serde(default)]
-    pub hostname: String,
-    pub tcp_port: u16,
+    pub(crate) hostname: String,
+    pub(crate) tcp_port: u16,
     #[serde(default)]
-    pub http_port: u16,
+    pub(crate) http_port: u16,
     #[serde(default)]
-    pub version: String,
+    pub(crate) version: String,
 }
 
 impl Producer {
     /// `host:port` of nsqd's TCP protocol; an IPv6 host in brackets, as Go's
     /// `net.JoinHostPort` (which go-nsq uses) writes it.
-    pub fn tcp_address(&self) -> String {
+    pub(crate) fn tcp_address(&self) -> String {
         join_host_port(self.host(), self.tcp_port)
     }
 
     /// `host:port` of nsqd's HTTP API, when the lookupd reported one.
-    pub fn http_address(&self) -> Option<String> {
+    #[cfg(test)]
+    fn http_address(&self) -> Option<String> {
         (self.http_port != 0).then(|| join_host_port(self.host(), self.http_port))
     }
 
@@ -143,7 +145,7 @@ impl Producer {
 
 /// `host:port`, the host bracketed when it is an IPv6 address (it holds a `:`) and not
 /// bracketed already.
-pub fn join_host_port(host: &str, port: u16) -> String {
+pub(crate) fn join_host_port(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
     } else {
@@ -154,7 +156,7 @@ pub fn join_host_port(host: &str, port: u16) -> String {
 /// Why one `/lookup` answer gave no producers. Pure: the caller adds the lookupd's URL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum LookupError {
+pub(crate) enum LookupError {
     #[error("HTTP {status}: {message}")]
     Status { status: u16, message: String },
     #[error("not a /lookup answer: {0}")]
@@ -166,7 +168,7 @@ pub enum LookupError {
 /// A failed poll of one lookupd.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum PollError {
+pub(crate) enum PollError {
     #[error("nsqlookupd {url}: {source}")]
     Answer { url: String, source: LookupError },
     #[error("nsqlookupd {0}")]
@@ -190,7 +192,7 @@ pub enum PollError {
 /// `TOPIC_NOT_FOUND` in either shape is an answer with no producers. Any other non-200, or a
 /// 404 whose body is not NSQ's (a proxy's page: a wrong address), is an error. `producers`
 /// may be `null` (a Go nil slice) but not missing.
-pub fn parse_lookup_response(status: u16, body: &[u8]) -> Result<Vec<Producer>, LookupError> {
+pub(crate) fn parse_lookup_response(status: u16, body: &[u8]) -> Result<Vec<Producer>, LookupError> {
     #[derive(Deserialize)]
     struct Answer {
         // `Option<Option<…>>` tells a missing `producers` (not an answer) from `null` (none).
@@ -270,22 +272,22 @@ pub fn parse_lookup_response(status: u16, body: &[u8]) -> Result<Vec<Producer>, 
 
 /// What discovery remembers of one lookupd.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LookupdView {
+pub(crate) struct LookupdView {
     /// TCP addresses of its last good answer; `None` before the first, or once forgotten.
-    pub answer: Option<BTreeSet<String>>,
+    pub(crate) answer: Option<BTreeSet<String>>,
     /// Consecutive failed polls since that answer.
-    pub failed_polls: u32,
+    pub(crate) failed_polls: u32,
 }
 
 impl LookupdView {
-    pub fn answered(&mut self, producers: &[Producer]) {
+    pub(crate) fn answered(&mut self, producers: &[Producer]) {
         self.answer = Some(producers.iter().map(Producer::tcp_address).collect());
         self.failed_polls = 0;
     }
 
     /// Counts a failed poll; forgets the answer past `max_failed_polls`. Returns whether it
     /// was forgotten by this call.
-    pub fn failed(&mut self, max_failed_polls: u32) -> bool {
+    pub(crate) fn failed(&mut self, max_failed_polls: u32) -> bool {
         self.failed_polls = self.failed_polls.saturating_add(1);
         self.failed_polls > max_failed_polls && self.answer.take().is_some()
     }
@@ -293,7 +295,7 @@ impl LookupdView {
 
 /// The union of the remembered answers; `None` when no lookupd has one (nothing is known:
 /// the caller keeps its set).
-pub fn merge(views: &[LookupdView]) -> Option<BTreeSet<String>> {
+pub(crate) fn merge(views: &[LookupdView]) -> Option<BTreeSet<String>> {
     let mut known = views.iter().filter_map(|v| v.answer.as_ref()).peekable();
     known.peek()?;
     Some(known.flatten().cloned().collect())

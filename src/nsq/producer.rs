@@ -51,10 +51,10 @@ use crate::backoff::Backoff;
 use crate::telemetry::{Counter, Telemetry};
 
 /// nsqd's `--max-req-timeout` default, the longest DPUB delay it accepts.
-pub const MAX_DEFER: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_DEFER: Duration = Duration::from_secs(3600);
 /// Times a publish may be at the head of the FIFO when nsqd closes the connection with an
 /// error that does not say whose fault it is, before it fails.
-pub const MAX_BLAMES: u8 = 3;
+pub(crate) const MAX_BLAMES: u8 = 3;
 
 /// Validated producer settings.
 #[derive(Debug, Clone)]

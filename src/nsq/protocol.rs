@@ -30,18 +30,18 @@ pub const FRAME_TYPE_ERROR: u32 = 1;
 pub const FRAME_TYPE_MESSAGE: u32 = 2;
 
 /// The `u32` size that starts every frame.
-pub const FRAME_SIZE_BYTES: usize = 4;
+pub(crate) const FRAME_SIZE_BYTES: usize = 4;
 /// The `u32` frame type, counted by the size.
-pub const FRAME_TYPE_BYTES: usize = 4;
+pub(crate) const FRAME_TYPE_BYTES: usize = 4;
 /// Message ids are 16 bytes; nsqd fills them with ASCII hex.
-pub const MESSAGE_ID_BYTES: usize = 16;
+pub(crate) const MESSAGE_ID_BYTES: usize = 16;
 /// A message frame's data before its body: timestamp, attempts, id.
-pub const MESSAGE_HEADER_BYTES: usize = 8 + 2 + MESSAGE_ID_BYTES;
+pub(crate) const MESSAGE_HEADER_BYTES: usize = 8 + 2 + MESSAGE_ID_BYTES;
 
 /// Longest topic or channel name nsqd accepts, `#ephemeral` included.
-pub const MAX_NAME_BYTES: usize = 64;
+pub(crate) const MAX_NAME_BYTES: usize = 64;
 /// Suffix that makes a topic or channel disappear with its last client.
-pub const EPHEMERAL_SUFFIX: &str = "#ephemeral";
+pub(crate) const EPHEMERAL_SUFFIX: &str = "#ephemeral";
 
 /// nsqd's answer to PUB, MPUB, DPUB, SUB and IDENTIFY without feature negotiation.
 pub const OK: &[u8] = b"OK";
@@ -51,10 +51,10 @@ pub const HEARTBEAT: &[u8] = b"_heartbeat_";
 pub const CLOSE_WAIT: &[u8] = b"CLOSE_WAIT";
 
 /// nsqd's default `--max-msg-size` (1 MiB).
-pub const NSQD_DEFAULT_MAX_MSG_BYTES: usize = 1024 * 1024;
+pub(crate) const NSQD_DEFAULT_MAX_MSG_BYTES: usize = 1024 * 1024;
 /// A frame size limit that fits any message nsqd accepts with its default `--max-msg-size`:
 /// the size field counts the type and the message header on top of the body.
-pub const DEFAULT_MAX_FRAME_BYTES: usize =
+pub(crate) const DEFAULT_MAX_FRAME_BYTES: usize =
     NSQD_DEFAULT_MAX_MSG_BYTES + FRAME_TYPE_BYTES + MESSAGE_HEADER_BYTES;
 
 /// One frame from nsqd.
@@ -80,7 +80,7 @@ impl Frame {
     }
 
     /// The `CLOSE_WAIT` answer to CLS.
-    pub fn is_close_wait(&self) -> bool {
+    pub(crate) fn is_close_wait(&self) -> bool {
         matches!(self, Frame::Response(data) if data.as_ref() == CLOSE_WAIT)
     }
 }
@@ -92,7 +92,7 @@ pub struct MessageId(pub [u8; MESSAGE_ID_BYTES]);
 
 impl MessageId {
     /// The id in `bytes`, or `None` unless it is exactly 16 bytes long.
-    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn from_slice(bytes: &[u8]) -> Option<Self> {
         <[u8; MESSAGE_ID_BYTES]>::try_from(bytes).ok().map(MessageId)
     }
 
@@ -138,7 +138,7 @@ pub struct Message {
 
 impl Message {
     /// Decodes the data of a type-2 frame (after size and type).
-    pub fn decode(mut data: Bytes) -> Result<Message, FrameError> {
+    pub(crate) fn decode(mut data: Bytes) -> Result<Message, FrameError> {
         if data.len() < MESSAGE_HEADER_BYTES {
             return Err(FrameError::ShortMessage { len: data.len() });
         }
@@ -150,7 +150,8 @@ impl Message {
     }
 
     /// Appends the data of a type-2 frame (no size, no type): the inverse of [`Message::decode`].
-    pub fn encode_data(&self, buf: &mut BytesMut) {
+    #[cfg(test)]
+    fn encode_data(&self, buf: &mut BytesMut) {
         buf.reserve(MESSAGE_HEADER_BYTES + self.body.len());
         buf.put_i64(self.timestamp_ns);
         buf.put_u16(self.attempts);
@@ -207,7 +208,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every known code, for tests and tables.
-    pub const KNOWN: [ErrorCode; 19] = [
+    pub(crate) const KNOWN: [ErrorCode; 19] = [
         ErrorCode::Invalid,
         ErrorCode::BadBody,
         ErrorCode::BadTopic,
@@ -258,7 +259,7 @@ impl ErrorCode {
     /// The code an error text starts with. nsqd writes `CODE description` (or the bare code
     /// for `E_BAD_PROTOCOL`), so the code is the text up to the first space; comparing that
     /// whole token keeps `E_AUTH_FIRST` and `E_AUTH_FAILED` apart.
-    pub fn from_text(text: &[u8]) -> ErrorCode {
+    pub(crate) fn from_text(text: &[u8]) -> ErrorCode {
         let token = text.split(|&b| b == b' ').next().unwrap_or_default();
         ErrorCode::KNOWN.into_iter().find(|c| c.as_str().as_bytes() == token).unwrap_or(ErrorCode::Unknown)
     }
@@ -266,7 +267,7 @@ impl ErrorCode {
     /// Whether nsqd closes the connection after sending this error. Only a failed FIN, REQ or
     /// TOUCH (an id no longer in flight, typically after a msg_timeout) leaves it open; after
     /// any other error every command pipelined behind the failed one is lost.
-    pub fn is_fatal(self) -> bool {
+    pub(crate) fn is_fatal(self) -> bool {
         !matches!(self, ErrorCode::FinFailed | ErrorCode::ReqFailed | ErrorCode::TouchFailed)
     }
 }
@@ -655,7 +656,7 @@ pub fn encode_touch(id: &MessageId, buf: &mut BytesMut) {
 }
 
 /// `CLS\n`: stop delivering; nsqd answers `CLOSE_WAIT`.
-pub fn encode_cls(buf: &mut BytesMut) {
+pub(crate) fn encode_cls(buf: &mut BytesMut) {
     buf.put_slice(b"CLS\n");
 }
 

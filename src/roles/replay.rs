@@ -70,21 +70,21 @@ pub enum Destination {
 /// What a replay did.
 #[derive(Debug, Clone, Default)]
 pub struct ReplaySummary {
-    pub files: usize,
-    pub bytes: u64,
+    pub(crate) files: usize,
+    pub(crate) bytes: u64,
     pub counts: LineCounts,
     /// Container-log lines that could not be decoded, by reason.
     pub undecodable: Vec<(&'static str, u64)>,
-    pub truncated: u64,
-    pub evictions: u64,
-    pub late_lines: u64,
-    pub elapsed: Duration,
-    pub interrupted: bool,
+    pub(crate) truncated: u64,
+    pub(crate) evictions: u64,
+    pub(crate) late_lines: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) interrupted: bool,
 }
 
 impl ReplaySummary {
     /// The human summary printed to stderr.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         use std::fmt::Write as _;
         let c = &self.counts;
         let mut s = String::new();

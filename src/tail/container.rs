@@ -14,20 +14,12 @@ use crate::timefmt::parse_rfc3339;
 
 /// The standard stream a container wrote a line to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Stream {
+pub(crate) enum Stream {
     Stdout,
     Stderr,
 }
 
 impl Stream {
-    /// The name both runtimes write (and the value of a `stream` tag).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        }
-    }
-
     fn parse(b: &[u8]) -> Result<Self, DecodeError> {
         match b {
             b"stdout" => Ok(Stream::Stdout),
@@ -46,7 +38,7 @@ impl Stream {
 
 /// How a file's lines are wrapped by the container runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wrapping {
+pub(crate) enum Wrapping {
     /// Not wrapped: an operator's own log file, the line is the text.
     Raw,
     /// Docker json-file: `{"log":"text\n","stream":"stdout","time":"…"}`.
@@ -58,7 +50,7 @@ pub enum Wrapping {
 /// Why a line did not decode. Small and `Copy`: a bad line is counted by reason, not raised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 #[non_exhaustive]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("docker line is not a JSON object")]
     BadJson,
     #[error("docker record lacks a string log, stream or time")]
@@ -72,7 +64,7 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    pub const ALL: [DecodeError; 5] = [
+    pub(crate) const ALL: [DecodeError; 5] = [
         DecodeError::BadJson,
         DecodeError::MissingField,
         DecodeError::BadTime,
@@ -81,7 +73,7 @@ impl DecodeError {
     ];
 
     /// A short label for a `reason` metric tag.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             DecodeError::BadJson => "bad_json",
             DecodeError::MissingField => "missing_field",
@@ -94,21 +86,21 @@ impl DecodeError {
 
 /// One record of a container log file: a whole line or a piece of one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fragment<'a> {
+pub(crate) struct Fragment<'a> {
     /// When the runtime read the piece, in Unix nanoseconds; `None` for raw lines, which carry
     /// no runtime time (the text may have its own).
-    pub time_ns: Option<i64>,
+    pub(crate) time_ns: Option<i64>,
     /// Raw lines say [`Stream::Stdout`]: a file written by the application is one stream.
-    pub stream: Stream,
+    pub(crate) stream: Stream,
     /// The text without the runtime's wrapping and without the line's final `'\n'`.
-    pub text: &'a [u8],
+    pub(crate) text: &'a [u8],
     /// More pieces of the same line follow on this stream.
-    pub partial: bool,
+    pub(crate) partial: bool,
 }
 
 /// Guesses a file's wrapping from one of its lines: a `{` and a valid Docker record is Docker,
 /// a line that decodes as CRI is CRI, anything else is raw.
-pub fn detect_wrapping(line: &[u8]) -> Wrapping {
+pub(crate) fn detect_wrapping(line: &[u8]) -> Wrapping {
     if line.first() == Some(&b'{') && decode_docker(line, &mut Vec::new()).is_ok() {
         Wrapping::Docker
     } else if decode_cri(line).is_ok() {
@@ -119,7 +111,7 @@ pub fn detect_wrapping(line: &[u8]) -> Wrapping {
 }
 
 /// Decodes a line of a file with the given wrapping; see [`decode_docker`] for `scratch`.
-pub fn decode<'a>(
+pub(crate) fn decode<'a>(
     wrapping: Wrapping,
     line: &'a [u8],
     scratch: &'a mut Vec<u8>,
@@ -142,7 +134,10 @@ pub fn decode<'a>(
 /// bracket-matched but not validated further. Where JSON is broken in ways Go's decoder (Docker's
 /// own) tolerates, this follows Go: a repeated key keeps its last value, an unpaired UTF-16
 /// surrogate becomes U+FFFD, a raw control byte inside a string is taken as it is.
-pub fn decode_docker<'a>(line: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<Fragment<'a>, DecodeError> {
+pub(crate) fn decode_docker<'a>(
+    line: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+) -> Result<Fragment<'a>, DecodeError> {
     let fields = DockerFields::scan(line)?;
     let (Some(log), Some(stream), Some(time)) = (fields.log, fields.stream, fields.time) else {
         return Err(DecodeError::MissingField);
@@ -174,7 +169,7 @@ pub fn decode_docker<'a>(line: &'a [u8], scratch: &'a mut Vec<u8>) -> Result<Fra
 /// Tags are `:`-separated and only the first is read: `P` means more pieces follow, anything
 /// else ends the line. That is kubelet's own forward-compatible rule, so logmill joins lines
 /// exactly as `kubectl logs` shows them.
-pub fn decode_cri(line: &[u8]) -> Result<Fragment<'_>, DecodeError> {
+pub(crate) fn decode_cri(line: &[u8]) -> Result<Fragment<'_>, DecodeError> {
     let (time, rest) = split_space(line).ok_or(DecodeError::BadCri)?;
     let time_ns = parse_rfc3339(time).map_err(|_| DecodeError::BadTime)?;
     let (stream, rest) = split_space(rest).ok_or(DecodeError::BadCri)?;
@@ -604,7 +599,6 @@ mod tests {
             decode(Wrapping::Raw, b"plain\r", &mut scratch),
             Ok(Fragment { time_ns: None, stream: Stream::Stdout, text: b"plain\r", partial: false })
         );
-        assert_eq!(Stream::Stderr.as_str(), "stderr");
     }
 
     // The first three lines of ../shared/data/router/router-{docker,cri}.log.

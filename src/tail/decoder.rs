@@ -16,49 +16,45 @@ use crate::access::{KeyGuard, LineOrigin};
 /// Where reading may start again: a byte offset at the start of a record, and the key state
 /// of the records before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Resume {
-    pub offset: u64,
-    pub keys: KeyGuard,
+pub(crate) struct Resume {
+    pub(crate) offset: u64,
+    pub(crate) keys: KeyGuard,
 }
 
 /// One whole line of a file: the pieces of a split line joined.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record<'a> {
+pub(crate) struct Record<'a> {
     /// The runtime's time of the first piece (the moment the line began); `None` for raw lines.
-    pub time_ns: Option<i64>,
-    pub stream: Stream,
-    pub text: Cow<'a, [u8]>,
+    pub(crate) time_ns: Option<i64>,
+    pub(crate) stream: Stream,
+    pub(crate) text: Cow<'a, [u8]>,
     /// The line was longer than `max_line_bytes`; `text` holds its first `max_line_bytes`.
-    pub truncated: bool,
+    pub(crate) truncated: bool,
     /// Offset of the record's first byte (its first piece's line) in the file.
-    pub offset: u64,
+    pub(crate) offset: u64,
 }
 
 impl Record<'_> {
     /// What the record's point timestamps derive from.
-    pub fn origin(&self) -> LineOrigin {
+    pub(crate) fn origin(&self) -> LineOrigin {
         LineOrigin { runtime_time_ns: self.time_ns, file_offset: self.offset }
     }
 }
 
 /// Undecodable lines by reason, and records cut at `max_line_bytes`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DecodeCounts {
-    pub undecodable: [u64; DecodeError::ALL.len()],
-    pub truncated: u64,
+pub(crate) struct DecodeCounts {
+    pub(crate) undecodable: [u64; DecodeError::ALL.len()],
+    pub(crate) truncated: u64,
 }
 
 impl DecodeCounts {
-    pub fn undecodable_total(&self) -> u64 {
-        self.undecodable.iter().sum()
-    }
-
     /// `(reason, count)` for every reason seen.
-    pub fn undecodable_by_reason(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+    pub(crate) fn undecodable_by_reason(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         DecodeError::ALL.iter().zip(self.undecodable).filter(|(_, n)| *n > 0).map(|(e, n)| (e.reason(), n))
     }
 
-    pub fn add(&mut self, other: &DecodeCounts) {
+    pub(crate) fn add(&mut self, other: &DecodeCounts) {
         for (a, b) in self.undecodable.iter_mut().zip(other.undecodable) {
             *a += b;
         }
@@ -68,7 +64,7 @@ impl DecodeCounts {
 
 /// Decodes one file. Feed it the file's bytes in order from the offset it was created at.
 #[derive(Debug)]
-pub struct FileDecoder {
+pub(crate) struct FileDecoder {
     /// `None` until the first line is seen, when the wrapping is detected.
     wrapping: Option<Wrapping>,
     max_line_bytes: usize,
@@ -82,7 +78,7 @@ pub struct FileDecoder {
 impl FileDecoder {
     /// A decoder for a file read from `resume.offset` on; `wrapping` `None` detects it from
     /// the first line.
-    pub fn new(wrapping: Option<Wrapping>, max_line_bytes: usize, resume: Resume) -> Self {
+    pub(crate) fn new(wrapping: Option<Wrapping>, max_line_bytes: usize, resume: Resume) -> Self {
         Self {
             wrapping,
             max_line_bytes,
@@ -96,7 +92,7 @@ impl FileDecoder {
 
     /// Decodes the next bytes of the file. `on_record` gets each completed record and the
     /// file's key guard, which stamps the record's points (see [`KeyGuard`]).
-    pub fn push(&mut self, chunk: &[u8], mut on_record: impl FnMut(Record<'_>, &mut KeyGuard)) {
+    pub(crate) fn push(&mut self, chunk: &[u8], mut on_record: impl FnMut(Record<'_>, &mut KeyGuard)) {
         let Self { wrapping, max_line_bytes, splitter, reassembler, scratch, keys, counts } = self;
         splitter.push(chunk, |line| {
             feed(line, wrapping, *max_line_bytes, reassembler, scratch, keys, counts, &mut on_record)
@@ -106,7 +102,7 @@ impl FileDecoder {
     /// The end of a finished file (replay, or a rotated file read to its end): a last line
     /// without its `\n` is whole as it is, and so are pieces whose last piece never came
     /// (Docker writes a container's last line without `\n` when it exits mid-line).
-    pub fn finish(&mut self, mut on_record: impl FnMut(Record<'_>, &mut KeyGuard)) {
+    pub(crate) fn finish(&mut self, mut on_record: impl FnMut(Record<'_>, &mut KeyGuard)) {
         let Self { wrapping, max_line_bytes, splitter, reassembler, scratch, keys, counts } = self;
         splitter.finish(|line| {
             feed(line, wrapping, *max_line_bytes, reassembler, scratch, keys, counts, &mut on_record)
@@ -119,24 +115,14 @@ impl FileDecoder {
 
     /// Where a restart must read from so that no record is lost: the start of the oldest
     /// record still in pieces, else the end of the last complete line.
-    pub fn resume(&self) -> Resume {
+    pub(crate) fn resume(&self) -> Resume {
         self.reassembler
             .oldest_start()
             .unwrap_or(Resume { offset: self.splitter.committed_offset(), keys: self.keys })
     }
 
-    pub fn counts(&self) -> DecodeCounts {
+    pub(crate) fn counts(&self) -> DecodeCounts {
         self.counts
-    }
-
-    /// The wrapping in force (`None` before the first line of an auto-detected file).
-    pub fn wrapping(&self) -> Option<Wrapping> {
-        self.wrapping
-    }
-
-    /// Bytes of incomplete lines and records held in memory.
-    pub fn pending_bytes(&self) -> usize {
-        self.splitter.pending_bytes() + self.reassembler.pending_bytes()
     }
 }
 
@@ -190,7 +176,7 @@ fn feed(
 /// buffer per stream since a runtime interleaves a container's stdout and stderr in one file.
 /// Use one per file.
 #[derive(Debug)]
-pub struct Reassembler {
+pub(crate) struct Reassembler {
     max_line_bytes: usize,
     pending: [Pending; 2],
 }
@@ -220,14 +206,14 @@ impl Pending {
 }
 
 impl Reassembler {
-    pub fn new(max_line_bytes: usize) -> Self {
+    pub(crate) fn new(max_line_bytes: usize) -> Self {
         Self { max_line_bytes, pending: Default::default() }
     }
 
     /// Returns the whole record when `frag` completes one; `at` is where `frag`'s line starts
     /// (kept when it begins a record). A whole line with no pieces pending on its stream
     /// passes through borrowed; only joined pieces are copied.
-    pub fn push<'a>(&mut self, frag: Fragment<'a>, at: Resume) -> Option<Record<'a>> {
+    pub(crate) fn push<'a>(&mut self, frag: Fragment<'a>, at: Resume) -> Option<Record<'a>> {
         let max = self.max_line_bytes;
         let pending = &mut self.pending[frag.stream.index()];
         if pending.start.is_none() {
@@ -267,7 +253,7 @@ impl Reassembler {
 
     /// Ends records whose last piece never came: at the end of a finished file, or when a
     /// rotation cut a line. Delivers them in file order.
-    pub fn flush(&mut self, mut on_record: impl FnMut(Record<'static>)) {
+    pub(crate) fn flush(&mut self, mut on_record: impl FnMut(Record<'static>)) {
         let [out, err] = &self.pending;
         let out_first = match (out.start, err.start) {
             (Some(o), Some(e)) => o.offset <= e.offset,
@@ -280,14 +266,15 @@ impl Reassembler {
         }
     }
 
-    /// The start of the oldest record still in pieces.
-    pub fn oldest_start(&self) -> Option<Resume> {
-        self.pending.iter().filter_map(|p| p.start).min_by_key(|s| s.offset)
+    /// Bytes of unfinished records held in memory (at most `max_line_bytes` per stream).
+    #[cfg(test)]
+    fn pending_bytes(&self) -> usize {
+        self.pending.iter().map(|p| p.text.len()).sum()
     }
 
-    /// Bytes of unfinished records held in memory (at most `max_line_bytes` per stream).
-    pub fn pending_bytes(&self) -> usize {
-        self.pending.iter().map(|p| p.text.len()).sum()
+    /// The start of the oldest record still in pieces.
+    pub(crate) fn oldest_start(&self) -> Option<Resume> {
+        self.pending.iter().filter_map(|p| p.start).min_by_key(|s| s.offset)
     }
 }
 
@@ -530,7 +517,6 @@ mod tests {
         d.finish(|r, _| out.push((r.offset, r.text.into_owned(), r.time_ns)));
         assert_eq!(out[1], (107, b"partial".to_vec(), None));
         assert_eq!(d.resume().offset, 114);
-        assert_eq!(d.wrapping(), Some(Wrapping::Raw));
     }
 
     #[test]
@@ -542,7 +528,6 @@ mod tests {
         });
         assert_eq!(out, [b"ok".to_vec()]);
         let c = d.counts();
-        assert_eq!(c.undecodable_total(), 2);
         let reasons: Vec<_> = c.undecodable_by_reason().collect();
         assert_eq!(reasons, [("bad_time", 1), ("bad_stream", 1)]);
     }

@@ -9,20 +9,20 @@ use memchr::memchr_iter;
 
 /// One complete line of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Line<'a> {
+pub(crate) struct Line<'a> {
     /// The line without its `'\n'`. A trailing `'\r'` is kept: whether it belongs to the text
     /// depends on the format (CRI content is verbatim), so the caller decides.
-    pub bytes: &'a [u8],
+    pub(crate) bytes: &'a [u8],
     /// Offset in the file of the line's first byte.
-    pub offset: u64,
+    pub(crate) offset: u64,
     /// The line was longer than `max_line_bytes`; `bytes` holds its first `max_line_bytes`.
-    pub truncated: bool,
+    pub(crate) truncated: bool,
 }
 
 /// Feed chunks as they are read from a file; get complete lines with the byte offset of their
 /// first byte in the file.
 #[derive(Debug)]
-pub struct LineSplitter {
+pub(crate) struct LineSplitter {
     /// The start of a line whose `'\n'` has not been read yet, at most `max_line_bytes` of it.
     carry: Vec<u8>,
     /// The partial line had more than `max_line_bytes`; the excess was skipped, not kept.
@@ -37,7 +37,7 @@ pub struct LineSplitter {
 impl LineSplitter {
     /// A splitter for a file whose next byte to be pushed sits at `start_offset` (0 for a new
     /// file, a checkpoint's offset when resuming).
-    pub fn new(max_line_bytes: usize, start_offset: u64) -> Self {
+    pub(crate) fn new(max_line_bytes: usize, start_offset: u64) -> Self {
         Self {
             carry: Vec::new(),
             carry_overflowed: false,
@@ -51,7 +51,7 @@ impl LineSplitter {
     ///
     /// A line longer than `max_line_bytes` is delivered once, when its `'\n'` arrives, cut to
     /// `max_line_bytes` and flagged `truncated`.
-    pub fn push(&mut self, chunk: &[u8], mut on_line: impl FnMut(Line<'_>)) {
+    pub(crate) fn push(&mut self, chunk: &[u8], mut on_line: impl FnMut(Line<'_>)) {
         let base = self.read;
         let mut start = 0;
         for nl in memchr_iter(b'\n', chunk) {
@@ -86,7 +86,7 @@ impl LineSplitter {
 
     /// At end of input (the replay of a finished file): delivers a last line that had no
     /// `'\n'`, if any. Pushing may continue afterwards; offsets carry on from the end.
-    pub fn finish(&mut self, mut on_line: impl FnMut(Line<'_>)) {
+    pub(crate) fn finish(&mut self, mut on_line: impl FnMut(Line<'_>)) {
         if self.has_partial() {
             on_line(Line { bytes: &self.carry, offset: self.committed, truncated: self.carry_overflowed });
             self.carry.clear();
@@ -97,12 +97,13 @@ impl LineSplitter {
 
     /// Offset just after the last line delivered: what a checkpoint may record. Bytes of a
     /// partial line are not counted, so a restart re-reads that line whole.
-    pub fn committed_offset(&self) -> u64 {
+    pub(crate) fn committed_offset(&self) -> u64 {
         self.committed
     }
 
     /// Bytes of a partial line held in memory (at most `max_line_bytes`).
-    pub fn pending_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn pending_bytes(&self) -> usize {
         self.carry.len()
     }
 

@@ -494,7 +494,7 @@ fn byte_to_base10(raw: &[u8]) -> Option<u64> {
 /// escapes for control characters, `\xNN` for invalid UTF-8, printable Unicode as is. (Go's
 /// exact rule for printable non-ASCII is Unicode's graphic categories; Rust's
 /// `is_control`/`is_whitespace` differ only for unassigned and format code points.)
-pub fn go_quote(raw: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn go_quote(raw: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
     for chunk in raw.utf8_chunks() {
         for c in chunk.valid().chars() {
