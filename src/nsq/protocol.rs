@@ -17,6 +17,7 @@ use std::fmt;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+#[cfg(any(test, feature = "test-broker"))]
 pub mod server;
 
 /// The four bytes a client sends first to pick protocol V2.
@@ -92,6 +93,7 @@ pub struct MessageId(pub [u8; MESSAGE_ID_BYTES]);
 
 impl MessageId {
     /// The id in `bytes`, or `None` unless it is exactly 16 bytes long.
+    #[cfg(any(test, feature = "test-broker"))]
     pub(crate) fn from_slice(bytes: &[u8]) -> Option<Self> {
         <[u8; MESSAGE_ID_BYTES]>::try_from(bytes).ok().map(MessageId)
     }
