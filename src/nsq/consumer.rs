@@ -879,6 +879,21 @@ struct ConnTask {
     deliveries: mpsc::Sender<Delivery>,
 }
 
+/// One subscribed connection's state.
+struct Session {
+    /// nsqd's `--max-rdy-count`.
+    max_rdy: u32,
+    /// For deliveries to send their FIN/REQ/TOUCH back to this connection.
+    cmd_tx: mpsc::Sender<Cmd>,
+    in_flight: HashSet<MessageId>,
+    rdy_sent: u32,
+    /// Set once CLS is sent: when the drain gives up.
+    closing: Option<Instant>,
+    close_wait: bool,
+    /// A message arrived: the reconnect backoff starts over.
+    answered: bool,
+}
+
 /// How a session ended.
 enum SessionEnd {
     /// Closed as asked (stop or the address left).
@@ -938,35 +953,9 @@ impl ConnTask {
     }
 
     async fn session(&mut self, mut conn: Connection, backoff: &mut Backoff) -> SessionEnd {
-        let s = &self.shared.settings;
         let max_rdy = conn.negotiated().max_rdy_count;
-        if let Err(e) = protocol::encode_sub(&s.topic, &s.channel, conn.out()) {
-            return SessionEnd::Failed(e.into());
-        }
-        // SUB's OK, within the dial timeout.
-        let subscribed = tokio::time::timeout(s.connection.dial_timeout, async {
-            loop {
-                conn.io().await?;
-                match conn.next_frame()? {
-                    Some(f) if f.is_ok() => return Ok(()),
-                    Some(Frame::Error(e)) => return Err(classify_server_error(e)),
-                    Some(other) => {
-                        return Err(ConnectionError::Protocol(format!("answer to SUB: {other:?}")))
-                    }
-                    None => {}
-                }
-            }
-        })
-        .await;
-        match subscribed {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return SessionEnd::Failed(e),
-            Err(_) => {
-                return SessionEnd::Failed(ConnectionError::DialTimeout {
-                    addr: self.addr.clone(),
-                    timeout: s.connection.dial_timeout,
-                })
-            }
+        if let Err(e) = self.subscribe(&mut conn).await {
+            return SessionEnd::Failed(e);
         }
         tracing::info!(version = %conn.negotiated().version, max_rdy, msg_timeout = ?conn.negotiated().msg_timeout, "subscribed");
         // What the supervisor assigned before this connection is stale; start at 0 and follow
@@ -975,15 +964,21 @@ impl ConnTask {
         if self.events.send(Event::Ready { addr: self.addr.clone(), max_rdy }).await.is_err() {
             return SessionEnd::Closed;
         }
-        let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(s.max_in_flight as usize + 64);
-        let mut in_flight: HashSet<MessageId> = HashSet::new();
-        let mut rdy_sent = 0u32;
-        let mut closing: Option<Instant> = None;
-        let mut close_wait = false;
-        let mut answered = false;
+        let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(self.shared.settings.max_in_flight as usize + 64);
+        let mut session = Session {
+            max_rdy,
+            cmd_tx,
+            in_flight: HashSet::new(),
+            rdy_sent: 0,
+            closing: None,
+            close_wait: false,
+            answered: false,
+        };
         loop {
-            self.stats.in_flight.store(u32::try_from(in_flight.len()).unwrap_or(u32::MAX), Ordering::Relaxed);
-            if closing.is_some() && close_wait && in_flight.is_empty() {
+            self.stats
+                .in_flight
+                .store(u32::try_from(session.in_flight.len()).unwrap_or(u32::MAX), Ordering::Relaxed);
+            if session.closing.is_some() && session.close_wait && session.in_flight.is_empty() {
                 tracing::info!("drained; closing");
                 conn.close().await;
                 return SessionEnd::Closed;
@@ -995,6 +990,7 @@ impl ConnTask {
                 Close,
                 Deadline,
             }
+            let closing = session.closing;
             let deadline = closing.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
             let has_room = conn.has_room();
             let ev = tokio::select! {
@@ -1005,106 +1001,158 @@ impl ConnTask {
                 _ = self.close.cancelled(), if closing.is_none() => Ev::Close,
                 _ = tokio::time::sleep_until(deadline), if closing.is_some() => Ev::Deadline,
             };
-            match ev {
-                Ev::Io(Err(e)) => return SessionEnd::Failed(e),
-                Ev::Io(Ok(())) => {
-                    let mut received = 0u64;
-                    loop {
-                        let frame = match conn.next_frame() {
-                            Ok(Some(f)) => f,
-                            Ok(None) => break,
-                            Err(e) => return SessionEnd::Failed(e),
-                        };
-                        match frame {
-                            Frame::Message(m) => {
-                                received += 1;
-                                let gone = self.on_message(m, &mut conn, &cmd_tx, &mut in_flight);
-                                if gone && rdy_sent > 0 {
-                                    // Nobody receives: take no more (the supervisor stops).
-                                    protocol::encode_rdy(0, conn.out());
-                                    rdy_sent = 0;
-                                }
-                            }
-                            f if f.is_close_wait() => close_wait = true,
-                            Frame::Response(data) => {
-                                tracing::debug!(response = %String::from_utf8_lossy(&data), "unexpected response");
-                            }
-                            Frame::Error(e) if !e.is_fatal() => {
-                                self.shared.counters.non_fatal.add(1);
-                                tracing::warn!(error = %e, "non-fatal error from nsqd");
-                            }
-                            Frame::Error(e) => return SessionEnd::Failed(classify_server_error(e)),
-                        }
-                    }
-                    if received > 0 {
-                        self.shared.counters.received.add(received);
-                        self.stats.received.fetch_add(received, Ordering::Relaxed);
-                        if !answered {
-                            answered = true;
-                            backoff.reset();
-                        }
-                    }
-                }
+            let result = match ev {
+                Ev::Io(Err(e)) => Err(e),
+                Ev::Io(Ok(())) => self.on_frames(&mut session, &mut conn, backoff),
                 Ev::Cmd(first) => {
-                    let (mut fin, mut req) = (0u64, 0u64);
-                    let mut cmd = Some(first);
-                    // Drain what is already there into one write.
-                    let mut budget = 256;
-                    while let Some(c) = cmd {
-                        match c {
-                            Cmd::Fin(id) => {
-                                in_flight.remove(&id);
-                                protocol::encode_fin(&id, conn.out());
-                                fin += 1;
-                            }
-                            Cmd::Req(id, delay) => {
-                                in_flight.remove(&id);
-                                protocol::encode_req(&id, delay, conn.out());
-                                req += 1;
-                            }
-                            Cmd::Touch(id) => {
-                                if in_flight.contains(&id) {
-                                    protocol::encode_touch(&id, conn.out());
-                                }
-                            }
-                        }
-                        budget -= 1;
-                        cmd = if budget > 0 { cmd_rx.try_recv().ok() } else { None };
-                    }
-                    self.shared.counters.finished.add(fin);
-                    self.shared.counters.requeued.add(req);
+                    self.on_commands(&mut session, &mut conn, first, &mut cmd_rx);
+                    Ok(())
                 }
                 Ev::Rdy => {
-                    let mut n = (*self.rdy.borrow_and_update()).min(max_rdy);
-                    if self.deliveries.is_closed() {
-                        n = 0;
-                    }
-                    if n != rdy_sent {
-                        protocol::encode_rdy(n, conn.out());
-                        rdy_sent = n;
-                    }
+                    self.on_rdy(&mut session, &mut conn);
+                    Ok(())
                 }
                 Ev::Close => {
                     protocol::encode_cls(conn.out());
-                    closing = Some(Instant::now() + self.shared.settings.drain_timeout);
-                    tracing::info!(in_flight = in_flight.len(), "CLS sent; draining");
+                    session.closing = Some(Instant::now() + self.shared.settings.drain_timeout);
+                    tracing::info!(in_flight = session.in_flight.len(), "CLS sent; draining");
+                    Ok(())
                 }
                 Ev::Deadline => {
-                    let n = in_flight.len() as u64;
-                    for id in in_flight.drain() {
-                        protocol::encode_req(&id, 0, conn.out());
-                    }
-                    self.shared.counters.requeued.add(n);
-                    tracing::warn!(
-                        requeued = n,
-                        close_wait,
-                        "drain deadline passed; requeued what was still in flight"
-                    );
+                    self.on_drain_deadline(&mut session, &mut conn);
                     conn.close().await;
                     return SessionEnd::Closed;
                 }
+            };
+            if let Err(e) = result {
+                return SessionEnd::Failed(e);
             }
         }
+    }
+
+    /// SUB, and its OK within the dial timeout.
+    async fn subscribe(&self, conn: &mut Connection) -> Result<(), ConnectionError> {
+        let s = &self.shared.settings;
+        protocol::encode_sub(&s.topic, &s.channel, conn.out())?;
+        let answer = async {
+            loop {
+                conn.io().await?;
+                match conn.next_frame()? {
+                    Some(f) if f.is_ok() => return Ok(()),
+                    Some(Frame::Error(e)) => return Err(classify_server_error(e)),
+                    Some(other) => {
+                        return Err(ConnectionError::Protocol(format!("answer to SUB: {other:?}")))
+                    }
+                    None => {}
+                }
+            }
+        };
+        tokio::time::timeout(s.connection.dial_timeout, answer).await.unwrap_or_else(|_| {
+            Err(ConnectionError::DialTimeout { addr: self.addr.clone(), timeout: s.connection.dial_timeout })
+        })
+    }
+
+    /// Every frame read so far: messages to the application, CLOSE_WAIT noted, errors judged.
+    fn on_frames(
+        &self,
+        session: &mut Session,
+        conn: &mut Connection,
+        backoff: &mut Backoff,
+    ) -> Result<(), ConnectionError> {
+        let mut received = 0u64;
+        while let Some(frame) = conn.next_frame()? {
+            match frame {
+                Frame::Message(m) => {
+                    received += 1;
+                    let gone = self.on_message(m, conn, &session.cmd_tx, &mut session.in_flight);
+                    if gone && session.rdy_sent > 0 {
+                        // Nobody receives: take no more (the supervisor stops).
+                        protocol::encode_rdy(0, conn.out());
+                        session.rdy_sent = 0;
+                    }
+                }
+                f if f.is_close_wait() => session.close_wait = true,
+                Frame::Response(data) => {
+                    tracing::debug!(response = %String::from_utf8_lossy(&data), "unexpected response");
+                }
+                Frame::Error(e) if !e.is_fatal() => {
+                    self.shared.counters.non_fatal.add(1);
+                    tracing::warn!(error = %e, "non-fatal error from nsqd");
+                }
+                Frame::Error(e) => return Err(classify_server_error(e)),
+            }
+        }
+        if received > 0 {
+            self.shared.counters.received.add(received);
+            self.stats.received.fetch_add(received, Ordering::Relaxed);
+            if !session.answered {
+                session.answered = true;
+                backoff.reset();
+            }
+        }
+        Ok(())
+    }
+
+    /// FIN, REQ and TOUCH from deliveries, with whatever else is already queued, in one write.
+    fn on_commands(
+        &self,
+        session: &mut Session,
+        conn: &mut Connection,
+        first: Cmd,
+        cmd_rx: &mut mpsc::Receiver<Cmd>,
+    ) {
+        let (mut fin, mut req) = (0u64, 0u64);
+        let mut cmd = Some(first);
+        let mut budget = 256;
+        while let Some(c) = cmd {
+            match c {
+                Cmd::Fin(id) => {
+                    session.in_flight.remove(&id);
+                    protocol::encode_fin(&id, conn.out());
+                    fin += 1;
+                }
+                Cmd::Req(id, delay) => {
+                    session.in_flight.remove(&id);
+                    protocol::encode_req(&id, delay, conn.out());
+                    req += 1;
+                }
+                Cmd::Touch(id) => {
+                    if session.in_flight.contains(&id) {
+                        protocol::encode_touch(&id, conn.out());
+                    }
+                }
+            }
+            budget -= 1;
+            cmd = if budget > 0 { cmd_rx.try_recv().ok() } else { None };
+        }
+        self.shared.counters.finished.add(fin);
+        self.shared.counters.requeued.add(req);
+    }
+
+    /// The supervisor's RDY for this connection, capped at the server's max.
+    fn on_rdy(&mut self, session: &mut Session, conn: &mut Connection) {
+        let mut n = (*self.rdy.borrow_and_update()).min(session.max_rdy);
+        if self.deliveries.is_closed() {
+            n = 0;
+        }
+        if n != session.rdy_sent {
+            protocol::encode_rdy(n, conn.out());
+            session.rdy_sent = n;
+        }
+    }
+
+    /// The drain time is up: what is still in flight goes back to nsqd.
+    fn on_drain_deadline(&self, session: &mut Session, conn: &mut Connection) {
+        let n = session.in_flight.len() as u64;
+        for id in session.in_flight.drain() {
+            protocol::encode_req(&id, 0, conn.out());
+        }
+        self.shared.counters.requeued.add(n);
+        tracing::warn!(
+            requeued = n,
+            close_wait = session.close_wait,
+            "drain deadline passed; requeued what was still in flight"
+        );
     }
 
     /// Hands a message to the application, gives it up, or requeues it at once. Returns
