@@ -1,30 +1,39 @@
 //! logmill turns a Kubernetes (Deis Workflow / Hephy) cluster's logs into metrics.
 //!
 //! Module map. Pure modules (no I/O, no tokio) sit at the bottom; roles wire them to files,
-//! sockets and the clock.
+//! sockets and the clock. Dependencies point inward: nothing pure imports a module above it.
 //!
 //! - [`timefmt`]: the timestamps logs carry (RFC 3339, nginx `$time_local`) to Unix ns. Pure.
-//! - [`access`]: access lines. [`access::router`] is the `nom` fast path for the Deis router
+//! - [`access`]: access lines and their point keys ([`access::LineOrigin`],
+//!   [`access::KeyGuard`]). [`access::router`] is the `nom` fast path for the Deis router
 //!   format; [`access::rules`] runs the declarative definitions of `parsers/*.toml`. Pure.
 //! - [`metrics`]: points. [`metrics::point`] the owned point, [`metrics::line_protocol`] the
 //!   InfluxDB line protocol encoder and parser, [`metrics::compat`] the three points per access
 //!   line of the old fluentd plugin, [`metrics::aggregate`] `router_requests` windows,
 //!   [`metrics::sketch`] the percentile sketch. Pure.
 //! - [`tail`]: reading log files. [`tail::lines`] splits a byte stream into capped lines with
-//!   offsets; [`tail::container`] decodes Docker json-file and CRI records and joins partial
-//!   ones. Pure.
+//!   offsets; [`tail::container`] decodes Docker json-file and CRI lines; [`tail::decoder`] is
+//!   one file's decoding (format pick, reassembly, line cap, origin) with the resume point a
+//!   checkpoint records. Pure.
 //! - [`pipeline`]: the per-line path every role shares (classify, compat points, aggregate).
 //! - [`influx`]: the InfluxDB writer. [`influx::api`] (pure) builds requests and classifies
 //!   answers; [`influx::writer`] batches, gzips, retries, fails over and acknowledges.
-//! - [`nsq`]: NSQ. [`nsq::protocol`] frames, commands, error codes and names (pure; its
-//!   `server` side decodes commands as nsqd does, for the test broker); [`nsq::codec`] the
-//!   `tokio_util` glue; [`nsq::connection`], [`nsq::producer`], [`nsq::consumer`] the client.
-//! - [`backoff`]: capped exponential backoff with jitter, for every retry. Pure.
+//! - [`nsq`]: NSQ. [`nsq::protocol`] frames, commands, error codes and names (pure);
+//!   [`nsq::connection`], [`nsq::producer`], [`nsq::consumer`] the client, [`nsq::lookupd`]
+//!   discovery, [`nsq::http`] nsqd's HTTP API; [`nsq::NsqSettings`] the validated settings.
+//! - [`output`]: the one output boundary, `submit(body, points)` → each submission's
+//!   [`output::Outcome`] (stdout, InfluxDB, an NSQ topic).
+//! - [`backoff`]: capped exponential backoff with jitter, and the one jitter source. Pure.
+//! - `errors`: the one error-chain formatter.
 //! - [`config`]: TOML file + the old stack's environment → validated [`config::Settings`].
 //! - [`telemetry`]: the service's own `logmill_*` counters, Prometheus `/metrics`, `/healthz`,
 //!   and the same counters as points.
 //! - [`shutdown`]: cancellation token, task tracker, drain order.
-//! - [`roles`]: the commands, wiring only ([`roles::replay`]; [`roles::output`] stdout or InfluxDB).
+//! - [`roles`]: the commands, wiring only ([`roles::replay`], [`roles::inspect`]).
+//!
+//! These docs are for logmill's developers: build them with `cargo doc --document-private-items`
+//! (links to private items are intended).
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod access;
 pub mod backoff;

@@ -4,11 +4,11 @@
 //!
 //! - [`protocol`]: the TCP protocol V2 as bytes and values, no I/O. Frames the server sends
 //!   (`decode_frame`), commands a client sends (`encode_*` into a caller's buffer), error codes
-//!   and which of them close the connection, topic/channel names. [`protocol::server`] is the
+//!   and which of them close the connection, topic/channel names. `protocol::server` is the
 //!   other direction (decoding a client's commands the way nsqd v1.3.0 does), used by the test
 //!   broker in `tests/support/`.
 //! - [`connection`]: one connection to nsqd: dial, IDENTIFY (TLS, AUTH), a pump that never
-//!   blocks on one direction and answers heartbeats itself; the reconnect [`connection::Backoff`].
+//!   blocks on one direction and answers heartbeats itself; reconnecting with [`crate::backoff::Backoff`].
 //! - [`producer`]: a cloneable handle publishing (PUB/MPUB/DPUB pipelined, batched), at least
 //!   once across dropped connections and failover.
 //! - [`consumer`]: SUB on every nsqd of a `watch` of addresses (lookupd's or a fixed set),

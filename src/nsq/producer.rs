@@ -2,7 +2,7 @@
 //!
 //! Every publish travels with a `oneshot` for its own answer and resolves to `Ok(())` once
 //! nsqd said `OK`, or to a typed [`PublishError`]. Publishes are pipelined: the task writes
-//! as many as fit (a bounded number of commands and [`OUTPUT_HIGH_WATER_BYTES`] of output)
+//! as many as fit (a bounded number of commands and [`OUTPUT_HIGH_WATER_BYTES`](super::connection::OUTPUT_HIGH_WATER_BYTES) of output)
 //! without waiting, and keeps those written but unanswered in a FIFO, since nsqd answers PUB,
 //! MPUB and DPUB in order. Single publishes waiting in the queue for the same topic are sent
 //! together as one MPUB of at most `batch_max_messages` / `batch_max_bytes`; each keeps its

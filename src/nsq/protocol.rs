@@ -10,7 +10,7 @@
 //! many commands into one write); [`decode_frame`] returns `Ok(None)` until a whole frame is
 //! buffered and hands out [`Bytes`] slices of the read buffer, so a frame costs no copy and no
 //! allocation per field. The server side of the same protocol (decoding a client's commands the
-//! way nsqd does) lives in [`server`].
+//! way nsqd does) lives in `server` (built for the tests only, feature `test-broker`).
 
 use std::fmt;
 
