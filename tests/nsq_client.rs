@@ -22,6 +22,7 @@ use logmill::nsq::protocol::ErrorCode;
 use logmill::telemetry::Telemetry;
 use support::eventually;
 use support::nsq_broker::{NsqBroker, NsqBrokerOptions};
+use support::nsqd::{self, Nsqd, NsqdOptions};
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -802,4 +803,41 @@ async fn creating_the_channel_tries_every_nsqd() {
     })
     .await
     .expect("test timed out");
+}
+
+/// The nsqd harness itself (`tests/support/nsqd.rs`): SIGKILL leaves no process, a restart on
+/// the data dir comes back on the same port with what nsqd had written, and dropping it kills
+/// the process and removes its temp dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nsqd_harness_kills_restarts_and_cleans_up() {
+    // The disk queue only (no memory queue), its metadata written after every message: without
+    // --sync-every=1 a SIGKILL within nsqd's first 2 s (--sync-timeout) finds no metadata file,
+    // and the restarted nsqd starts the queue afresh over the unsynced messages.
+    let options = NsqdOptions {
+        mem_queue_size: Some(0),
+        sync_every: Some(1),
+        data_on_tmpfs: true,
+        ..NsqdOptions::default()
+    };
+    let Some(mut nsqd) = Nsqd::start(options).await else {
+        return nsqd::skip("the_nsqd_harness_kills_restarts_and_cleans_up", "nsqd");
+    };
+    let bodies: Vec<Bytes> = (0..3).map(body).collect();
+    nsqd.put("harness", &bodies).await;
+    let tcp = nsqd.tcp_addr();
+    let pid = nsqd.pid().expect("running");
+    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    assert!(alive(pid));
+    nsqd.kill();
+    assert!(!alive(pid), "nsqd {pid} still exists after kill");
+    assert!(std::net::TcpStream::connect(tcp).is_err(), "nothing listens on {tcp} after kill");
+    nsqd.restart().await;
+    assert_eq!(nsqd.tcp_addr(), tcp);
+    std::net::TcpStream::connect(tcp).expect("nsqd listens on the same port again");
+    // With --mem-queue-size=0 the messages were in the disk queue, which the restart reads.
+    assert_eq!(nsqd.stats().await.topic("harness").map(|t| t.depth), Some(3), "{}", nsqd.log_tail());
+    let (pid, dir) = (nsqd.pid().expect("running again"), nsqd.dir().to_owned());
+    drop(nsqd);
+    assert!(!alive(pid), "nsqd {pid} outlived its harness");
+    assert!(!dir.exists(), "{} outlived its harness", dir.display());
 }

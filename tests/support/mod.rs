@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod nsq_broker;
+pub mod nsqd;
 
 use std::time::Duration;
 
