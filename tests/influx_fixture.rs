@@ -329,3 +329,40 @@ async fn support_code_works_with_the_clock_paused() {
     influxd.start_again().await;
     assert_eq!(count(&influxd, "fixture", "m").await, 2.0);
 }
+
+/// The proxy's record of what it acknowledged, which the writer's "nothing doubled" checks
+/// stand on: a resend after a relayed 2xx is flagged (also when one copy was gzipped), a resend
+/// after an unseen success is not, and its times bound the client's pauses from below.
+#[tokio::test]
+async fn resends_after_an_acknowledged_write_are_flagged() {
+    let influxd = Influxd::start().await;
+    influxd.create_database("fixture").await;
+    let proxy = FaultProxy::start(influxd.addr()).await;
+    let url = proxy.url();
+    // What GZIPPED_20 holds.
+    let plain: String =
+        (0..20).map(|i| format!("gz,host=a value=1 {}\n", T0_NS + i * 1_000_000_000)).collect();
+    assert_eq!(raw_post(&url, "/write?db=fixture", &[], plain.as_bytes()).await.unwrap().status, 204);
+    assert!(proxy.resent_after_acknowledgement("/write").is_empty());
+    let pause = std::time::Duration::from_millis(200);
+    tokio::time::sleep(pause).await;
+    // The same 20 lines, gzipped.
+    let answer = raw_post(&url, "/write?db=fixture", &[("Content-Encoding", "gzip")], &GZIPPED_20).await;
+    assert_eq!(answer.unwrap().status, 204);
+    assert_eq!(proxy.resent_after_acknowledgement("/write"), [(0, 1)]);
+    let seen = proxy.requests_to("/write");
+    assert_eq!(seen[1].decoded_body(), plain.as_bytes());
+    assert!(seen[0].received_at <= seen[0].answered_at);
+    assert!(seen[1].received_at.duration_since(seen[0].answered_at) >= pause);
+
+    // An unseen success is no acknowledgement: its resend is what the client must do.
+    proxy.push("/write", Fault::DropAfterForward);
+    let other = lines("m", 0, 3);
+    assert!(raw_post(&url, "/write?db=fixture", &[], other.as_bytes()).await.is_err());
+    assert_eq!(raw_post(&url, "/write?db=fixture", &[], other.as_bytes()).await.unwrap().status, 204);
+    assert_eq!(proxy.resent_after_acknowledgement("/write"), [(0, 1)]);
+    // The same body to another database is another write.
+    influxd.create_database("other").await;
+    assert_eq!(raw_post(&url, "/write?db=other", &[], other.as_bytes()).await.unwrap().status, 204);
+    assert_eq!(proxy.resent_after_acknowledgement("/write"), [(0, 1)]);
+}

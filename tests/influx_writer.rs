@@ -98,6 +98,34 @@ async fn submit_all(writer: &InfluxWriter, lines: &[u8], per: usize) -> Vec<Outc
     outcomes
 }
 
+/// What the proxy saw of the writer: nothing was sent again once its 2xx had reached the writer,
+/// and every line of `lines` was in exactly one acknowledged request. InfluxDB overwrites
+/// identical points, so a count read back from it cannot tell a resend from a single send.
+fn assert_acknowledged_exactly_once(proxy: &FaultProxy, lines: &[u8]) {
+    let resent = proxy.resent_after_acknowledgement("/write");
+    assert!(resent.is_empty(), "sent again after a 2xx reached the writer (first, again): {resent:?}");
+    let mut acknowledged: Vec<Vec<u8>> = Vec::new();
+    for request in proxy.requests_to("/write").iter().filter(|r| r.acknowledged()) {
+        acknowledged.extend(request.decoded_body().split_inclusive(|&b| b == b'\n').map(<[u8]>::to_vec));
+    }
+    let mut submitted: Vec<Vec<u8>> = lines.split_inclusive(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+    acknowledged.sort_unstable();
+    submitted.sort_unstable();
+    assert_eq!(acknowledged.len(), submitted.len(), "lines in acknowledged requests");
+    assert!(acknowledged == submitted, "the acknowledged lines are not the submitted ones");
+}
+
+/// The real pause between the answer to `requests[i]` and the arrival of its resend (the next
+/// request with the same body; other batches may be in flight meanwhile), as the proxy saw
+/// them: a lower bound on how long the writer waited before retrying.
+fn pause_before_resend(requests: &[fault_proxy::SeenRequest], i: usize) -> Duration {
+    let body = requests[i].decoded_body();
+    let Some(resend) = requests[i + 1..].iter().find(|r| r.decoded_body() == body) else {
+        panic!("request {i} ({:?}) was never sent again", requests[i].outcome);
+    };
+    resend.received_at.duration_since(requests[i].answered_at)
+}
+
 /// The value of an unlabelled counter in Prometheus text.
 fn counter(metrics: &str, name: &str) -> u64 {
     metrics
@@ -160,15 +188,58 @@ async fn faults_lose_nothing_and_double_nothing() {
     // Bodies over 64 KiB (gzip-compressed) get 413: batches are split until they fit.
     proxy.set_max_body_bytes(Some(64 << 10));
     let run = start(settings(&[proxy.url()], "faults", |r| r.batch_max_points = 20_000));
-    let outcomes = submit_all(&run.writer, &reference_points(), 10_000).await;
+    let points = reference_points();
+    let outcomes = submit_all(&run.writer, &points, 10_000).await;
     assert!(outcomes.iter().all(Outcome::is_written), "{outcomes:?}");
     assert_eq!(proxy.pending_faults(), 0, "every fault was used");
     let requests = proxy.requests_to("/write");
     assert!(requests.iter().any(|r| r.outcome == fault_proxy::Outcome::TooLarge), "a 413 happened");
     assert_reference_counts(&influx, "faults").await;
+    assert_acknowledged_exactly_once(&proxy, &points);
+    // The 503 said `Retry-After: 1`; the writer's own backoff is at most 500 ms here.
+    let first = requests
+        .iter()
+        .position(|r| matches!(&r.outcome, fault_proxy::Outcome::Injected(Fault::Status { code: 503, .. })))
+        .unwrap();
+    let pause = pause_before_resend(&requests, first);
+    assert!(pause >= Duration::from_secs(1), "retried {pause:?} after `Retry-After: 1`");
+    // The writer's own account: each submission's outcome, and its counter.
+    let lines = points.iter().filter(|&&b| b == b'\n').count() as u64;
+    assert_eq!(outcomes.iter().map(|o| o.written).sum::<u64>(), lines, "{outcomes:?}");
     let metrics = run.telemetry.render_prometheus();
+    assert_eq!(counter(&metrics, "logmill_influx_points_written_total"), lines, "{metrics}");
+    assert_eq!(counter(&metrics, "logmill_influx_points_rejected_total"), 0, "{metrics}");
     assert!(counter(&metrics, "logmill_influx_batch_splits_total") > 0, "{metrics}");
     assert!(counter(&metrics, "logmill_influx_retries_total") >= 6, "{metrics}");
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let influx = Influxd::start().await;
+    influx.create_database("later").await;
+    let proxy = FaultProxy::start(influx.addr()).await;
+    // Retry-After counts whole seconds. The writer's own backoff here is at most 50 ms, so a
+    // retry a second or more later can only be the header's doing, however loaded the machine
+    // (load makes pauses longer, never shorter).
+    proxy.push("/write", Fault::Status { code: 503, retry_after_secs: Some(2), body: String::new() });
+    proxy.push("/write", Fault::Status { code: 429, retry_after_secs: Some(1), body: String::new() });
+    let run = start(settings(&[proxy.url()], "later", |r| {
+        r.backoff_initial_ms = 10;
+        r.backoff_max_ms = 50;
+    }));
+    let lines = b"m,t=a v=1.5 1000000000\nm,t=b v=2.5 1000000001\n";
+    assert_eq!(submit_all(&run.writer, lines, 10).await, [Outcome::written(2)]);
+    let requests = proxy.requests_to("/write");
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    for (i, secs) in [(0, 2), (1, 1)] {
+        let pause = pause_before_resend(&requests, i);
+        let told = Duration::from_secs(secs);
+        assert!(pause >= told, "retried {pause:?} after `Retry-After: {secs}`");
+        // Seconds, not some larger unit; the margin is for a loaded machine.
+        assert!(pause < told + Duration::from_secs(10), "retried only {pause:?} after `Retry-After: {secs}`");
+    }
+    assert_acknowledged_exactly_once(&proxy, lines);
+    assert_eq!(influx.scalar("later", "SELECT count(\"v\") FROM \"m\"").await, 2.0);
 }
 
 #[tokio::test]
@@ -185,6 +256,7 @@ async fn retried_batches_are_resent_byte_for_byte() {
     let bodies: Vec<Bytes> = proxy.requests_to("/write").into_iter().map(|r| r.body).collect();
     assert_eq!(bodies.len(), 3);
     assert!(bodies.iter().all(|b| *b == bodies[0]), "every attempt sent the same bytes");
+    assert_acknowledged_exactly_once(&proxy, lines);
     assert_eq!(influx.scalar("same", "SELECT count(\"v\") FROM \"m\"").await, 2.0);
 }
 
@@ -213,7 +285,11 @@ async fn influxd_down_for_ten_seconds_mid_run() {
     let second = tokio::time::timeout(Duration::from_secs(60), second).await.unwrap().unwrap();
     assert!(second.iter().all(Outcome::is_written), "{second:?}");
     assert_reference_counts(&influx, "restart").await;
+    assert_acknowledged_exactly_once(&proxy, &points);
+    let lines = points.iter().filter(|&&b| b == b'\n').count() as u64;
+    assert_eq!(first.iter().chain(&second).map(|o| o.written).sum::<u64>(), lines);
     let metrics = run.telemetry.render_prometheus();
+    assert_eq!(counter(&metrics, "logmill_influx_points_written_total"), lines, "{metrics}");
     assert!(counter(&metrics, "logmill_influx_retries_total") > 0, "{metrics}");
 }
 

@@ -1,6 +1,9 @@
 //! A real HTTP/1.1 proxy that injects faults between a client under test and a real server (the
 //! `influxd` of `influxd.rs`): canned statuses, connections dropped before or after forwarding,
-//! 413 above a body size, and a persistent 503. Everything else is forwarded untouched.
+//! 413 above a body size, and a persistent 503. Everything else is forwarded untouched. It
+//! records every request with its outcome and times, so that a test can check what no count
+//! read back from InfluxDB shows: a batch sent again after its 2xx reached the client
+//! ([`FaultProxy::resent_after_acknowledgement`]), or a retry sooner than `Retry-After` said.
 //!
 //! Include it with `#[path = "support/fault_proxy.rs"] mod fault_proxy;`. It depends on no other
 //! support file. Toward the client it keeps connections alive (HTTP clients reuse them); toward
@@ -8,14 +11,16 @@
 //! re-framed with `Content-Length` both ways (chunked requests and answers are decoded).
 //!
 //! Safe under `tokio::time::pause()`: it uses no tokio timer (nor does it time anything out; the
-//! upstream is a local influxd with its own write timeout).
+//! upstream is a local influxd with its own write timeout). The times it records are
+//! `std::time::Instant`s, real time, so that a test can measure a client's real pauses.
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::io;
+use std::io::{self, Read as _};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -71,6 +76,12 @@ pub struct SeenRequest {
     /// As received (still gzip-compressed when the client compressed it; de-chunked).
     pub body: Bytes,
     pub outcome: Outcome,
+    /// When the request's head had arrived: no earlier than the moment the client sent it.
+    pub received_at: Instant,
+    /// When the proxy began to write the answer (or closed the connection instead): no later
+    /// than the moment the client could see it. So the gap between one request's `answered_at`
+    /// and the next request's `received_at` is a lower bound on the client's pause between them.
+    pub answered_at: Instant,
 }
 
 impl SeenRequest {
@@ -82,6 +93,26 @@ impl SeenRequest {
     /// The first header of that name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         header(&self.headers, name)
+    }
+
+    /// The body as the server reads it: gunzipped when sent with `Content-Encoding: gzip`.
+    /// Panics on a body that claims gzip and is not (a bug in the client under test).
+    pub fn decoded_body(&self) -> Vec<u8> {
+        if !self.header("content-encoding").is_some_and(|v| v.eq_ignore_ascii_case("gzip")) {
+            return self.body.to_vec();
+        }
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&self.body[..])
+            .read_to_end(&mut plain)
+            .unwrap_or_else(|error| panic!("{} {}: bad gzip body: {error}", self.method, self.target));
+        plain
+    }
+
+    /// The client was told that the server took it: upstream answered 2xx and the proxy relayed
+    /// that answer. (A [`Fault::DropAfterForward`] is a success the client never saw, which it
+    /// must send again.)
+    pub fn acknowledged(&self) -> bool {
+        matches!(self.outcome, Outcome::Forwarded { status: 200..=299 })
     }
 }
 
@@ -164,6 +195,25 @@ impl FaultProxy {
         self.lock().seen.iter().filter(|r| r.path().starts_with(path_prefix)).cloned().collect()
     }
 
+    /// Requests to `path_prefix` that carried the same target and decoded body as an earlier
+    /// one whose 2xx the client had received: something sent again after it was known to
+    /// have succeeded, as (index of the acknowledged one, index of the resend) in
+    /// [`Self::requests_to`]'s order. InfluxDB overwrites identical points, so a count read
+    /// back cannot see such a resend; only the proxy can.
+    pub fn resent_after_acknowledgement(&self, path_prefix: &str) -> Vec<(usize, usize)> {
+        let mut acknowledged: HashMap<(String, Vec<u8>), usize> = HashMap::new();
+        let mut resent = Vec::new();
+        for (i, request) in self.requests_to(path_prefix).iter().enumerate() {
+            let key = (request.target.clone(), request.decoded_body());
+            if let Some(&first) = acknowledged.get(&key) {
+                resent.push((first, i));
+            } else if request.acknowledged() {
+                acknowledged.insert(key, i);
+            }
+        }
+        resent
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
     }
@@ -201,13 +251,15 @@ async fn serve(stream: TcpStream, upstream: SocketAddr, state: Arc<Mutex<State>>
     let mut conn = Conn::new(stream);
     loop {
         let Ok(Some(head)) = conn.read_head().await else { return };
+        let received_at = Instant::now();
         let Some((method, target, http_1_0)) = parse_request_line(&head.start_line) else { return };
         let Ok(framing) = request_framing(&head.headers) else { return };
         let keep_alive = wants_keep_alive(&head.headers, http_1_0);
         if let Framing::Length(n) = framing {
             if n > MAX_BODY_BYTES {
                 // Not read: answer and close rather than swallow it.
-                record(&state, method, target, head.headers, Bytes::new(), Outcome::TooLarge);
+                let seen = (method, target, head.headers, Bytes::new(), received_at);
+                record(&state, seen, Outcome::TooLarge);
                 let _ = conn.stream.write_all(&too_large_response(false)).await;
                 return;
             }
@@ -222,7 +274,7 @@ async fn serve(stream: TcpStream, upstream: SocketAddr, state: Arc<Mutex<State>>
         let plan = decide(&state, &target, body.len(), keep_alive);
         let keep_alive = match plan {
             Plan::Answer { outcome, response } => {
-                record(&state, method, target, head.headers, body, outcome);
+                record(&state, (method, target, head.headers, body, received_at), outcome);
                 if conn.stream.write_all(&response).await.is_err() {
                     return;
                 }
@@ -230,7 +282,7 @@ async fn serve(stream: TcpStream, upstream: SocketAddr, state: Arc<Mutex<State>>
             }
             Plan::Drop => {
                 let outcome = Outcome::Injected(Fault::DropBeforeForward);
-                record(&state, method, target, head.headers, body, outcome);
+                record(&state, (method, target, head.headers, body, received_at), outcome);
                 return;
             }
             Plan::Forward { drop_after } => {
@@ -241,7 +293,7 @@ async fn serve(stream: TcpStream, upstream: SocketAddr, state: Arc<Mutex<State>>
                     (Ok(answer), false) => Outcome::Forwarded { status: answer.status },
                     (Ok(answer), true) => Outcome::ForwardedThenDropped { status: answer.status },
                 };
-                record(&state, method.clone(), target, head.headers, body, outcome);
+                record(&state, (method.clone(), target, head.headers, body, received_at), outcome);
                 let Ok(answer) = answer else { return };
                 if drop_after {
                     return;
@@ -287,15 +339,15 @@ fn decide(state: &Mutex<State>, target: &str, body_len: usize, keep_alive: bool)
     }
 }
 
-fn record(
-    state: &Mutex<State>,
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    body: Bytes,
-    outcome: Outcome,
-) {
-    lock(state).seen.push(SeenRequest { method, target, headers, body, outcome });
+/// A request as read: method, target, headers, body, and when its head arrived.
+type Received = (String, String, Vec<(String, String)>, Bytes, Instant);
+
+/// Records a request just before its answer is written (or its connection closed), so that
+/// `answered_at` is no later than the client's view of the answer.
+fn record(state: &Mutex<State>, received: Received, outcome: Outcome) {
+    let (method, target, headers, body, received_at) = received;
+    let answered_at = Instant::now();
+    lock(state).seen.push(SeenRequest { method, target, headers, body, outcome, received_at, answered_at });
 }
 
 // ---------------------------------------------------------------------------------------------
