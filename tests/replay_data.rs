@@ -1,6 +1,9 @@
 //! Replaying the reference router data (`testdata/`, copied from real nginx output) must give
 //! the exact counts of its README: 37,082 access lines, per status and per app.
 
+#[path = "support/access_reference.rs"]
+mod access_reference;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
@@ -178,6 +181,38 @@ fn the_regex_definition_matches_the_fast_path() {
             let first = f.lines().zip(r.lines()).find(|(a, b)| a != b);
             panic!("{file}: outputs differ, first at {first:?}");
         }
+    }
+}
+
+#[test]
+fn every_router_requests_field_matches_an_independent_reading() {
+    let text = std::fs::read_to_string(testdata("access.log")).unwrap();
+    let lines = access_reference::read_log(&text);
+    // The reader itself agrees with the data's README.
+    assert_eq!(lines.len() as u64, ACCESS_LINES);
+    let mut by_status: BTreeMap<String, i64> = BTreeMap::new();
+    for l in &lines {
+        *by_status.entry(l.status.clone()).or_default() += 1;
+    }
+    assert_eq!(by_status, expected(&BY_STATUS));
+    assert!(lines.iter().any(|l| l.upstream_total.is_none()), "the data has `-` upstream times");
+    // The binary as a user runs it, with the default window and with 1 s windows (more series,
+    // more points, more bucket edges).
+    for window in [10, 1] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_logmill"))
+            .args(["replay", "--host", "node-1", "--window", &window.to_string()])
+            .arg(testdata("access.log"))
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let rows = access_reference::read_line_protocol(
+            std::str::from_utf8(&out.stdout).unwrap(),
+            "router_requests",
+        );
+        let want = access_reference::expected_series(&lines, window, "node-1");
+        let checked = access_reference::check_router_requests(&rows, &want, window, "local");
+        assert!(checked > 5_000, "only {checked} values checked with {window} s windows");
     }
 }
 
