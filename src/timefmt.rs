@@ -244,4 +244,184 @@ mod tests {
         // date -u -d @1476822578 → 2016-10-18 20:29:38
         assert_eq!(s, "2016-10-18T20:29:38.123456+00:00");
     }
+
+    /// Property tests against a formatter of their own: a calendar walk day by day from 1970,
+    /// not [`civil_from_days`], so that a shared mistake cannot hide.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const MONTHS: [&str; 12] =
+            ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+        /// 2200-01-01T00:00:00Z (`date -u -d 2200-01-01 +%s`): the parsers take 1970 through 2200.
+        const Y2200_SECS: i64 = 7_258_118_400;
+        const DAY: i64 = 86_400;
+
+        fn year_days(year: i64) -> i64 {
+            if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 {
+                366
+            } else {
+                365
+            }
+        }
+
+        /// Local (year, month, day, hour, minute, second) of `secs` at `offset` seconds east.
+        fn civil(secs: i64, offset: i64) -> (i64, usize, i64, i64, i64, i64) {
+            let local = secs + offset;
+            let (mut days, mut year) = (local.div_euclid(DAY), 1970);
+            while days >= year_days(year) {
+                days -= year_days(year);
+                year += 1;
+            }
+            let february = if year_days(year) == 366 { 29 } else { 28 };
+            let lengths = [31, february, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+            let mut month = 0;
+            while days >= lengths[month] {
+                days -= lengths[month];
+                month += 1;
+            }
+            let sod = local.rem_euclid(DAY);
+            (year, month + 1, days + 1, sod / 3600, sod % 3600 / 60, sod % 60)
+        }
+
+        /// `±hh:mm` (`colon`) or `±hhmm`.
+        fn offset_text(offset: i64, colon: bool) -> String {
+            let sign = if offset < 0 { '-' } else { '+' };
+            let (h, m) = (offset.abs() / 3600, offset.abs() % 3600 / 60);
+            if colon {
+                format!("{sign}{h:02}:{m:02}")
+            } else {
+                format!("{sign}{h:02}{m:02}")
+            }
+        }
+
+        /// nginx's `$time_local`: `21/Nov/2026:04:22:21 +0000`.
+        fn time_local(secs: i64, offset: i64) -> String {
+            let (y, mo, d, h, mi, s) = civil(secs, offset);
+            format!("{d:02}/{}/{y:04}:{h:02}:{mi:02}:{s:02} {}", MONTHS[mo - 1], offset_text(offset, false))
+        }
+
+        /// An instant two days inside the range, so that any offset keeps its local date in it.
+        fn instant() -> impl Strategy<Value = i64> {
+            2 * DAY..Y2200_SECS - 2 * DAY
+        }
+
+        /// A UTC offset in whole minutes, up to the ±23:59 the layouts can hold.
+        fn offset() -> impl Strategy<Value = i64> {
+            (-(23 * 60 + 59)..=23 * 60 + 59i64).prop_map(|minutes| minutes * 60)
+        }
+
+        /// RFC 3339 as Docker, CRI and nginx write it, and its instant: `T`, `t` or a space; a
+        /// fraction of 0 to 12 digits (past nine they are truncated); `Z`, `z`, `±hh:mm`, `±hhmm`.
+        fn rfc3339() -> impl Strategy<Value = (String, i64)> {
+            let layout = (prop_oneof![Just('T'), Just('t'), Just(' ')], 0usize..=12, 0..4u8);
+            (instant(), 0u32..1_000_000_000, "[0-9]{3}", offset(), layout).prop_map(
+                |(secs, nanos, extra, offset, (sep, digits, zone))| {
+                    let offset = if zone < 2 { 0 } else { offset };
+                    let (y, mo, d, h, mi, s) = civil(secs, offset);
+                    let mut text = format!("{y:04}-{mo:02}-{d:02}{sep}{h:02}:{mi:02}:{s:02}");
+                    let all = format!("{nanos:09}{extra}");
+                    if digits > 0 {
+                        text.push('.');
+                        text.push_str(&all[..digits]);
+                    }
+                    let kept = digits.min(9);
+                    let fraction = all[..kept].parse::<i64>().unwrap_or(0) * 10i64.pow(9 - kept as u32);
+                    text.push_str(&match zone {
+                        0 => "Z".to_owned(),
+                        1 => "z".to_owned(),
+                        2 => offset_text(offset, true),
+                        _ => offset_text(offset, false),
+                    });
+                    (text, secs * NANOS_PER_SEC + fraction)
+                },
+            )
+        }
+
+        /// A valid time damaged: a byte replaced, a cut, or bytes inserted.
+        fn damaged(text: String) -> impl Strategy<Value = Vec<u8>> {
+            let len = text.len().max(1);
+            (0..len, any::<u8>(), proptest::collection::vec(any::<u8>(), 0..4), 0..3u8).prop_map(
+                move |(at, byte, inserted, how)| {
+                    let mut bytes = text.clone().into_bytes();
+                    match how {
+                        0 => bytes[at] = byte,
+                        1 => bytes.truncate(at),
+                        _ => {
+                            bytes.splice(at..at, inserted);
+                        }
+                    }
+                    bytes
+                },
+            )
+        }
+
+        #[test]
+        fn the_walk_agrees_with_date() {
+            // `date -u -d @SECS '+%F %T'`.
+            assert_eq!(civil(0, 0), (1970, 1, 1, 0, 0, 0));
+            assert_eq!(civil(951_782_400, 0), (2000, 2, 29, 0, 0, 0));
+            assert_eq!(civil(1_795_234_941, 0), (2026, 11, 21, 4, 22, 21));
+            assert_eq!(civil(4_107_542_399, 0), (2100, 2, 28, 23, 59, 59));
+            assert_eq!(civil(Y2200_SECS - 1, 0), (2199, 12, 31, 23, 59, 59));
+        }
+
+        proptest! {
+            #[test]
+            fn rfc3339_round_trips((text, ns) in rfc3339()) {
+                prop_assert_eq!(parse_rfc3339(text.as_bytes()), Ok(ns), "{}", text);
+                if !text.contains(' ') {
+                    prop_assert_eq!(parse_access_time(text.as_bytes()), Ok(ns), "{}", text);
+                }
+            }
+
+            #[test]
+            fn time_local_round_trips(secs in instant(), offset in offset()) {
+                let text = time_local(secs, offset);
+                prop_assert_eq!(parse_clf(text.as_bytes()), Ok(secs * NANOS_PER_SEC), "{}", text);
+                prop_assert_eq!(parse_access_time(text.as_bytes()), Ok(secs * NANOS_PER_SEC), "{}", text);
+            }
+
+            #[test]
+            fn fluentd_times_are_what_the_calendar_says(secs in instant(), nanos in 0i64..NANOS_PER_SEC) {
+                let ns = secs * NANOS_PER_SEC + nanos;
+                let mut text = String::new();
+                format_rfc3339_micros(ns, &mut text);
+                let (y, mo, d, h, mi, s) = civil(secs, 0);
+                let want = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}+00:00", nanos / 1000);
+                prop_assert_eq!(&text, &want);
+                prop_assert_eq!(parse_rfc3339(text.as_bytes()), Ok(ns - nanos % 1000));
+            }
+
+            #[test]
+            fn years_outside_1970_to_2200_are_refused(
+                year in prop_oneof![1000i64..1970, 2201i64..10_000],
+                month in 1usize..=12,
+                day in 1i64..=28,
+            ) {
+                let text = format!("{year:04}-{month:02}-{day:02}T12:00:00Z");
+                prop_assert_eq!(parse_rfc3339(text.as_bytes()), Err(TimeError::Range), "{}", text);
+                let clf = format!("{day:02}/{}/{year:04}:12:00:00 +0000", MONTHS[month - 1]);
+                prop_assert_eq!(parse_clf(clf.as_bytes()), Err(TimeError::Range), "{}", clf);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
+                let _ = parse_rfc3339(&bytes);
+                let _ = parse_clf(&bytes);
+                let _ = parse_access_time(&bytes);
+            }
+
+            #[test]
+            fn damaged_times_never_panic(
+                bytes in (rfc3339(), instant(), offset(), any::<bool>()).prop_flat_map(
+                    |((iso, _), secs, offset, local)| damaged(if local { time_local(secs, offset) } else { iso }),
+                )
+            ) {
+                let _ = parse_rfc3339(&bytes);
+                let _ = parse_clf(&bytes);
+                let _ = parse_access_time(&bytes);
+            }
+        }
+    }
 }
