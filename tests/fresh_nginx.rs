@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use logmill::config::RawConfig;
 use logmill::metrics::line_protocol::parse_lines;
@@ -84,6 +84,33 @@ http {{
     Nginx { child }
 }
 
+/// How long nginx may take to answer its first request; it needs milliseconds when idle, and
+/// far more on a loaded 2-core machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends a request no plan line makes (`/__fence-NAME`, to the default server) and waits until
+/// its access line is in the log; returns how many lines the log then has, the fence's last.
+///
+/// This is the signal that every earlier request is logged, not a guess at when the log has
+/// settled: nginx (one process) writes a request's access line as it finishes it, before it
+/// takes the next one, and the client sends one request at a time.
+async fn fence(client: &reqwest::Client, url: &str, log: &Path, name: &str) -> usize {
+    let path = format!("/__fence-{name}");
+    let response = client.get(format!("{url}{path}")).header("Host", "fence.invalid").send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 404, "{path}");
+    let logged_by = Instant::now() + READY_TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        if let Some(at) = lines.iter().position(|l| l.contains(&format!("\"GET {path} HTTP/1.1\""))) {
+            assert_eq!(at + 1, lines.len(), "lines after the fence {path}:\n{text}");
+            return lines.len();
+        }
+        assert!(Instant::now() < logged_by, "{path} not logged within {READY_TIMEOUT:?}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn int(p: &Point, k: &str) -> i64 {
     match p.field_value(k) {
         Some(FieldValue::Int(v)) => *v,
@@ -98,24 +125,14 @@ async fn replaying_fresh_nginx_output_counts_exactly() {
     let _nginx = start_nginx(dir.path(), front, upstream, dead);
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let url = format!("http://127.0.0.1:{front}");
-    for _ in 0..100 {
-        if client.get(format!("{url}/")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let ready_by = Instant::now() + READY_TIMEOUT;
+    while client.get(format!("{url}/")).send().await.is_err() {
+        assert!(Instant::now() < ready_by, "nginx did not answer within {READY_TIMEOUT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The probe above may have reached the default server a few times: start counting after
-    // it. nginx logs a request after answering it, so wait for the log to stop growing.
+    // The probe above may have reached the default server a few times: count from a fence.
     let log = dir.path().join("access.log");
-    let mut probes = usize::MAX;
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = std::fs::read_to_string(&log).unwrap_or_default().lines().count();
-        if now == probes {
-            break;
-        }
-        probes = now;
-    }
+    let start = fence(&client, &url, &log, "start").await;
 
     // (host, method, path, how many, expected status)
     let plan: [(&str, reqwest::Method, &str, usize, u16); 6] = [
@@ -139,16 +156,10 @@ async fn replaying_fresh_nginx_output_counts_exactly() {
             assert_eq!(response.status().as_u16(), *status, "{host}{path}");
         }
     }
-    // nginx writes each access line as the request completes; wait until all are there.
-    let want_lines = probes + plan.iter().map(|p| p.3).sum::<usize>();
-    for _ in 0..100 {
-        if std::fs::read_to_string(&log).unwrap().lines().count() >= want_lines {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Everything between the two fences, and nothing else.
+    let end = fence(&client, &url, &log, "end").await;
     let text = std::fs::read_to_string(&log).unwrap();
-    let fresh: String = text.lines().skip(probes).map(|l| format!("{l}\n")).collect();
+    let fresh: String = text.lines().skip(start).take(end - 1 - start).map(|l| format!("{l}\n")).collect();
     let fresh_log = dir.path().join("fresh.log");
     std::fs::write(&fresh_log, &fresh).unwrap();
 

@@ -7,7 +7,9 @@ mod fault_proxy;
 mod influxd;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -124,6 +126,16 @@ fn pause_before_resend(requests: &[fault_proxy::SeenRequest], i: usize) -> Durat
         panic!("request {i} ({:?}) was never sent again", requests[i].outcome);
     };
     resend.received_at.duration_since(requests[i].answered_at)
+}
+
+/// Polls `condition` (a real signal: a counter, what the proxy saw) until it holds. The bound
+/// only turns a hang into a failure; on a loaded machine it may take far longer than when idle.
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "still waiting for {what} after 30 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The value of an unlabelled counter in Prometheus text.
@@ -359,13 +371,17 @@ async fn back_pressure_while_unavailable_then_delivery() {
     proxy.set_unavailable(true);
     let run = start(settings(&[proxy.url()], "pressure", |r| r.buffer_max_bytes = 4096));
     let line = |i: usize| Bytes::from(format!("m,i={i} v=1.0 {i}\n").repeat(100));
-    // The budget holds about 4 KiB: the first submissions fit, then `submit` waits.
+    // The budget holds about 4 KiB: the first submissions fit, then `submit` waits. Each is
+    // polled once: one that fits completes at once (room in the budget and the channel), and
+    // one that does not can only complete when a batch is answered, which the 503s prevent. No
+    // time window decides which is which.
     let mut pending = Vec::new();
     let mut blocked_at = None;
     for i in 0..20 {
-        match tokio::time::timeout(Duration::from_millis(300), run.writer.submit(line(i), 100)).await {
-            Ok(p) => pending.push(p.unwrap()),
-            Err(_) => {
+        let mut submit = std::pin::pin!(run.writer.submit(line(i), 100));
+        match submit.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(p) => pending.push(p.unwrap()),
+            Poll::Pending => {
                 blocked_at = Some(i);
                 break;
             }
@@ -392,7 +408,8 @@ async fn cancel_stops_retrying_and_answers_aborted() {
     proxy.set_unavailable(true);
     let run = start(settings(&[proxy.url()], "never", |_| {}));
     let pending = run.writer.submit(Bytes::from_static(b"m v=1.0 1\n"), 1).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Cancel once the writer is retrying (it has had a 503), not after a guessed delay.
+    wait_until("a refused write", || !proxy.requests_to("/write").is_empty()).await;
     run.cancel.cancel();
     let outcome = tokio::time::timeout(Duration::from_secs(5), pending).await.unwrap();
     assert_eq!(outcome, Outcome::aborted(1), "not written, so not acknowledged");
@@ -523,11 +540,10 @@ async fn https_with_a_custom_ca() {
     // retrying (a network-level failure) until it is stopped.
     let untrusted = start(settings(&[url], "tls_untrusted", |_| {}));
     let pending = untrusted.writer.submit(Bytes::from_static(b"m v=1.0 1\n"), 1).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let retries = || counter(&untrusted.telemetry.render_prometheus(), "logmill_influx_retries_total");
+    wait_until("a failed handshake to be retried", || retries() > 0).await;
     untrusted.cancel.cancel();
     assert_eq!(tokio::time::timeout(Duration::from_secs(5), pending).await.unwrap(), Outcome::aborted(1));
-    let metrics = untrusted.telemetry.render_prometheus();
-    assert!(counter(&metrics, "logmill_influx_retries_total") > 0, "{metrics}");
 }
 
 #[tokio::test]
