@@ -97,6 +97,37 @@ fn parse_u64(b: &[u8]) -> Result<u64, Reject> {
     std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).ok_or(Reject::BadNumber)
 }
 
+/// `$upstream_response_time` as nginx writes it: `-` or a time (`0.012`) per attempt, joined
+/// by `, ` (retries) and ` : ` (internal redirects). `parsers/deis-router.toml` has the same
+/// rule as a regex.
+fn is_upstream_times(b: &[u8]) -> bool {
+    let mut rest = b;
+    loop {
+        let time = rest.iter().take_while(|c| c.is_ascii_digit() || **c == b'.').count();
+        let token = if rest.first() == Some(&b'-') { 1 } else { time };
+        let valid = token > 0 && (token == 1 && rest[0] == b'-' || is_time(&rest[..token]));
+        if !valid {
+            return false;
+        }
+        rest = &rest[token..];
+        if rest.is_empty() {
+            return true;
+        }
+        match rest {
+            [b',', b' ', tail @ ..] | [b' ', b':', b' ', tail @ ..] => rest = tail,
+            _ => return false,
+        }
+    }
+}
+
+/// `12`, `0.012`: digits, and at most one point between digits.
+fn is_time(b: &[u8]) -> bool {
+    match b.iter().position(|&c| c == b'.') {
+        None => !b.is_empty(),
+        Some(p) => p > 0 && p + 1 < b.len() && b[p + 1..].iter().all(u8::is_ascii_digit),
+    }
+}
+
 fn parse_seconds(b: &[u8]) -> Result<f64, Reject> {
     super::parse_decimal(b).filter(|t| t.is_finite() && *t >= 0.0).ok_or(Reject::BadNumber)
 }
@@ -173,7 +204,7 @@ fn parse_with<'l>(
     let (i, _user_agent) = quoted(i).map_err(reject)?;
     let (i, _server_name) = quoted(i).map_err(reject)?;
     // `$upstream_addr - $http_host - $upstream_response_time - $request_time`. An interrupted
-    // retry's times (`0.001, -`) and a bad Host header can hold ` - `; the request time never
+    // retry's times (`0.001, -`) and a Host header can hold ` - `; the request time never
     // does, so it is what follows the last separator.
     // A plain backwards loop: the request time is a few bytes from the end, and a `memmem`
     // searcher costs more to build than this search.
@@ -183,7 +214,19 @@ fn parse_with<'l>(
             None => return Err(Reject::Truncated),
         };
     let (rest, _upstream_addr) = bare(middle).map_err(reject)?;
-    let (upstream_times, _http_host) = bare(rest).map_err(reject)?;
+    // The upstream times are what nginx writes there (times or `-`, joined by `, ` and ` : `),
+    // so the Host header is everything before the first separator that such a list follows:
+    // a Host holding ` - ` stays whole, and the times stay the times.
+    let mut after_separators =
+        (0..rest.len().saturating_sub(2)).filter(|&at| rest[at..].starts_with(SEP.as_bytes())).peekable();
+    if after_separators.peek().is_none() {
+        // No room for both fields: the line was cut.
+        return Err(Reject::Truncated);
+    }
+    let upstream_times = after_separators
+        .map(|at| &rest[at + SEP.len()..])
+        .find(|times| is_upstream_times(times))
+        .ok_or(Reject::Malformed)?;
 
     let status =
         u16::from(status[0] - b'0') * 100 + u16::from(status[1] - b'0') * 10 + u16::from(status[2] - b'0');
@@ -317,7 +360,30 @@ mod tests {
         let host = br#"[2026-11-21T04:22:21+00:00] - router-default - 127.0.0.1 - - - 400 - "GET / HTTP/1.1" - 150 - "-" - "c" - "_" - - - bad - host - - - 0.000"#;
         let r = parse(host).unwrap();
         assert_eq!((r.app, r.status, r.bytes_sent, r.request_time), ("router-default", 400, 150, 0.0));
-        assert_eq!(r.upstream_times, b"host - -");
+        assert_eq!(r.upstream_times, b"-");
+        // A Host with ` - ` on a request that reached an upstream: its time is kept.
+        let proxied = br#"[2026-11-21T04:22:21+00:00] - web - 127.0.0.1 - - - 200 - "GET / HTTP/1.1" - 1 - "-" - "c" - "w" - 127.0.0.1:19001 - web.x - y - 0.005 - 0.006"#;
+        let r = parse(proxied).unwrap();
+        assert_eq!((r.upstream_times, r.request_time), (&b"0.005"[..], 0.006));
+        assert_eq!(r.upstream_time_compat(), 0.005);
+        // Interrupted attempts and redirects around such a Host.
+        let mixed = br#"[2026-11-21T04:22:21+00:00] - web - 127.0.0.1 - - - 502 - "GET / HTTP/1.1" - 1 - "-" - "c" - "w" - 10.0.0.1:80, 10.0.0.2:80 - a - 0.5 - 0.004, - : 0.010 - 0.020"#;
+        let r = parse(mixed).unwrap();
+        assert_eq!(r.upstream_times, b"0.004, - : 0.010");
+        assert_eq!(r.upstream_time_total(), Some(0.014));
+        // Whatever else stands there is not an upstream time: the line is malformed.
+        let garbage = br#"[2026-11-21T04:22:21+00:00] - web - 127.0.0.1 - - - 200 - "GET / HTTP/1.1" - 1 - "-" - "c" - "w" - - - w - soon - 0.1"#;
+        assert_eq!(parse(garbage).map(|_| ()), Err(Reject::Malformed));
+    }
+
+    #[test]
+    fn upstream_times_grammar() {
+        for ok in ["-", "0.012", "12", "0.001, -", "- : 0.001", "0.004, - : 0.010", "1.5, 2.5, 3.5"] {
+            assert!(is_upstream_times(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["", "soon", "0.", ".5", "1..2", "0.001,", "0.001 -", "- -", "0.1 , 0.2", "--", "1.2.3"] {
+            assert!(!is_upstream_times(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]

@@ -131,12 +131,12 @@ mod tests {
 
     #[test]
     fn odd_numbers_fall_back_to_the_float() {
-        // `0.1e1` is no plain decimal: Ruby's to_f reads 1.0, written as the float.
-        let line = br#"[31/May/2016:16:56:12 +0000] - foo - 10.0.0.1 - - - 200 - "GET / HTTP/1.1" - 211 - "-" - "c" - "f" - 10.2.3.4:5000 - f - 0.1e1 - 0.046"#;
+        // `0.1e1` is no plain decimal: it reads as 1.0, written as the float.
+        let line = br#"[31/May/2016:16:56:12 +0000] - foo - 10.0.0.1 - - - 200 - "GET / HTTP/1.1" - 211 - "-" - "c" - "f" - 10.2.3.4:5000 - f - 0.002 - 0.1e1"#;
         let text = write(line, "n", LineOrigin { runtime_time_ns: Some(5), file_offset: 0 });
         assert!(
             text.contains(
-                "deis_router_response_time_ms,app=foo,status_code=200,host=n,method=GET value=1.0 5\n"
+                "deis_router_request_time_ms,app=foo,status_code=200,host=n,method=GET value=1.0 5\n"
             ),
             "{text}"
         );
