@@ -400,6 +400,14 @@ proptest! {
             let want = [("app", a.app.as_str()), ("host", "node-1"), ("method", method), ("status_code", &status)];
             prop_assert_eq!(&tags[..], &want[..], "{}", line);
             prop_assert_eq!(float(row, "value")?, value, "{}: {}", measurement, line);
+            // The schema's `upstream_total`: on the response time point only, every attempt's
+            // time summed, absent when none had one.
+            match (measurement, total) {
+                ("deis_router_response_time_ms", Some(total)) => {
+                    prop_assert_eq!(float(row, "upstream_total")?, total, "{}", line)
+                }
+                _ => prop_assert!(!row.fields.contains_key("upstream_total"), "{}: {}", measurement, line),
+            }
         }
         // The aggregate of one line.
         let rows = read_line_protocol(&fast, "router_requests");

@@ -102,16 +102,22 @@ impl<'a> AccessRecord<'a> {
     /// The time spent in upstreams, summed over every attempt of a retried request; `None`
     /// when no attempt has a time (`-`).
     pub(crate) fn upstream_time_total(&self) -> Option<f64> {
-        let mut total = None;
-        for part in self.upstream_times.split(|&b| b == b',' || b == b':') {
-            if let Some(t) = parse_decimal(part.trim_ascii()) {
-                if t.is_finite() {
-                    *total.get_or_insert(0.0) += t;
-                }
+        sum_of_times(self.upstream_times)
+    }
+}
+
+/// The times of a list such as `$upstream_response_time` (`0.004, - : 0.010`) added up; `-`
+/// and anything else that is not a number is skipped; `None` when nothing is a number.
+pub(crate) fn sum_of_times(list: &[u8]) -> Option<f64> {
+    let mut total = None;
+    for part in list.split(|&b| b == b',' || b == b':') {
+        if let Some(t) = parse_decimal(part.trim_ascii()) {
+            if t.is_finite() {
+                *total.get_or_insert(0.0) += t;
             }
         }
-        total
     }
+    total
 }
 
 /// A three-digit status code as a `&str`, without allocating.

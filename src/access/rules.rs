@@ -147,6 +147,10 @@ pub(crate) enum Conversion {
     RubyFloat,
     /// `true`/`false`.
     Bool,
+    /// The times of a list (`0.004, - : 0.010`, as `$upstream_response_time` writes retries)
+    /// added up, as a float; `-` entries are skipped, and a list with no time leaves the field
+    /// out.
+    Sum,
 }
 
 // ---- validated --------------------------------------------------------------------------
@@ -423,6 +427,10 @@ fn convert_field(raw: &[u8], conversion: Conversion) -> Result<Option<RuleValue<
     let text = || std::str::from_utf8(raw).map_err(|_| Reject::InvalidUtf8);
     Ok(Some(match conversion {
         Conversion::RubyFloat => RuleValue::Float(ruby_to_f(raw)),
+        Conversion::Sum => match super::sum_of_times(raw) {
+            Some(total) => RuleValue::Float(total),
+            None => return Ok(None),
+        },
         Conversion::Float if raw == b"-" => return Ok(None),
         Conversion::Float => {
             RuleValue::Float(text()?.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or(Reject::BadNumber)?)

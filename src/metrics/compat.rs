@@ -1,5 +1,6 @@
 //! The three points per access line that the old fluentd plugin put on the `metrics` topic,
-//! kept exactly (names, tags, float values in seconds and bytes) plus a `method` tag and a
+//! kept exactly (names, tags, float values in seconds and bytes) plus a `method` tag, an
+//! `upstream_total` field on `deis_router_response_time_ms` (design.md § Schema), and a
 //! timestamp that keys each line uniquely (see [`LineOrigin::point_timestamp`] and
 //! [`KeyGuard`](crate::access::KeyGuard)).
 
@@ -80,10 +81,29 @@ impl CompatEncoder {
                     return Err(e);
                 }
             }
+            if measurement == RESPONSE_TIME {
+                if let Err(e) = write_upstream_total(record, out) {
+                    out.truncate(start);
+                    return Err(e);
+                }
+            }
             out.extend_from_slice(&self.shared[tags_end..]);
         }
         Ok(())
     }
+}
+
+/// `,upstream_total=<seconds>`: every attempt's upstream time added up, what the consumer
+/// aggregates as `upstream_time`. Left out when no attempt has a time (`-`), so that old
+/// queries reading only `value` and new ones reading this field both stay right.
+fn write_upstream_total(record: &AccessRecord<'_>, out: &mut BytesMut) -> Result<(), EncodeError> {
+    let Some(total) = record.upstream_time_total() else { return Ok(()) };
+    out.extend_from_slice(b",upstream_total=");
+    // One attempt, as nearly always: its own text, as for `value`.
+    if !write_plain_decimal(out, record.upstream_times) {
+        write_float(out, total)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -109,7 +129,7 @@ mod tests {
         assert_eq!(
             write(line, "node-1", origin),
             "deis_router_request_time_ms,app=foo,status_code=200,host=node-1,method=GET value=0.046 1464713772000000042\n\
-             deis_router_response_time_ms,app=foo,status_code=200,host=node-1,method=GET value=0.002 1464713772000000042\n\
+             deis_router_response_time_ms,app=foo,status_code=200,host=node-1,method=GET value=0.002,upstream_total=0.012 1464713772000000042\n\
              deis_router_bytes_sent,app=foo,status_code=200,host=node-1,method=GET value=211.0 1464713772000000042\n"
         );
     }
