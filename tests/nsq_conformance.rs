@@ -26,6 +26,7 @@ use bytes::{Buf, BytesMut};
 use serde::Deserialize;
 use support::eventually;
 use support::nsq_broker::{NsqBroker, NsqBrokerOptions};
+use support::nsqd::{self, Nsqd, NsqdOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
@@ -384,7 +385,11 @@ struct Raw {
 
 impl Raw {
     async fn connect(broker: &NsqBroker) -> Raw {
-        let mut stream = TcpStream::connect(broker.tcp_addr()).await.expect("connect");
+        Raw::connect_to(broker.tcp_addr()).await
+    }
+
+    async fn connect_to(addr: std::net::SocketAddr) -> Raw {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
         stream.write_all(logmill::nsq::protocol::MAGIC_V2).await.expect("magic");
         Raw { stream, input: BytesMut::new() }
     }
@@ -630,6 +635,13 @@ async fn http_api_creates_and_reports() {
         out
     };
     assert!(post("/topic/create?topic=logs").await.starts_with("HTTP/1.1 200"));
+    // As nsqd v1.3.0: a channel's topic must exist (see also `http_api_answers_as_nsqd`).
+    let missing = post("/channel/create?topic=metrics&channel=logmill").await;
+    assert!(
+        missing.starts_with("HTTP/1.1 404") && missing.ends_with("{\"message\":\"TOPIC_NOT_FOUND\"}"),
+        "{missing}"
+    );
+    assert!(post("/topic/create?topic=metrics").await.starts_with("HTTP/1.1 200"));
     assert!(post("/channel/create?topic=metrics&channel=logmill").await.starts_with("HTTP/1.1 200"));
     let bad = post("/topic/create?topic=bad!").await;
     assert!(bad.starts_with("HTTP/1.1 400") && bad.ends_with("{\"message\":\"INVALID_TOPIC\"}"), "{bad}");
@@ -648,4 +660,153 @@ async fn http_api_creates_and_reports() {
     assert_eq!(names, ["logs", "metrics"]);
     assert_eq!(stats["topics"][1]["channels"][0]["channel_name"], "logmill");
     assert_eq!(stats["topics"][1]["channels"][0]["depth"], 1);
+}
+
+/// The broker's HTTP API against a real nsqd's: the same requests get the same status and
+/// body (the real nsqd from `tests/support/nsqd.rs`; skipped, and said so, without one).
+#[tokio::test]
+async fn http_api_answers_as_nsqd() {
+    let Some(nsqd) = Nsqd::start(NsqdOptions::default()).await else {
+        return nsqd::skip("http_api_answers_as_nsqd", "nsqd");
+    };
+    let broker = NsqBroker::start(NsqBrokerOptions { http: true, ..NsqBrokerOptions::default() }).await;
+    let broker_http = broker.http_addr().expect("http enabled");
+    let requests = [
+        "POST /topic/create",
+        "POST /topic/create?topic=bad!",
+        "POST /channel/create?topic=logs&channel=logmill",
+        "POST /topic/create?topic=logs",
+        "POST /channel/create?topic=logs",
+        "POST /channel/create?topic=logs&channel=a/b",
+        "POST /channel/create?topic=bad!&channel=logmill",
+        "POST /channel/create?channel=logmill",
+        "POST /channel/create?topic=logs&channel=logmill",
+        "POST /channel/create?topic=logs&channel=logmill",
+        "POST /channel/create?topic=logs&channel=tail%23ephemeral",
+        "GET /ping",
+    ];
+    let client = reqwest::Client::new();
+    let ask = |addr: std::net::SocketAddr, request: &'static str| {
+        let client = client.clone();
+        async move {
+            let (method, path) = request.split_once(' ').expect("METHOD /path");
+            let url = format!("http://{addr}{path}");
+            let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            let answer = client.request(method, &url).send().await.expect("an answer");
+            (answer.status().as_u16(), answer.text().await.expect("a body"))
+        }
+    };
+    for request in requests {
+        let real = ask(nsqd.http_addr(), request).await;
+        let ours = ask(broker_http, request).await;
+        assert_eq!(ours, real, "{request}: the broker answers {ours:?}, nsqd {real:?}");
+    }
+    let stats = nsqd.stats().await;
+    let channels: Vec<&str> =
+        stats.topic("logs").expect("logs").channels.iter().map(|c| c.channel_name.as_str()).collect();
+    assert_eq!(channels, broker.channel_names("logs"));
+}
+
+/// How nsqd paces messages to a subscriber, the broker against a real nsqd (skipped, and said
+/// so, without one). nsqd buffers message frames and flushes them at its output buffer ticker,
+/// when the client's RDY window is full, or behind a response; its Go 1.19 ticker channel
+/// keeps one tick that fired while nothing was buffered. The consumer asks for a 1 s
+/// `output_buffer_timeout`, so "held" (up to a tick, ≥ 0.4 s here) and "at once" are far apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_pacing_matches_nsqd() {
+    let Some(nsqd) = Nsqd::start(NsqdOptions::default()).await else {
+        return nsqd::skip("message_pacing_matches_nsqd", "nsqd");
+    };
+    let broker = NsqBroker::start(NsqBrokerOptions::default()).await;
+    let (real, ours) = tokio::join!(pacing(nsqd.tcp_addr()), pacing(broker.tcp_addr()));
+    // Worked out from nsqd's messagePump (see the broker's documentation), step by step below.
+    let expected = ["held", "held", "at once", "held", "at once"];
+    assert_eq!(real.iter().map(|(kind, _)| *kind).collect::<Vec<_>>(), expected, "nsqd: {real:?}");
+    assert_eq!(ours.iter().map(|(kind, _)| *kind).collect::<Vec<_>>(), expected, "broker: {ours:?}");
+}
+
+/// Runs the pacing scenario against `addr`; each message's delay from its PUB's OK, classified.
+async fn pacing(addr: std::net::SocketAddr) -> Vec<(&'static str, Duration)> {
+    use logmill::nsq::protocol::{
+        encode_fin, encode_identify, encode_pub, encode_rdy, encode_sub, IdentifyConfig,
+    };
+    let identify = IdentifyConfig {
+        feature_negotiation: true,
+        output_buffer_timeout: 1000,
+        ..IdentifyConfig::default()
+    };
+    let mut sub = Raw::connect_to(addr).await;
+    // The output buffer ticker restarts here: ticks at 1 s, 2 s, … from now.
+    sub.send(|b| encode_identify(&identify, b).expect("identify")).await;
+    assert!(matches!(sub.frame().await, Some(logmill::nsq::protocol::Frame::Response(_))));
+    sub.send(|b| encode_sub("pace", "c", b).expect("names")).await;
+    sub.expect_ok().await;
+    sub.send(|b| encode_rdy(10, b)).await;
+    let mut publisher = Raw::connect_to(addr).await;
+    let mut delays = Vec::new();
+    let mut ids = Vec::new();
+    async fn one(
+        sub: &mut Raw,
+        publisher: &mut Raw,
+        body: &'static [u8],
+        ids: &mut Vec<logmill::nsq::protocol::MessageId>,
+        delays: &mut Vec<(&'static str, Duration)>,
+    ) {
+        publisher.send(|b| encode_pub("pace", body, b).expect("pub")).await;
+        publisher.expect_ok().await;
+        let published = Instant::now();
+        let m = sub.message().await;
+        assert_eq!(m.body.as_ref(), body);
+        ids.push(m.id);
+        let delay = published.elapsed();
+        delays.push((if delay >= Duration::from_millis(400) { "held" } else { "at once" }, delay));
+    }
+    // 1. Before the first tick: buffered until it (RDY 10, 1 in flight: room for more).
+    one(&mut sub, &mut publisher, b"m1", &mut ids, &mut delays).await;
+    // 2. Right after the tick that flushed m1, which took that tick: until the next.
+    one(&mut sub, &mut publisher, b"m2", &mut ids, &mut delays).await;
+    // 3. A tick fires while nothing is buffered and stays pending: the next message goes at once.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    one(&mut sub, &mut publisher, b"m3", &mut ids, &mut delays).await;
+    // 4. Right after: that pending tick is spent; until the next tick.
+    one(&mut sub, &mut publisher, b"m4", &mut ids, &mut delays).await;
+    // 5. RDY 1 with nothing in flight: the message fills the window, so it is flushed at once.
+    for id in &ids {
+        sub.send(|b| encode_fin(id, b)).await;
+    }
+    sub.send(|b| encode_rdy(1, b)).await;
+    one(&mut sub, &mut publisher, b"m5", &mut ids, &mut delays).await;
+    delays
+}
+
+#[tokio::test]
+async fn held_reads_wait_for_release_and_an_injected_error_reads_no_more() {
+    use logmill::nsq::protocol::{encode_pub, ErrorCode, Frame};
+    let broker = NsqBroker::start(NsqBrokerOptions::default()).await;
+    let mut p = Raw::connect(&broker).await;
+    broker.hold_reads();
+    p.send(|b| encode_pub("t", b"a", b).expect("pub")).await;
+    eventually(Duration::from_secs(5), "the PUB received, unread", || {
+        broker.clients().first().is_some_and(|c| c.unread_bytes > 0)
+    })
+    .await;
+    assert!(broker.published("t").is_empty(), "nothing read while held");
+    broker.release_reads();
+    p.expect_ok().await;
+    assert_eq!(broker.published("t"), vec!["a"]);
+
+    // A fatal error injected while a PUB waits unread: the error, the close, and the PUB is
+    // never read (nsqd reads nothing after a fatal error).
+    broker.hold_reads();
+    p.send(|b| encode_pub("t", b"b", b).expect("pub")).await;
+    eventually(Duration::from_secs(5), "the second PUB received, unread", || {
+        broker.clients().first().is_some_and(|c| c.unread_bytes > 0)
+    })
+    .await;
+    assert_eq!(broker.inject_error("E_INVALID injected"), 1);
+    assert!(matches!(p.frame().await, Some(Frame::Error(e)) if e.code == ErrorCode::Invalid));
+    assert!(p.frame().await.is_none(), "closed after the error");
+    broker.release_reads();
+    eventually(Duration::from_secs(5), "the connection gone", || broker.connection_count() == 0).await;
+    assert_eq!(broker.published("t"), vec!["a"]);
 }

@@ -331,7 +331,7 @@ async fn creates_topics_and_channels_on_nsqd() {
     let e = create_topic_and_channel(&client, &http_addr, "bad name", None).await.unwrap_err().to_string();
     assert!(e.contains(&http_addr) && e.contains("/topic/create") && e.contains("INVALID_TOPIC"), "{e}");
     let e = create_topic_and_channel(&client, &http_addr, "logs", Some("a/b")).await.unwrap_err().to_string();
-    assert!(e.contains("/channel/create") && e.contains("400") && e.contains("INVALID_CHANNEL"), "{e}");
+    assert!(e.contains("/channel/create") && e.contains("400") && e.contains("INVALID_ARG_CHANNEL"), "{e}");
     // Nothing listening: a network error naming the URL.
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
     let e = create_topic_and_channel(&client, &closed, "logs", None).await.unwrap_err().to_string();

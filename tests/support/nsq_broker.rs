@@ -26,8 +26,20 @@
 //! IDENTIFY's JSON is read with serde, which (unlike Go) matches keys case-sensitively and
 //! refuses duplicate keys. A rejected MPUB does not create its topic (nsqd's does).
 //!
+//! Pacing: messages are written as nsqd's `protocolV2.messagePump` writes them (v1.3.0,
+//! `nsqd/protocol_v2.go`, `clientV2.SetOutputBuffer`): into a per-client output buffer of
+//! `output_buffer_size` (16 KiB), which reaches the socket when it fills, when the client has
+//! no room for more (not subscribed, RDY 0, or as many in flight as RDY), when a response,
+//! error or heartbeat is sent behind it, or at the client's output buffer ticker
+//! (`output_buffer_timeout`, 250 ms, both negotiable in IDENTIFY; a timeout of -1 stops the
+//! ticker, a size of -1 unbuffers). The ticker runs from the connection's start (restarted by
+//! IDENTIFY), and, as a Go 1.19 ticker channel does, keeps one tick that fired while nothing
+//! was buffered: so a lone message after a quiet spell goes out at once, and the next ones
+//! within the period wait for the next tick, as a real nsqd does.
+//!
 //! Faults: [`NsqBroker::drop_connections_mid_mpub`], [`NsqBroker::drop_connections_after_mpub`],
-//! [`NsqBroker::stall_reads`], [`NsqBroker::inject_error`], [`NsqBroker::fail_next_publishes`],
+//! [`NsqBroker::stall_reads`] and [`NsqBroker::hold_reads`] / [`NsqBroker::release_reads`],
+//! [`NsqBroker::inject_error`], [`NsqBroker::fail_next_publishes`],
 //! [`NsqBroker::drop_all_connections`] and [`NsqBroker::restart`], which keeps every message it
 //! acknowledged (in-flight and deferred ones back in their channel's queue, ephemeral topics
 //! and channels gone), as nsqd does across a clean restart.
@@ -71,6 +83,8 @@ const MAX_DEFLATE_LEVEL: i64 = 6;
 /// a reset that could destroy the last answer before the client reads it.
 const CLOSE_DRAIN: Duration = Duration::from_millis(50);
 const CLOSE_DRAIN_BYTES: usize = 1 << 20;
+/// Most bytes received from one client while its reads are stalled; beyond, TCP pushes back.
+const STALLED_INPUT_MAX_BYTES: usize = 4 << 20;
 /// Bounds of the minimal HTTP API.
 const HTTP_MAX_HEAD_BYTES: usize = 16 * 1024;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -251,6 +265,8 @@ pub struct ClientSnapshot {
     pub tls: bool,
     /// AUTH was accepted.
     pub authenticated: bool,
+    /// Bytes received and not yet read as commands (they wait while reads are held).
+    pub unread_bytes: usize,
 }
 
 /// What the broker counted since it started (kept across restarts).
@@ -304,6 +320,8 @@ struct Inner {
     tcp_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     state: Mutex<State>,
+    /// Wakes the readers held by [`NsqBroker::hold_reads`].
+    reads_released: Notify,
     /// Cancels everything when the broker is dropped.
     root: CancellationToken,
     /// Parent of the connections and the accept loop of the current "process"; replaced by
@@ -347,6 +365,7 @@ impl NsqBroker {
             tcp_addr,
             http_addr: http.as_ref().map(|(_, a)| *a),
             state: Mutex::new(State::new()),
+            reads_released: Notify::new(),
             root: root.clone(),
             generation: Mutex::new(Generation { token: token.clone(), accept: None }),
         });
@@ -416,6 +435,11 @@ impl NsqBroker {
             .unwrap_or_default()
     }
 
+    /// The channels of `topic`, by name.
+    pub fn channel_names(&self, topic: &str) -> Vec<String> {
+        self.inner.state().topics.get(topic).map(|t| t.channels.keys().cloned().collect()).unwrap_or_default()
+    }
+
     /// Topic names.
     pub fn topics(&self) -> Vec<String> {
         self.inner.state().topics.keys().cloned().collect()
@@ -478,20 +502,44 @@ impl NsqBroker {
     }
 
     /// For `duration` from now the broker reads no command from any connection (heartbeats go
-    /// on; read deadlines restart when the stall ends). Bytes already read wait, unprocessed.
+    /// on; read deadlines restart when the stall ends). Bytes received meanwhile (up to 4 MiB
+    /// per connection) wait, unprocessed.
     pub fn stall_reads(&self, duration: Duration) {
         self.inner.state().faults.stall_until = Some(Instant::now() + duration);
     }
 
+    /// From now until [`NsqBroker::release_reads`] the broker reads no command from any
+    /// connection (as [`NsqBroker::stall_reads`], without a time limit): a test waits for what
+    /// it needs to see (say, [`ClientSnapshot::unread_bytes`] of the commands it pipelined)
+    /// rather than for a duration.
+    pub fn hold_reads(&self) {
+        self.inner.state().faults.hold_reads = true;
+    }
+
+    /// Ends [`NsqBroker::hold_reads`] (and any [`NsqBroker::stall_reads`]): the commands that
+    /// waited are read, in order.
+    pub fn release_reads(&self) {
+        {
+            let mut st = self.inner.state();
+            st.faults.hold_reads = false;
+            st.faults.stall_until = None;
+        }
+        self.inner.reads_released.notify_waiters();
+    }
+
     /// Sends an error frame with `text` (e.g. `E_INVALID something`) to every open connection
-    /// now; a fatal code closes each of them after the frame, as nsqd would. Returns how many
-    /// connections got it.
+    /// now; a fatal code closes each of them after the frame, as nsqd would, and no command
+    /// waiting behind it is read. Returns how many connections got it.
     pub fn inject_error(&self, text: &str) -> usize {
         let error = ServerError::new(Bytes::copy_from_slice(text.as_bytes()));
         let mut st = self.inner.state();
         let ids: Vec<u64> = st.clients.keys().copied().collect();
         for &id in &ids {
             st.send_error(id, &error);
+            // Its reader stops at once, even while reads are held.
+            if let Some(c) = st.clients.get(&id) {
+                c.wake_reader.notify_one();
+            }
         }
         ids.len()
     }
@@ -590,6 +638,8 @@ struct Faults {
     drop_mid_mpub: usize,
     drop_after_mpub: usize,
     stall_until: Option<Instant>,
+    /// Reads held until [`NsqBroker::release_reads`].
+    hold_reads: bool,
     fail_publishes: VecDeque<ServerError>,
 }
 
@@ -638,6 +688,17 @@ struct InFlight {
 struct Client {
     /// Frames not yet handed to the writer, in the order nsqd would write them.
     outbox: BytesMut,
+    /// Message frames in nsqd's output buffer (a `bufio.Writer` of `output_buffer_size`),
+    /// not yet flushed to the socket; see [`Client::push_message`].
+    held: BytesMut,
+    /// nsqd's `flushed` in `messagePump`: nothing was sent since the pump last flushed.
+    pump_flushed: bool,
+    /// The output buffer ticker fired while the pump had nothing to flush: Go's ticker channel
+    /// holds that one tick (nsqd v1.3.0 is built with Go 1.19), and the pump takes it as soon
+    /// as it has something buffered.
+    tick_pending: bool,
+    /// Bytes received from the client and not yet decoded (commands held by a stall).
+    unread_bytes: usize,
     /// Bytes the writer is writing now (counted for back-pressure).
     writing: usize,
     wake_writer: Arc<Notify>,
@@ -690,16 +751,80 @@ impl Client {
             msg_timeout: self.msg_timeout,
             tls: self.tls.is_some(),
             authenticated: self.authenticated,
+            unread_bytes: self.unread_bytes,
         }
     }
 
+    /// A response, error or heartbeat: nsqd's `Send` writes it behind whatever messages its
+    /// output buffer holds and flushes them all.
     fn push_frame(&mut self, frame_type: u32, data: &[u8]) {
         // Nothing is written after the frame that closes the connection.
         if self.close_after_flush {
             return;
         }
+        self.outbox.extend_from_slice(&self.held.split());
         encode_frame(frame_type, data, &mut self.outbox);
         self.wake_writer.notify_one();
+    }
+
+    /// A message: nsqd's `SendMessage` writes the frame into the client's `bufio.Writer` (the
+    /// size, the type, then the data, three writes) without flushing. Bytes reach the socket
+    /// when the buffer fills, as `bufio.Writer.Write` does (a write larger than the free space
+    /// fills the buffer and flushes it; one larger than an empty buffer goes straight out), or
+    /// when the pump flushes ([`Client::settle_output`], [`Client::output_tick`]).
+    fn push_message(&mut self, data: &[u8]) {
+        if self.close_after_flush {
+            return;
+        }
+        let size = u32::try_from(4 + data.len()).unwrap_or(u32::MAX).to_be_bytes();
+        let buffer = usize::try_from(self.output_buffer_size).unwrap_or(1).max(1);
+        for mut part in [&size[..], &FRAME_TYPE_MESSAGE.to_be_bytes()[..], data] {
+            while part.len() > buffer - self.held.len() {
+                if self.held.is_empty() {
+                    self.outbox.extend_from_slice(part);
+                    part = &[];
+                    break;
+                }
+                let n = buffer - self.held.len();
+                self.held.extend_from_slice(&part[..n]);
+                self.outbox.extend_from_slice(&self.held.split());
+                part = &part[n..];
+            }
+            self.held.extend_from_slice(part);
+        }
+        self.pump_flushed = false;
+        self.wake_writer.notify_one();
+    }
+
+    /// The top of nsqd's `messagePump` loop, run after every change to the client: a client
+    /// not ready for messages (not subscribed, RDY 0, or as many in flight as RDY) is flushed
+    /// at once; a ready one with something buffered takes a tick the ticker left pending.
+    fn settle_output(&mut self) {
+        let ready =
+            self.session.state == ClientState::Subscribed && self.rdy > 0 && self.in_flight < self.rdy;
+        if !ready {
+            self.flush_held();
+        } else if !self.pump_flushed && self.tick_pending {
+            self.tick_pending = false;
+            self.flush_held();
+        }
+    }
+
+    /// nsqd's output buffer ticker fired (every `output_buffer_timeout`).
+    fn output_tick(&mut self) {
+        if self.pump_flushed {
+            self.tick_pending = true;
+        } else {
+            self.flush_held();
+        }
+    }
+
+    fn flush_held(&mut self) {
+        self.pump_flushed = true;
+        if !self.held.is_empty() && !self.close_after_flush {
+            self.outbox.extend_from_slice(&self.held.split());
+            self.wake_writer.notify_one();
+        }
     }
 
     fn close(&mut self) {
@@ -716,9 +841,10 @@ impl Client {
 #[derive(Debug)]
 enum Outcome {
     Continue,
-    /// The heartbeat interval changed (IDENTIFY): restart the ticker; then upgrade to TLS
-    /// when it was granted.
-    Identified(Option<Duration>, bool),
+    /// IDENTIFY succeeded: restart the heartbeat ticker (interval, `None`: off) and the output
+    /// buffer ticker (`output_buffer_timeout`, zero: stopped); then upgrade to TLS when it was
+    /// granted.
+    Identified(Option<Duration>, Duration, bool),
     /// The last frame is queued: flush and close.
     Close,
     /// Close now, without flushing: the connection was removed (restart, dropped).
@@ -824,15 +950,20 @@ impl State {
                     data.put_u16(msg.attempts);
                     data.put_slice(msg.id.as_bytes());
                     data.put_slice(&msg.body);
-                    client.push_frame(FRAME_TYPE_MESSAGE, &data);
+                    client.push_message(&data);
                     client.in_flight += 1;
                     client.message_count += 1;
+                    client.settle_output();
                     let deadline = now + client.msg_timeout;
                     ch.in_flight
                         .insert(msg.id, InFlight { msg, client: client_id, delivered: now, deadline });
                     ch.max_in_flight = ch.max_in_flight.max(ch.in_flight.len());
                 }
             }
+        }
+        // Every change to a client ends in dispatch: run the top of its message pump.
+        for c in clients.values_mut() {
+            c.settle_output();
         }
     }
 
@@ -890,6 +1021,7 @@ impl State {
             }
         }
         self.faults.stall_until = None;
+        self.faults.hold_reads = false;
     }
 
     fn remove_client(&mut self, id: u64) {
@@ -1139,7 +1271,7 @@ impl State {
                     c.handover = true;
                     c.wake_writer.notify_one();
                 }
-                Outcome::Identified(c.heartbeat_interval, upgrade)
+                Outcome::Identified(c.heartbeat_interval, c.output_buffer_timeout, upgrade)
             }
             Err(e) => self.send_error(id, &e),
         }
@@ -1295,6 +1427,9 @@ struct ReadState {
     heartbeat: Option<Duration>,
     next_heartbeat: Option<Instant>,
     deadline: Option<Instant>,
+    /// The output buffer ticker's period (`None`: stopped) and next tick.
+    flush_period: Option<Duration>,
+    next_flush: Option<Instant>,
 }
 
 async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr, token: CancellationToken) {
@@ -1326,6 +1461,10 @@ async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr, token: Ca
             id,
             Client {
                 outbox: BytesMut::new(),
+                held: BytesMut::new(),
+                pump_flushed: true,
+                tick_pending: false,
+                unread_bytes: 0,
                 writing: 0,
                 wake_writer: wake_writer.clone(),
                 wake_reader: wake_reader.clone(),
@@ -1360,11 +1499,16 @@ async fn serve(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr, token: Ca
         id
     };
     let start = Instant::now();
+    // nsqd starts a client's message pump, with its heartbeat and output buffer tickers, as
+    // soon as the client has sent the magic.
+    let flush_period = Some(inner.options.output_buffer_timeout).filter(|d| !d.is_zero());
     let mut rs = ReadState {
         input: BytesMut::with_capacity(16 * 1024),
         heartbeat: default_heartbeat,
         next_heartbeat: default_heartbeat.map(|d| start + d),
         deadline: default_heartbeat.map(|d| start + 2 * d),
+        flush_period,
+        next_flush: flush_period.map(|d| start + d),
     };
     let plain = run_connection(&inner, id, rd, wr, &token, &wake_writer, &wake_reader, &mut rs).await;
     if let Some((rd, wr)) = plain {
@@ -1603,10 +1747,29 @@ async fn read_loop<R: AsyncRead + Unpin>(
     rs: &mut ReadState,
 ) -> End {
     let far = Duration::from_secs(24 * 60 * 60);
-    let ReadState { input, heartbeat, next_heartbeat, deadline } = rs;
+    let ReadState { input, heartbeat, next_heartbeat, deadline, flush_period, next_flush } = rs;
+    let mut eof = false;
     loop {
+        // Registered before the state is read, so a release in between is not missed.
+        let released = inner.reads_released.notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
         let now = Instant::now();
-        let stalled_until = inner.state().faults.stall_until.filter(|&t| t > now);
+        let stalled_until = {
+            let mut st = inner.state();
+            let stalled_until = if st.faults.hold_reads {
+                Some(now + far)
+            } else {
+                st.faults.stall_until.filter(|&t| t > now)
+            };
+            let Some(c) = st.clients.get_mut(&id) else { return End::Abrupt };
+            c.unread_bytes = input.len();
+            if c.close_after_flush {
+                // A fatal error was sent (an injected one, say): like nsqd, read no more.
+                return End::Graceful;
+            }
+            stalled_until
+        };
         if stalled_until.is_none() && !input.is_empty() {
             let mut progressed = false;
             loop {
@@ -1643,9 +1806,21 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 progressed = true;
                 match outcome {
                     Outcome::Continue => {}
-                    Outcome::Identified(hb, upgrade) => {
+                    Outcome::Identified(hb, output_buffer_timeout, upgrade) => {
                         *heartbeat = hb;
                         *next_heartbeat = hb.map(|d| Instant::now() + d);
+                        // A new output buffer ticker (a new channel: no tick pending), or, at
+                        // zero, the old one stopped (a tick it left stays pending).
+                        if !output_buffer_timeout.is_zero() {
+                            *flush_period = Some(output_buffer_timeout);
+                            *next_flush = Some(Instant::now() + output_buffer_timeout);
+                            if let Some(c) = inner.state().clients.get_mut(&id) {
+                                c.tick_pending = false;
+                            }
+                        } else {
+                            *flush_period = None;
+                            *next_flush = None;
+                        }
                         if upgrade {
                             return End::UpgradeTls;
                         }
@@ -1674,6 +1849,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 *deadline = heartbeat.map(|d| Instant::now() + 2 * d);
             }
         }
+        if eof && stalled_until.is_none() {
+            return End::Graceful;
+        }
         let now = Instant::now();
         tokio::select! {
             biased;
@@ -1696,10 +1874,31 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
                 return End::Graceful;
             }
+            _ = sleep_until(next_flush.unwrap_or(now + far)), if next_flush.is_some() => {
+                if let Some(c) = inner.state().clients.get_mut(&id) {
+                    c.output_tick();
+                }
+                // Go's ticker drops the ticks a slow receiver missed.
+                if let (Some(t), Some(period)) = (next_flush.as_mut(), *flush_period) {
+                    let now = Instant::now();
+                    while *t <= now {
+                        *t += period;
+                    }
+                }
+            }
             _ = sleep_until(stalled_until.unwrap_or(now + far)), if stalled_until.is_some() => {
                 *deadline = heartbeat.map(|d| Instant::now() + 2 * d);
             }
-            read = rd.read_buf(input), if stalled_until.is_none() => match read {
+            _ = &mut released, if stalled_until.is_some() => {
+                *deadline = heartbeat.map(|d| Instant::now() + 2 * d);
+            }
+            // The writer made room, or the client was closed from outside (an injected error).
+            _ = wake_reader.notified() => {}
+            // While reads are stalled, bytes are still received (up to a bound), not decoded:
+            // a test can see what a client pipelined ([`ClientSnapshot::unread_bytes`]).
+            read = rd.read_buf(input), if !eof && (stalled_until.is_none() || input.len() < STALLED_INPUT_MAX_BYTES) => match read {
+                // The client closed; what it sent before is still read once the stall ends.
+                Ok(0) if stalled_until.is_some() => eof = true,
                 Ok(0) => return End::Graceful,
                 Ok(_) => {}
                 Err(_) => return End::Abrupt,
@@ -1794,21 +1993,24 @@ fn http_route(
             Err(e) => e,
         },
         ("POST", "/channel/create") => {
-            let t = match topic() {
-                Ok(t) => t,
-                Err(e) => return e,
+            // nsqd's getExistingTopicFromQuery and GetTopicChannelArgs, in their order and
+            // with their texts (which differ from /topic/create's).
+            let valid = logmill::nsq::protocol::valid_name;
+            let (t, c) = match (params.get("topic"), params.get("channel")) {
+                (None, _) => return http_error(400, "MISSING_ARG_TOPIC"),
+                (Some(t), _) if !valid(t) => return http_error(400, "INVALID_ARG_TOPIC"),
+                (_, None) => return http_error(400, "MISSING_ARG_CHANNEL"),
+                (_, Some(c)) if !valid(c) => return http_error(400, "INVALID_ARG_CHANNEL"),
+                (Some(t), Some(c)) => (t, c),
             };
-            match params.get("channel") {
-                None => http_error(400, "MISSING_ARG_CHANNEL"),
-                Some(c) if !logmill::nsq::protocol::valid_name(c) => http_error(400, "INVALID_CHANNEL"),
-                Some(c) => {
-                    let now = Instant::now();
-                    let mut st = inner.state();
-                    st.channel(&t, c, now);
-                    st.dispatch(now);
-                    (200, Vec::new(), false)
-                }
+            let now = Instant::now();
+            let mut st = inner.state();
+            if !st.topics.contains_key(t) {
+                return http_error(404, "TOPIC_NOT_FOUND");
             }
+            st.channel(t, c, now);
+            st.dispatch(now);
+            (200, Vec::new(), false)
         }
         ("GET", "/stats") => {
             let stats = inner.state().stats_json();
