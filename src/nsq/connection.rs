@@ -502,12 +502,9 @@ impl Connection {
     pub async fn io(&mut self) -> Result<(), ConnectionError> {
         let writing = !self.out.is_empty() || self.needs_flush;
         let read_deadline = self.last_read + self.read_timeout;
-        // The write deadline runs from when output became pending or last made progress,
-        // whichever is later: measured from the last write alone, it would already have passed
-        // when a command is queued after a quiet spell, and drop a healthy connection.
         let deadline = if writing {
             let pending_since = *self.write_pending_since.get_or_insert_with(Instant::now);
-            read_deadline.min(pending_since.max(self.last_write) + self.write_timeout)
+            read_deadline.min(write_deadline(pending_since, self.last_write, self.write_timeout))
         } else {
             self.write_pending_since = None;
             read_deadline
@@ -581,6 +578,14 @@ impl Connection {
         let _ = self.flush().await;
         let _ = tokio::time::timeout(self.write_timeout, self.wr.shutdown()).await;
     }
+}
+
+/// When pending output must have made progress by: `write_timeout` after it became pending or
+/// last made progress, whichever is later. Measured from the last write alone, it would
+/// already have passed when a command is queued after a quiet spell, and a healthy connection
+/// would be dropped as soon as its next write had to wait.
+fn write_deadline(pending_since: Instant, last_write: Instant, write_timeout: Duration) -> Instant {
+    pending_since.max(last_write) + write_timeout
 }
 
 /// Writes some of `out` (`Some(n)`), or, with nothing pending, flushes (`None`).
@@ -662,6 +667,19 @@ mod tests {
         assert!(!valid_address("nsqd:http"));
         assert_eq!(host_of("[::1]:4150"), "::1");
         assert_eq!(host_of("nsqd.local:4150"), "nsqd.local");
+    }
+
+    #[test]
+    fn the_write_deadline_runs_from_when_output_became_pending_or_last_progressed() {
+        let timeout = Duration::from_millis(50);
+        let t0 = Instant::now();
+        // A quiet spell of 10 s after the last write, then a command is queued: it has the
+        // whole timeout from now, not a deadline 9.95 s in the past.
+        let queued = t0 + Duration::from_secs(10);
+        assert_eq!(write_deadline(queued, t0, timeout), queued + timeout);
+        // Progress while it is pending pushes the deadline on.
+        let progress = queued + Duration::from_millis(30);
+        assert_eq!(write_deadline(queued, progress, timeout), progress + timeout);
     }
 
     #[test]
