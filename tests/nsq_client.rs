@@ -1,11 +1,12 @@
-//! The NSQ client (connection, producer, consumer) against the in-process test broker, with
-//! its faults: restarts and dropped connections during a sustained publish, fatal errors with
-//! publishes pipelined behind them, RDY across connections, handler backoff, slow handlers
-//! and heartbeats, a changing set of nsqd, graceful stop.
+//! The NSQ client (connection, producer, consumer) against a real nsqd, started by
+//! `tests/support/nsqd.rs` (the in-process test broker where none is installed, said once):
+//! PUB/MPUB/DPUB round trips, failover, handler backoff, slow handlers and heartbeats, a
+//! changing set of nsqd, graceful stop, giving up, backoff probes. What they check on the
+//! server they read from nsqd's `/stats`, which the broker also serves.
 //!
-//! Tests that need no fault injection and no broker inspection run against a real nsqd when
-//! `NSQD_TCP_ADDRESS` (and `NSQD_HTTP_ADDRESS`, to create the channel first) are set, with
-//! topics unique to the run.
+//! Tests that need what only the broker can do say why where they start it: injected faults
+//! (connections dropped mid-MPUB, stalled reads, error frames) and the broker's own records
+//! (the high-water mark of RDY across connections).
 
 mod support;
 
@@ -20,9 +21,9 @@ use logmill::nsq::consumer::{self, Consumer, ConsumerSettings, Delivery};
 use logmill::nsq::producer::{Producer, ProducerSettings, PublishError};
 use logmill::nsq::protocol::ErrorCode;
 use logmill::telemetry::Telemetry;
-use support::eventually;
 use support::nsq_broker::{NsqBroker, NsqBrokerOptions};
-use support::nsqd::{self, Nsqd, NsqdOptions};
+use support::nsqd::{self, NsqServer, Nsqd, NsqdOptions};
+use support::{eventually, eventually_async};
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -31,30 +32,14 @@ use tokio_util::task::TaskTracker;
 const TEST_TIMEOUT: Duration = Duration::from_secs(20);
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A real nsqd from the environment, or a fresh test broker.
-struct Target {
-    broker: Option<NsqBroker>,
-    tcp: String,
-    http: Option<String>,
+/// A real nsqd (or the broker in its place) with nsqd's defaults.
+async fn server() -> NsqServer {
+    NsqServer::start_default().await
 }
 
-async fn target() -> Target {
-    if let Ok(tcp) = std::env::var("NSQD_TCP_ADDRESS") {
-        return Target { broker: None, tcp, http: std::env::var("NSQD_HTTP_ADDRESS").ok() };
-    }
-    let broker = NsqBroker::start(NsqBrokerOptions { http: true, ..NsqBrokerOptions::default() }).await;
-    let tcp = broker.tcp_addr().to_string();
-    let http = broker.http_addr().map(|a| a.to_string());
-    Target { broker: Some(broker), tcp, http }
-}
-
+/// The in-process test broker, for the tests that need what only it can do.
 async fn broker() -> NsqBroker {
     NsqBroker::start(NsqBrokerOptions::default()).await
-}
-
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{name}_{}", nanos % 1_000_000_000_000)
 }
 
 fn producer_settings(addrs: &[String]) -> ProducerSettings {
@@ -121,34 +106,47 @@ fn body(i: usize) -> Bytes {
     Bytes::from(format!("message-{i:06}"))
 }
 
+/// Connections subscribed to `topic`/logmill, from the server's /stats.
+async fn subscribers(server: &NsqServer, topic: &str) -> usize {
+    server.stats().await.clients(topic, "logmill").len()
+}
+
+/// The sum of RDY on `topic`/logmill, from the server's /stats.
+async fn total_rdy(server: &NsqServer, topic: &str) -> i64 {
+    server.stats().await.total_rdy(topic, "logmill")
+}
+
+/// The bytes of `PUB topic\n` with `body`, as the producer writes it.
+fn pub_bytes(topic: &str, body: &[u8]) -> usize {
+    let mut b = bytes::BytesMut::new();
+    logmill::nsq::protocol::encode_pub(topic, body, &mut b).unwrap();
+    b.len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_and_consumes_pub_mpub_dpub() {
     timeout(TEST_TIMEOUT, async {
-        let t = target().await;
-        let topic = unique("roundtrip");
+        let s = server().await;
+        let topic = "roundtrip";
         let tracker = TaskTracker::new();
         let producer = Producer::start(
-            producer_settings(std::slice::from_ref(&t.tcp)),
+            producer_settings(&[s.tcp_addr()]),
             &Telemetry::default(),
             &tracker,
             CancellationToken::new(),
         );
-        let mut settings = consumer_settings(&topic, 50);
-        settings.create_on = t.http.iter().cloned().collect();
-        // The channel must exist before publishing: create it (HTTP) and wait for the SUB.
-        if let Some(http) = &t.http {
-            consumer::create_topic_and_channel(std::slice::from_ref(http), &topic, "logmill", WAIT)
-                .await
-                .unwrap();
-        }
-        let run = start_consumer(settings, consumer::fixed_addresses([t.tcp.clone()]));
+        let mut settings = consumer_settings(topic, 50);
+        settings.create_on = vec![s.http_addr()];
+        // The channel must exist before publishing: create it (HTTP) before the SUB.
+        consumer::create_topic_and_channel(&[s.http_addr()], topic, "logmill", WAIT).await.unwrap();
+        let run = start_consumer(settings, consumer::fixed_addresses([s.tcp_addr()]));
         let mut acks = Vec::new();
         for i in 0..300 {
-            acks.push(producer.submit(&topic, body(i)).await.unwrap());
+            acks.push(producer.submit(topic, body(i)).await.unwrap());
         }
         let multi: Vec<Bytes> = (300..400).map(body).collect();
-        producer.publish_multi(&topic, multi).await.unwrap();
-        producer.publish_deferred(&topic, Duration::from_millis(100), body(400)).await.unwrap();
+        producer.publish_multi(topic, multi).await.unwrap();
+        producer.publish_deferred(topic, Duration::from_millis(100), body(400)).await.unwrap();
         for a in acks {
             a.await.unwrap();
         }
@@ -159,10 +157,10 @@ async fn publishes_and_consumes_pub_mpub_dpub() {
         .await;
         let got: HashSet<Bytes> = seen.lock().unwrap().iter().cloned().collect();
         assert_eq!(got, (0..401).map(body).collect::<HashSet<_>>());
-        if let Some(b) = &t.broker {
-            assert_eq!(b.published_count(&topic), 401);
-            assert!(b.clients().iter().any(|c| c.user_agent.starts_with("logmill/")));
-        }
+        let stats = s.stats().await;
+        assert_eq!(stats.topic(topic).map(|t| t.message_count), Some(401), "{stats:?}");
+        assert!(stats.producers.iter().any(|c| c.user_agent.starts_with("logmill/")), "{stats:?}");
+        assert!(stats.clients(topic, "logmill").iter().all(|c| c.user_agent.starts_with("logmill/")));
         run.consumer.stop();
         run.consumer.stopped().await;
         drop(run.tracker);
@@ -174,6 +172,9 @@ async fn publishes_and_consumes_pub_mpub_dpub() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_message_lost_when_the_broker_restarts_during_a_sustained_publish() {
     timeout(TEST_TIMEOUT, async {
+        // The broker: it drops connections mid-MPUB and right after committing one, which no
+        // real nsqd can be made to do. A real nsqd SIGKILLed and restarted during a sustained
+        // publish is `no_message_lost_when_nsqd_is_killed_during_a_sustained_publish`.
         let b = broker().await;
         let addr = b.tcp_addr().to_string();
         let topic = "sustained";
@@ -270,6 +271,8 @@ async fn no_message_lost_when_the_broker_restarts_during_a_sustained_publish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_error_fails_only_its_publish_and_the_pipelined_rest_are_retried() {
     timeout(TEST_TIMEOUT, async {
+        // The broker: it holds its reads and fails a publish on demand. A real nsqd's own
+        // refusal (a body over --max-msg-size) is `a_body_over_max_msg_size_is_refused_…`.
         let b = broker().await;
         let addr = b.tcp_addr().to_string();
         let tracker = TaskTracker::new();
@@ -277,13 +280,20 @@ async fn a_fatal_error_fails_only_its_publish_and_the_pipelined_rest_are_retried
         let settings = ProducerSettings { batch_max_messages: 1, ..producer_settings(&[addr]) };
         let producer = Producer::start(settings, &Telemetry::default(), &tracker, CancellationToken::new());
         producer.publish("pipelined", "warm-up").await.unwrap();
-        // Hold the broker's reads so everything below is written before the first answer.
-        b.stall_reads(Duration::from_millis(200));
+        // Hold the broker's reads until all 50 PUBs below have arrived, so every one is
+        // written before the first answer.
+        b.hold_reads();
         b.fail_next_publishes(1, "E_BAD_TOPIC PUB topic name \"pipelined\" is not valid");
         let mut acks = Vec::new();
         for i in 0..50 {
             acks.push(producer.submit("pipelined", body(i)).await.unwrap());
         }
+        let pipelined = 50 * pub_bytes("pipelined", &body(0));
+        eventually(WAIT, "all 50 PUBs at the broker", || {
+            b.clients().iter().any(|c| c.unread_bytes >= pipelined)
+        })
+        .await;
+        b.release_reads();
         let mut results = Vec::new();
         for a in acks {
             results.push(a.await);
@@ -312,6 +322,7 @@ async fn a_fatal_error_fails_only_its_publish_and_the_pipelined_rest_are_retried
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_in_flight_when_an_unexplained_fatal_error_arrives_all_end_ok() {
     timeout(TEST_TIMEOUT, async {
+        // The broker: it holds its reads and injects an error frame.
         let b = broker().await;
         let addr = b.tcp_addr().to_string();
         let tracker = TaskTracker::new();
@@ -344,24 +355,23 @@ async fn publishes_in_flight_when_an_unexplained_fatal_error_arrives_all_end_ok(
         };
         eventually(WAIT, "publishing", || b.published_count("errors") > 500).await;
         // Hold the broker's reads: what the producer writes from now on waits, unanswered,
-        // behind the error below.
-        b.stall_reads(Duration::from_millis(800));
-        let at_stall = submitted.load(Ordering::SeqCst);
-        eventually(WAIT, "more submitted during the stall", || {
-            submitted.load(Ordering::SeqCst) >= (at_stall + 200).min(N)
+        // behind the error below, until its whole pipeline (max_pipelined PUBs) has arrived.
+        b.hold_reads();
+        let pipeline = ProducerSettings::default().max_pipelined;
+        let pipelined = pipeline * pub_bytes("errors", &body(0));
+        eventually(WAIT, "the producer's whole pipeline at the broker", || {
+            b.clients().iter().any(|c| c.unread_bytes >= pipelined)
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(retries(), 0, "no fault before the error");
-        let unanswered = submitted.load(Ordering::SeqCst) - b.published_count("errors");
-        assert!(unanswered >= 64, "publishes waiting behind the stall: {unanswered}");
         assert!(b.inject_error("E_INVALID injected") >= 1);
+        b.release_reads();
         let results = publisher.await.unwrap();
         assert!(results.iter().all(Result::is_ok));
         let published: HashSet<Bytes> = b.published("errors").into_iter().collect();
         assert_eq!(published.len(), N);
-        // The producer's whole pipeline (64 PUBs written, unanswered) was resent.
-        assert!(retries() >= 32, "publishes pipelined behind the error: {}", retries());
+        // The producer's whole pipeline (written, unanswered, never read) was resent.
+        assert!(retries() >= pipeline as u64, "publishes pipelined behind the error: {}", retries());
     })
     .await
     .expect("test timed out");
@@ -370,21 +380,25 @@ async fn publishes_in_flight_when_an_unexplained_fatal_error_arrives_all_end_ok(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_to_the_next_nsqd() {
     timeout(TEST_TIMEOUT, async {
-        let a = broker().await;
-        let b = broker().await;
+        let mut a = server().await;
+        let b = server().await;
         let tracker = TaskTracker::new();
-        let addrs = [a.tcp_addr().to_string(), b.tcp_addr().to_string()];
         let producer = Producer::start(
-            producer_settings(&addrs),
+            producer_settings(&[a.tcp_addr(), b.tcp_addr()]),
             &Telemetry::default(),
             &tracker,
             CancellationToken::new(),
         );
         producer.publish("failover", "one").await.unwrap();
-        assert_eq!(a.published_count("failover"), 1);
-        a.restart(Duration::from_secs(30)).await;
+        assert_eq!(a.stats().await.topic("failover").map(|t| t.message_count), Some(1));
+        a.stop().await;
         producer.publish("failover", "two").await.unwrap();
-        assert_eq!(b.published("failover"), [Bytes::from_static(b"two")]);
+        assert_eq!(b.stats().await.topic("failover").map(|t| t.message_count), Some(1));
+        let run = start_consumer(consumer_settings("failover", 1), consumer::fixed_addresses([b.tcp_addr()]));
+        let mut deliveries = run.deliveries;
+        let d = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
+        assert_eq!(d.body().as_ref(), b"two");
+        d.finish().await;
     })
     .await
     .expect("test timed out");
@@ -393,6 +407,8 @@ async fn failover_to_the_next_nsqd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rdy_never_exceeds_max_in_flight_across_connections() {
     timeout(TEST_TIMEOUT, async {
+        // The broker: it records the highest sum of RDY and of messages in flight it ever saw
+        // on a channel; polling a real nsqd's /stats could miss a short excess.
         let b = broker().await;
         let port = b.tcp_addr().port();
         // Two names of one broker: two connections whose RDY the broker sums per channel.
@@ -464,32 +480,31 @@ async fn rdy_never_exceeds_max_in_flight_across_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_failure_backs_off_to_rdy_0_probes_with_1_and_resumes() {
     timeout(TEST_TIMEOUT, async {
-        let b = broker().await;
-        for i in 0..50 {
-            b.put("backoff", body(i));
-        }
-        b.create_channel("backoff", "logmill");
+        let s = server().await;
+        s.put("backoff", &(0..50).map(body).collect::<Vec<_>>()).await;
+        s.create_channel("backoff", "logmill").await;
         let mut settings = consumer_settings("backoff", 10);
         // RDY 0 lasts 0.75..1.25 s: long enough to be seen by polling on a loaded machine.
         settings.handler_backoff_initial = Duration::from_secs(1);
         settings.handler_backoff_max = Duration::from_secs(2);
-        let run = start_consumer(settings, consumer::fixed_addresses([b.tcp_addr().to_string()]));
+        let run = start_consumer(settings, consumer::fixed_addresses([s.tcp_addr()]));
         let mut deliveries = run.deliveries;
-        eventually(WAIT, "RDY 10", || b.total_rdy("backoff", "logmill") == 10).await;
+        let rdy = || async { s.stats().await.total_rdy("backoff", "logmill") };
+        eventually_async(WAIT, "RDY 10", || async { rdy().await == 10 }).await;
         let first = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
         first.requeue(Duration::ZERO).await;
-        eventually(WAIT, "RDY 0 while backing off", || b.total_rdy("backoff", "logmill") == 0).await;
-        eventually(WAIT, "a probe with RDY 1", || b.total_rdy("backoff", "logmill") == 1).await;
+        eventually_async(WAIT, "RDY 0 while backing off", || async { rdy().await == 0 }).await;
+        eventually_async(WAIT, "a probe with RDY 1", || async { rdy().await == 1 }).await;
         // Finish everything delivered: the probe succeeds and full RDY comes back.
         let mut finished = 0;
-        while b.total_rdy("backoff", "logmill") != 10 {
+        while rdy().await != 10 {
             if let Ok(Some(d)) = timeout(Duration::from_millis(50), deliveries.recv()).await {
                 d.finish().await;
                 finished += 1;
             }
         }
         assert!(finished >= 1);
-        assert_eq!(b.channel("backoff", "logmill").unwrap().requeue_count, 1);
+        assert_eq!(s.stats().await.channel("backoff", "logmill").map(|c| c.requeue_count), Some(1));
     })
     .await
     .expect("test timed out");
@@ -498,24 +513,42 @@ async fn handler_failure_backs_off_to_rdy_0_probes_with_1_and_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_handler_keeps_its_connection_heartbeats_answered() {
     timeout(TEST_TIMEOUT, async {
-        let b = broker().await;
-        b.put("slow", "take your time");
-        b.create_channel("slow", "logmill");
+        let s = server().await;
+        s.put("slow", &[Bytes::from_static(b"take your time")]).await;
+        s.create_channel("slow", "logmill").await;
         let mut settings = consumer_settings("slow", 1);
         // nsqd drops a client silent for two heartbeat intervals: 2 s here.
         settings.connection.heartbeat_interval = Some(Duration::from_secs(1));
-        let run = start_consumer(settings, consumer::fixed_addresses([b.tcp_addr().to_string()]));
-        let mut deliveries = run.deliveries;
+        let telemetry = Telemetry::default();
+        let tracker = TaskTracker::new();
+        let (_consumer, mut deliveries) = Consumer::start(
+            settings,
+            consumer::fixed_addresses([s.tcp_addr()]),
+            None,
+            &telemetry,
+            &tracker,
+            CancellationToken::new(),
+        )
+        .unwrap();
         let d = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
-        let client = b.clients()[0].id;
-        assert_eq!(b.clients()[0].heartbeat_interval, Some(Duration::from_secs(1)));
+        let clients = s.stats().await.clients("slow", "logmill");
+        assert_eq!(clients.len(), 1);
+        let client = clients[0].remote_address.clone();
+        if let Some(b) = s.broker() {
+            assert_eq!(b.clients()[0].heartbeat_interval, Some(Duration::from_secs(1)));
+        }
         // The handler holds the message for three heartbeat intervals.
         tokio::time::sleep(Duration::from_millis(3200)).await;
         d.finish().await;
-        eventually(WAIT, "FIN arrives", || b.channel("slow", "logmill").unwrap().finish_count == 1).await;
-        let clients = b.clients();
+        eventually_async(WAIT, "FIN arrives", || async {
+            s.stats().await.finish_count("slow", "logmill") == 1
+        })
+        .await;
+        let clients = s.stats().await.clients("slow", "logmill");
         assert_eq!(clients.len(), 1);
-        assert_eq!(clients[0].id, client, "same connection: heartbeats were answered");
+        assert_eq!(clients[0].remote_address, client, "same connection: heartbeats were answered");
+        let reconnects = telemetry.value("logmill_nsq_reconnects_total", &[("role", "consumer")]);
+        assert_eq!(reconnects, Some(0));
     })
     .await
     .expect("test timed out");
@@ -524,25 +557,24 @@ async fn a_slow_handler_keeps_its_connection_heartbeats_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connects_and_disconnects_as_the_address_set_changes() {
     timeout(TEST_TIMEOUT, async {
-        let a = broker().await;
-        let b = broker().await;
-        let (addr_a, addr_b) = (a.tcp_addr().to_string(), b.tcp_addr().to_string());
-        let (tx, rx) = watch::channel(BTreeSet::from([addr_a.clone()]));
+        let a = server().await;
+        let b = server().await;
+        let (tx, rx) = watch::channel(BTreeSet::from([a.tcp_addr()]));
         let run = start_consumer(consumer_settings("discovered", 10), rx);
-        let subscribed =
-            |broker: &NsqBroker| broker.clients().iter().filter(|c| c.subscription.is_some()).count();
-        eventually(WAIT, "subscribed to A", || subscribed(&a) == 1).await;
-        assert_eq!(b.connection_count(), 0);
-        tx.send_replace(BTreeSet::from([addr_a.clone(), addr_b.clone()]));
-        eventually(WAIT, "subscribed to B too", || subscribed(&b) == 1).await;
-        eventually(WAIT, "RDY spread over both", || {
-            a.total_rdy("discovered", "logmill") == 5 && b.total_rdy("discovered", "logmill") == 5
+        eventually_async(WAIT, "subscribed to A", || async { subscribers(&a, "discovered").await == 1 })
+            .await;
+        assert_eq!(subscribers(&b, "discovered").await, 0);
+        tx.send_replace(BTreeSet::from([a.tcp_addr(), b.tcp_addr()]));
+        eventually_async(WAIT, "subscribed to B too", || async { subscribers(&b, "discovered").await == 1 })
+            .await;
+        eventually_async(WAIT, "RDY spread over both", || async {
+            total_rdy(&a, "discovered").await == 5 && total_rdy(&b, "discovered").await == 5
         })
         .await;
-        tx.send_replace(BTreeSet::from([addr_b.clone()]));
-        eventually(WAIT, "A dropped", || a.connection_count() == 0).await;
-        eventually(WAIT, "B gets all RDY", || b.total_rdy("discovered", "logmill") == 10).await;
-        b.put("discovered", "via B");
+        tx.send_replace(BTreeSet::from([b.tcp_addr()]));
+        eventually_async(WAIT, "A dropped", || async { subscribers(&a, "discovered").await == 0 }).await;
+        eventually_async(WAIT, "B gets all RDY", || async { total_rdy(&b, "discovered").await == 10 }).await;
+        b.put("discovered", &[Bytes::from_static(b"via B")]).await;
         let mut deliveries = run.deliveries;
         let d = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
         assert_eq!(d.body().as_ref(), b"via B");
@@ -555,23 +587,19 @@ async fn connects_and_disconnects_as_the_address_set_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_stop_loses_nothing() {
     timeout(TEST_TIMEOUT, async {
-        let t = target().await;
-        let topic = unique("graceful");
-        if let Some(http) = &t.http {
-            consumer::create_topic_and_channel(std::slice::from_ref(http), &topic, "logmill", WAIT)
-                .await
-                .unwrap();
-        }
+        let s = server().await;
+        let topic = "graceful";
+        s.create_channel(topic, "logmill").await;
         let tracker = TaskTracker::new();
         let producer = Producer::start(
-            producer_settings(std::slice::from_ref(&t.tcp)),
+            producer_settings(&[s.tcp_addr()]),
             &Telemetry::default(),
             &tracker,
             CancellationToken::new(),
         );
         const N: usize = 500;
-        producer.publish_multi(&topic, (0..N).map(body).collect()).await.unwrap();
-        let run = start_consumer(consumer_settings(&topic, 50), consumer::fixed_addresses([t.tcp.clone()]));
+        producer.publish_multi(topic, (0..N).map(body).collect()).await.unwrap();
+        let run = start_consumer(consumer_settings(topic, 50), consumer::fixed_addresses([s.tcp_addr()]));
         let mut deliveries = run.deliveries;
         let mut finished = Vec::new();
         let mut held = Vec::new();
@@ -596,7 +624,7 @@ async fn graceful_stop_loses_nothing() {
         }
         timeout(WAIT, run.consumer.stopped()).await.unwrap();
         // A second consumer gets the rest; together: everything, nothing twice.
-        let run2 = start_consumer(consumer_settings(&topic, 50), consumer::fixed_addresses([t.tcp.clone()]));
+        let run2 = start_consumer(consumer_settings(topic, 50), consumer::fixed_addresses([s.tcp_addr()]));
         let (seen, _h) = spawn_finisher(run2.deliveries);
         let first = finished.len();
         eventually(WAIT, "the rest consumed", || first + seen.lock().unwrap().len() >= N).await;
@@ -606,9 +634,18 @@ async fn graceful_stop_loses_nothing() {
         let unique: HashSet<Bytes> = all.iter().cloned().collect();
         assert_eq!(unique.len(), N, "nothing lost");
         assert_eq!(all.len(), N, "nothing delivered twice after a clean stop");
-        if let Some(b) = &t.broker {
-            assert_eq!(b.channel(&topic, "logmill").unwrap().finish_count, N as u64);
-        }
+        // And on the server: every message finished, none waiting, in flight or deferred.
+        eventually_async(WAIT, "the channel empty", || async {
+            let stats = s.stats().await;
+            let ch = stats.channel(topic, "logmill").expect("the channel");
+            (ch.depth, ch.in_flight_count, ch.deferred_count) == (0, 0, 0)
+        })
+        .await;
+        assert_eq!(
+            s.stats().await.finish_count(topic, "logmill"),
+            (N - first) as u64,
+            "the second consumer's FINs"
+        );
         run2.consumer.stop();
         run2.consumer.stopped().await;
     })
@@ -619,9 +656,9 @@ async fn graceful_stop_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gives_up_after_max_attempts() {
     timeout(TEST_TIMEOUT, async {
-        let b = broker().await;
-        b.put("poison", "never works");
-        b.create_channel("poison", "logmill");
+        let s = server().await;
+        s.put("poison", &[Bytes::from_static(b"never works")]).await;
+        s.create_channel("poison", "logmill").await;
         let mut settings = consumer_settings("poison", 5);
         settings.max_attempts = 3;
         let given_up = Arc::new(AtomicUsize::new(0));
@@ -629,7 +666,7 @@ async fn gives_up_after_max_attempts() {
         let tracker = TaskTracker::new();
         let (_consumer, mut deliveries) = Consumer::start(
             settings,
-            consumer::fixed_addresses([b.tcp_addr().to_string()]),
+            consumer::fixed_addresses([s.tcp_addr()]),
             Some(Arc::new(move |m: &logmill::nsq::protocol::Message| {
                 assert_eq!(m.attempts, 4);
                 g.fetch_add(1, Ordering::SeqCst);
@@ -645,8 +682,10 @@ async fn gives_up_after_max_attempts() {
             d.requeue_without_backoff(Duration::ZERO).await;
         }
         eventually(WAIT, "given up", || given_up.load(Ordering::SeqCst) == 1).await;
-        eventually(WAIT, "finished on the broker", || {
-            b.channel("poison", "logmill").unwrap().finish_count == 1
+        eventually_async(WAIT, "finished on nsqd", || async {
+            let stats = s.stats().await;
+            stats.finish_count("poison", "logmill") == 1
+                && stats.channel("poison", "logmill").is_some_and(|c| c.depth + c.in_flight_count == 0)
         })
         .await;
     })
@@ -657,32 +696,30 @@ async fn gives_up_after_max_attempts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backoff_probe_on_an_idle_nsqd_moves_to_the_next() {
     timeout(TEST_TIMEOUT, async {
-        let a = broker().await;
-        let b = broker().await;
-        let addrs = [a.tcp_addr().to_string(), b.tcp_addr().to_string()];
+        let a = server().await;
+        let b = server().await;
+        let addrs = [a.tcp_addr(), b.tcp_addr()];
         // Connections are ordered by address and the first probe goes to the second: the
         // messages go to the first, so the probe starts on the nsqd that has none.
         let (busy, idle) = if addrs[0] < addrs[1] { (&a, &b) } else { (&b, &a) };
-        busy.create_channel("probe", "logmill");
-        idle.create_channel("probe", "logmill");
+        busy.create_channel("probe", "logmill").await;
+        idle.create_channel("probe", "logmill").await;
         let run = start_consumer(consumer_settings("probe", 2), consumer::fixed_addresses(addrs.clone()));
         let mut deliveries = run.deliveries;
-        eventually(WAIT, "RDY 1 on each", || {
-            busy.total_rdy("probe", "logmill") == 1 && idle.total_rdy("probe", "logmill") == 1
+        eventually_async(WAIT, "RDY 1 on each", || async {
+            total_rdy(busy, "probe").await == 1 && total_rdy(idle, "probe").await == 1
         })
         .await;
         const N: usize = 20;
-        busy.put("probe", body(0));
+        busy.put("probe", &[body(0)]).await;
         let first = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
         // A handler failure; the message comes back after the probe has started.
         first.requeue(Duration::from_millis(500)).await;
-        eventually(WAIT, "the probe on the idle nsqd", || {
-            idle.total_rdy("probe", "logmill") == 1 && busy.total_rdy("probe", "logmill") == 0
+        eventually_async(WAIT, "the probe on the idle nsqd", || async {
+            total_rdy(idle, "probe").await == 1 && total_rdy(busy, "probe").await == 0
         })
         .await;
-        for i in 1..N {
-            busy.put("probe", body(i));
-        }
+        busy.put("probe", &(1..N).map(body).collect::<Vec<_>>()).await;
         let mut seen = HashSet::new();
         while seen.len() < N {
             let d = timeout(Duration::from_secs(5), deliveries.recv())
@@ -693,8 +730,8 @@ async fn a_backoff_probe_on_an_idle_nsqd_moves_to_the_next() {
             d.finish().await;
         }
         assert_eq!(seen, (0..N).map(body).collect::<HashSet<_>>());
-        eventually(WAIT, "every FIN on the broker", || {
-            busy.channel("probe", "logmill").unwrap().finish_count == N as u64
+        eventually_async(WAIT, "every FIN on nsqd", || async {
+            busy.stats().await.finish_count("probe", "logmill") == N as u64
         })
         .await;
         run.consumer.stop();
@@ -707,12 +744,10 @@ async fn a_backoff_probe_on_an_idle_nsqd_moves_to_the_next() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_receiver_stops_the_consumer_and_gives_nothing_up() {
     timeout(TEST_TIMEOUT, async {
-        let b = broker().await;
+        let s = server().await;
         const N: usize = 20;
-        for i in 0..N {
-            b.put("orphan", body(i));
-        }
-        b.create_channel("orphan", "logmill");
+        s.put("orphan", &(0..N).map(body).collect::<Vec<_>>()).await;
+        s.create_channel("orphan", "logmill").await;
         let mut settings = consumer_settings("orphan", 5);
         settings.max_attempts = 2;
         let given_up = Arc::new(AtomicUsize::new(0));
@@ -720,7 +755,7 @@ async fn dropping_the_receiver_stops_the_consumer_and_gives_nothing_up() {
         let tracker = TaskTracker::new();
         let (consumer, mut deliveries) = Consumer::start(
             settings,
-            consumer::fixed_addresses([b.tcp_addr().to_string()]),
+            consumer::fixed_addresses([s.tcp_addr()]),
             Some(Arc::new(move |_: &logmill::nsq::protocol::Message| {
                 g.fetch_add(1, Ordering::SeqCst);
             })),
@@ -736,19 +771,27 @@ async fn dropping_the_receiver_stops_the_consumer_and_gives_nothing_up() {
         // Long enough for a requeue loop to run every message past max_attempts.
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(given_up.load(Ordering::SeqCst), 0, "nothing given up: no handler saw them");
-        assert_eq!(b.finished("orphan", "logmill").len(), 0, "nothing FINished");
         timeout(WAIT, consumer.stopped()).await.expect("the consumer stops once nobody receives");
+        // Nothing FINished: once the consumer is gone, every message is still in the channel
+        // (waiting, deferred, or in flight until its msg_timeout).
+        eventually_async(WAIT, "the consumer's connection gone", || async {
+            s.stats().await.clients("orphan", "logmill").is_empty()
+        })
+        .await;
+        let stats = s.stats().await;
+        let ch = stats.channel("orphan", "logmill").expect("the channel");
+        assert_eq!(ch.depth + ch.in_flight_count + ch.deferred_count, N as i64, "{ch:?}");
         // Every message is still there for another consumer.
-        let run = start_consumer(
-            consumer_settings("orphan", 5),
-            consumer::fixed_addresses([b.tcp_addr().to_string()]),
-        );
+        let run = start_consumer(consumer_settings("orphan", 5), consumer::fixed_addresses([s.tcp_addr()]));
         let (seen, _h) = spawn_finisher(run.deliveries);
         eventually(WAIT, "every message consumed by the next consumer", || {
             seen.lock().unwrap().iter().collect::<HashSet<_>>().len() == N
         })
         .await;
-        assert_eq!(b.finished("orphan", "logmill").len(), N);
+        eventually_async(WAIT, "every FIN on nsqd", || async {
+            s.stats().await.finish_count("orphan", "logmill") == N as u64
+        })
+        .await;
         run.consumer.stop();
         run.consumer.stopped().await;
     })
@@ -759,15 +802,15 @@ async fn dropping_the_receiver_stops_the_consumer_and_gives_nothing_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_give_up_hook_does_not_kill_the_connection() {
     timeout(TEST_TIMEOUT, async {
-        let b = broker().await;
-        b.put("hook", "poison");
-        b.create_channel("hook", "logmill");
+        let s = server().await;
+        s.put("hook", &[Bytes::from_static(b"poison")]).await;
+        s.create_channel("hook", "logmill").await;
         let mut settings = consumer_settings("hook", 5);
         settings.max_attempts = 1;
         let tracker = TaskTracker::new();
         let (_consumer, mut deliveries) = Consumer::start(
             settings,
-            consumer::fixed_addresses([b.tcp_addr().to_string()]),
+            consumer::fixed_addresses([s.tcp_addr()]),
             Some(Arc::new(|_: &logmill::nsq::protocol::Message| panic!("the hook fails"))),
             &Telemetry::default(),
             &tracker,
@@ -775,16 +818,20 @@ async fn a_panicking_give_up_hook_does_not_kill_the_connection() {
         )
         .unwrap();
         let d = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
-        let client = b.clients()[0].id;
+        let client = s.stats().await.clients("hook", "logmill")[0].remote_address.clone();
         d.requeue_without_backoff(Duration::ZERO).await;
         // The second delivery is over max_attempts: the hook panics, the message is finished.
-        eventually(WAIT, "finished after the hook", || b.finished("hook", "logmill").len() == 1).await;
-        b.put("hook", "next");
+        eventually_async(WAIT, "finished after the hook", || async {
+            s.stats().await.finish_count("hook", "logmill") == 1
+        })
+        .await;
+        s.put("hook", &[Bytes::from_static(b"next")]).await;
         let d = timeout(WAIT, deliveries.recv()).await.expect("the connection still delivers").unwrap();
         assert_eq!(d.body().as_ref(), b"next");
         d.finish().await;
-        assert_eq!(b.clients().len(), 1);
-        assert_eq!(b.clients()[0].id, client, "same connection");
+        let clients = s.stats().await.clients("hook", "logmill");
+        assert_eq!(clients.len(), 1);
+        assert_eq!(clients[0].remote_address, client, "same connection");
     })
     .await
     .expect("test timed out");
@@ -793,13 +840,13 @@ async fn a_panicking_give_up_hook_does_not_kill_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creating_the_channel_tries_every_nsqd() {
     timeout(TEST_TIMEOUT, async {
-        let b = NsqBroker::start(NsqBrokerOptions { http: true, ..NsqBrokerOptions::default() }).await;
-        let http = b.http_addr().unwrap().to_string();
+        let s = server().await;
         // A port nothing listens on (bound, then closed), first.
         let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-        let result = consumer::create_topic_and_channel(&[dead, http], "created", "logmill", WAIT).await;
+        let result =
+            consumer::create_topic_and_channel(&[dead, s.http_addr()], "created", "logmill", WAIT).await;
         assert!(result.is_err(), "the dead nsqd is reported");
-        assert!(b.channel("created", "logmill").is_some(), "the live nsqd got its channel");
+        assert!(s.stats().await.channel("created", "logmill").is_some(), "the live nsqd got its channel");
     })
     .await
     .expect("test timed out");

@@ -15,3 +15,17 @@ pub async fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// [`eventually`] for a condition that has to await (an HTTP request to nsqd's `/stats`,
+/// say): polls it every 10 ms until it holds, panicking with `what` after `timeout`.
+pub async fn eventually_async<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + timeout;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < until, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -363,6 +363,15 @@ impl NsqServer {
         }
     }
 
+    /// Stops the server for good: a real nsqd exits (SIGTERM), the broker refuses connections.
+    pub async fn stop(&mut self) {
+        match self {
+            NsqServer::Nsqd(n) => n.stop().await,
+            // A restart that refuses connections for a day: as good as stopped for a test.
+            NsqServer::Broker(b) => b.restart(Duration::from_secs(86_400)).await,
+        }
+    }
+
     /// `GET /stats?format=json` (the broker answers in nsqd v1.3.0's shape).
     pub async fn stats(&self) -> Stats {
         stats(self.http_addr().parse().expect("a socket address")).await
