@@ -19,9 +19,11 @@
 //! caller's fault (`E_BAD_TOPIC`, `E_BAD_MESSAGE`, `E_BAD_BODY`, `E_UNAUTHORIZED`) that
 //! publish fails with [`PublishError::Rejected`]; `E_PUB_FAILED`/`E_MPUB_FAILED`/
 //! `E_DPUB_FAILED` (the topic was exiting) and any other error retry it; every publish
-//! behind it is resent. A publish that is at the head of the FIFO when nsqd closes the
-//! connection with an unexplained error [`MAX_BLAMES`] times fails, so one poisonous publish
-//! cannot stall the producer forever.
+//! behind it is resent. Publishes the producer merged into one MPUB that nsqd refuses for a
+//! size (`E_BAD_MESSAGE`, `E_BAD_BODY`: nsqd's limits may be lower than the producer's) are
+//! each sent again on their own, so that only the one at fault fails. A publish that is at the
+//! head of the FIFO when nsqd closes the connection with an unexplained error [`MAX_BLAMES`]
+//! times fails, so one poisonous publish cannot stall the producer forever.
 //!
 //! Topic names, empty bodies and sizes are checked before anything is queued, so a bad
 //! publish fails at once without costing a connection.
@@ -200,6 +202,8 @@ struct Unit {
     bytes: usize,
     delay_ms: Option<u32>,
     answers: Vec<Answer>,
+    /// Messages of each request merged into this unit, in the order of `answers`.
+    parts: Vec<usize>,
     /// Times this unit was at the head of the FIFO when nsqd closed with an error.
     blamed: u8,
 }
@@ -213,7 +217,16 @@ impl Unit {
             Payload::One(b) => vec![b],
             Payload::Many(v) => v,
         };
-        Unit { topic: r.topic, bodies, bytes, delay_ms: r.delay_ms, answers: vec![r.answer], blamed: 0 }
+        let parts = vec![bodies.len()];
+        Unit {
+            topic: r.topic,
+            bodies,
+            bytes,
+            delay_ms: r.delay_ms,
+            answers: vec![r.answer],
+            parts,
+            blamed: 0,
+        }
     }
 
     /// Whether `r` can join this unit's MPUB within the limits.
@@ -227,11 +240,35 @@ impl Unit {
 
     fn merge(&mut self, r: Request) {
         self.bytes += r.bytes();
+        self.parts.push(r.messages());
         match r.payload {
             Payload::One(b) => self.bodies.push(b),
             Payload::Many(v) => self.bodies.extend(v),
         }
         self.answers.push(r.answer);
+    }
+
+    /// The requests merged into this unit, each a unit of its own again, in order.
+    fn split(self) -> Vec<Unit> {
+        let Unit { topic, bodies, delay_ms, answers, parts, blamed, .. } = self;
+        let mut bodies = bodies.into_iter();
+        parts
+            .into_iter()
+            .zip(answers)
+            .map(|(n, answer)| {
+                let bodies: Vec<Bytes> = bodies.by_ref().take(n).collect();
+                let bytes = 4 + bodies.iter().map(|b| 4 + b.len()).sum::<usize>();
+                Unit {
+                    topic: topic.clone(),
+                    bodies,
+                    bytes,
+                    delay_ms,
+                    answers: vec![answer],
+                    parts: vec![n],
+                    blamed,
+                }
+            })
+            .collect()
     }
 
     fn answer(self, result: &Result<(), PublishError>) {
@@ -727,6 +764,17 @@ impl Task {
     /// publish. Decide that one's fate; the caller requeues the rest.
     fn on_fatal(&mut self, e: &ServerError) {
         let Some(mut head) = self.in_flight.pop_front() else { return };
+        if head.answers.len() > 1 && matches!(e.code, ErrorCode::BadMessage | ErrorCode::BadBody) {
+            // Publishes this producer merged into one MPUB, refused for a size (one message
+            // over nsqd's --max-msg-size, or the whole body over --max-body-size, limits that
+            // can be lower than configured here): which one is at fault is unknown, so each
+            // goes again as its own command, and the refusal lands on the one it belongs to.
+            tracing::info!(topic = %head.topic, publishes = head.answers.len(), error = %e, "merged MPUB refused; resending each publish on its own");
+            for unit in head.split().into_iter().rev() {
+                self.in_flight.push_front(unit);
+            }
+            return;
+        }
         let fail = match verdict(e.code) {
             Verdict::Fail => true,
             Verdict::Retry => false,
@@ -943,6 +991,54 @@ mod tests {
         let e = ServerError::new(Bytes::from_static(b"E_FIN_FAILED FIN x failed"));
         assert!(t.on_frame(Frame::Error(e)).is_ok());
         assert!(t.on_frame(Frame::Response(Bytes::from_static(b"OK"))).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_merged_mpub_refused_for_a_size_is_resent_publish_by_publish() {
+        let (mut t, _tx) = task(ProducerSettings::default());
+        let mut acks = Vec::new();
+        let mut unit: Option<Unit> = None;
+        let requests: [&[&'static [u8]]; 3] = [&[b"a"], &[b"big", b"b"], &[b"c"]];
+        for bodies in requests {
+            let (answer, rx) = oneshot::channel();
+            let payload = match bodies {
+                [one] => Payload::One(Bytes::from_static(one)),
+                many => Payload::Many(many.iter().map(|b| Bytes::from_static(b)).collect()),
+            };
+            let r = Request { topic: Arc::from("t"), payload, delay_ms: None, answer };
+            match &mut unit {
+                None => unit = Some(Unit::from_request(r)),
+                Some(u) => u.merge(r),
+            }
+            acks.push(rx);
+        }
+        t.in_flight.push_back(unit.unwrap());
+        let too_big = || {
+            Frame::Error(ServerError::new(Bytes::from_static(
+                b"E_BAD_MESSAGE MPUB message too big 2000 > 1024",
+            )))
+        };
+        assert!(t.on_frame(too_big()).is_err());
+        t.requeue_in_flight();
+        // Nobody answered yet; three commands, each with its own publish.
+        assert!(acks.iter_mut().all(|a| a.try_recv().is_err()));
+        let shape: Vec<Vec<&[u8]>> =
+            t.queue.iter().map(|u| u.bodies.iter().map(|b| b.as_ref()).collect()).collect();
+        assert_eq!(shape, [vec![&b"a"[..]], vec![&b"big"[..], &b"b"[..]], vec![&b"c"[..]]]);
+        // Resent: the first is stored; the MPUB with the big message is refused again and,
+        // alone now, fails; the last is stored.
+        t.in_flight = std::mem::take(&mut t.queue);
+        t.on_frame(Frame::Response(Bytes::from_static(b"OK"))).unwrap();
+        assert!(t.on_frame(too_big()).is_err());
+        t.requeue_in_flight();
+        t.in_flight = std::mem::take(&mut t.queue);
+        t.on_frame(Frame::Response(Bytes::from_static(b"OK"))).unwrap();
+        assert_eq!(acks[0].try_recv().unwrap(), Ok(()));
+        assert!(matches!(
+            acks[1].try_recv().unwrap(),
+            Err(PublishError::Rejected { code: ErrorCode::BadMessage, .. })
+        ));
+        assert_eq!(acks[2].try_recv().unwrap(), Ok(()));
     }
 
     #[tokio::test]
