@@ -888,3 +888,315 @@ async fn the_nsqd_harness_kills_restarts_and_cleans_up() {
     assert!(!alive(pid), "nsqd {pid} outlived its harness");
     assert!(!dir.exists(), "{} outlived its harness", dir.display());
 }
+
+/// Writes a line to stderr, which libtest does not capture: figures a test reports.
+fn report(line: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
+/// A real nsqd SIGKILLed twice and restarted on its data dir during a sustained publish:
+/// every publish ends Ok, every body reaches the consumer, the duplicates are counted.
+///
+/// nsqd's flags make an `OK` survive the death of the process: `--mem-queue-size=0` sends
+/// every message to the disk queue, which nsqd writes (write(2), into the kernel's page cache,
+/// which outlives the process) before it answers; `--sync-every=1` makes it fsync the queue and
+/// write its metadata (read and write positions) after every message, so the restarted nsqd
+/// finds its queues described up to the last message or so (go-diskqueue v1.1.0 salvages what
+/// lies past a stale write position). Without it, a kill within nsqd's first `--sync-timeout`
+/// (2 s) finds no metadata, and the restarted nsqd starts the queue afresh over the unsynced
+/// messages (`the_nsqd_harness_kills_restarts_and_cleans_up` shows it). nsqd answers before
+/// that sync, so an OK is durable against a killed nsqd, not against a power loss. The data dir
+/// is on tmpfs, where the fsyncs cost nothing.
+///
+/// The channel is created, and consuming starts, once publishing has ended: what is under test
+/// is that every acknowledged message is in nsqd's queue, and two windows of nsqd itself would
+/// blur it. Its topic pump holds each message in memory between the topic's disk queue (whose
+/// read position it has already synced) and the channel's: a SIGKILL there loses it (seen: 2
+/// of 20,000 in one run of five, with a channel in place during the kills). And messages in
+/// flight to a consumer live only in nsqd's memory. Without a channel the topic keeps every
+/// message in its own disk queue, and the first channel created gets them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_message_lost_when_nsqd_is_killed_during_a_sustained_publish() {
+    const TEST: &str = "no_message_lost_when_nsqd_is_killed_during_a_sustained_publish";
+    let options = NsqdOptions {
+        mem_queue_size: Some(0),
+        sync_every: Some(1),
+        data_on_tmpfs: true,
+        ..NsqdOptions::default()
+    };
+    let Some(mut nsqd) = Nsqd::start(options).await else { return nsqd::skip(TEST, "nsqd") };
+    timeout(Duration::from_secs(60), async {
+        let addr = nsqd.tcp_addr().to_string();
+        let topic = "killed";
+        let client = reqwest::Client::new();
+        let http = nsqd.http_addr().to_string();
+        logmill::nsq::http::create_topic_and_channel(&client, &http, topic, None).await.unwrap();
+        let tracker = TaskTracker::new();
+        let telemetry = Telemetry::default();
+        let producer =
+            Producer::start(producer_settings(std::slice::from_ref(&addr)), &telemetry, &tracker, CancellationToken::new());
+        const N: usize = 20_000;
+        let publisher = {
+            let producer = producer.clone();
+            tokio::spawn(async move {
+                let mut acks = Vec::with_capacity(N);
+                for i in 0..N {
+                    acks.push(producer.submit(topic, body(i)).await.expect("queued"));
+                    if i % 200 == 0 {
+                        // Sustained, not one burst.
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+                let mut results = Vec::with_capacity(N);
+                for a in acks {
+                    results.push(a.await);
+                }
+                results
+            })
+        };
+        let counter = |name: &str, labels: &[(&str, &str)]| telemetry.value(name, labels).expect("registered at start");
+        let acknowledged = || counter("logmill_nsq_messages_published_total", &[]);
+        for at in [N / 3, 2 * N / 3] {
+            eventually(WAIT, "publishing", || acknowledged() >= at as u64).await;
+            // Pipelined MPUBs are in flight now: their fate is unknown to the producer.
+            nsqd.kill();
+            // Down for a while: the producer's dials are refused and it backs off.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            nsqd.restart().await;
+        }
+        let results = publisher.await.unwrap();
+        assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
+        assert!(acknowledged() >= N as u64);
+
+        logmill::nsq::http::create_topic_and_channel(&client, &http, topic, Some("logmill")).await.unwrap();
+        let run = start_consumer(consumer_settings(topic, 500), consumer::fixed_addresses([addr.clone()]));
+        let (seen, _h) = spawn_finisher(run.deliveries);
+        let all = || seen.lock().unwrap().iter().collect::<HashSet<_>>().len() == N;
+        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !all() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !all() {
+            let got: HashSet<Bytes> = seen.lock().unwrap().iter().cloned().collect();
+            let missing: Vec<usize> = (0..N).filter(|&i| !got.contains(&body(i))).collect();
+            panic!(
+                "{} bodies never consumed, e.g. {:?}; stats {:?}\nnsqd log:\n{}",
+                missing.len(),
+                &missing[..missing.len().min(20)],
+                nsqd.stats().await,
+                nsqd.log_tail()
+            );
+        }
+        // Duplicates still queued are delivered too before they are counted.
+        eventually_async(WAIT, "the channel drained", || async {
+            let stats = nsqd.stats().await;
+            stats.channel(topic, "logmill").is_some_and(|c| c.depth == 0 && c.in_flight_count == 0)
+        })
+        .await;
+        let delivered = seen.lock().unwrap().len();
+        let unique: HashSet<Bytes> = seen.lock().unwrap().iter().cloned().collect();
+        assert_eq!(unique, (0..N).map(body).collect::<HashSet<_>>());
+        assert!(counter("logmill_nsq_reconnects_total", &[("role", "producer")]) >= 2, "the producer came back after each kill");
+        let retries = counter("logmill_nsq_publish_retries_total", &[]);
+        report(&format!(
+            "{TEST}: published {N}, delivered {delivered}, duplicates {} (producer resent {retries} after the 2 kills)",
+            delivered - N
+        ));
+        run.consumer.stop();
+        run.consumer.stopped().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// Redelivery after a real `--msg-timeout` (1 s): a message held without FIN, REQ or TOUCH
+/// comes back with attempts 2, no sooner than the timeout allows; the late FIN of the first
+/// delivery and the FIN of the second cover one message, and nsqd's refusal of the second
+/// (`E_FIN_FAILED`, not fatal) leaves the connection alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_held_past_a_real_msg_timeout_is_redelivered() {
+    const TEST: &str = "a_message_held_past_a_real_msg_timeout_is_redelivered";
+    let msg_timeout = Duration::from_secs(1);
+    let options = NsqdOptions { msg_timeout: Some(msg_timeout), ..NsqdOptions::default() };
+    let Some(nsqd) = Nsqd::start(options).await else { return nsqd::skip(TEST, "nsqd") };
+    timeout(TEST_TIMEOUT, async {
+        nsqd.put("timeout", &[Bytes::from_static(b"slow")]).await;
+        let client = reqwest::Client::new();
+        logmill::nsq::http::create_topic_and_channel(
+            &client,
+            &nsqd.http_addr().to_string(),
+            "timeout",
+            Some("logmill"),
+        )
+        .await
+        .unwrap();
+        let telemetry = Telemetry::default();
+        let tracker = TaskTracker::new();
+        let (_consumer, mut deliveries) = Consumer::start(
+            consumer_settings("timeout", 2),
+            consumer::fixed_addresses([nsqd.tcp_addr().to_string()]),
+            None,
+            &telemetry,
+            &tracker,
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let first = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
+        let received = std::time::Instant::now();
+        assert_eq!(first.attempts(), 1);
+        let client_before = nsqd.stats().await.clients("timeout", "logmill")[0].remote_address.clone();
+        let second =
+            timeout(WAIT, deliveries.recv()).await.expect("redelivered after the msg_timeout").unwrap();
+        // nsqd delivered the first at most one output-buffer flush (250 ms) before we got it.
+        let waited = received.elapsed();
+        assert!(waited >= msg_timeout - Duration::from_millis(300), "redelivered after {waited:?}");
+        assert_eq!((second.id(), second.attempts(), second.body().as_ref()), (first.id(), 2, &b"slow"[..]));
+        let stats = nsqd.stats().await;
+        assert_eq!(stats.channel("timeout", "logmill").map(|c| c.timeout_count), Some(1));
+        first.finish().await;
+        second.finish().await;
+        let non_fatal = || telemetry.value("logmill_nsq_non_fatal_errors_total", &[("role", "consumer")]);
+        eventually(WAIT, "nsqd refuses the second FIN of one message", || non_fatal() == Some(1)).await;
+        let stats = nsqd.stats().await;
+        let clients = stats.clients("timeout", "logmill");
+        assert_eq!(clients.len(), 1);
+        assert_eq!(clients[0].remote_address, client_before, "same connection");
+        assert_eq!(clients[0].finish_count, 1);
+        let ch = stats.channel("timeout", "logmill").unwrap();
+        assert_eq!((ch.depth, ch.in_flight_count), (0, 0));
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// RDY capped by a real `--max-rdy-count` (5) below `max_in_flight` (50): the consumer asks
+/// for no more than the server allows (a larger RDY is a fatal `E_INVALID`), holds 5 in
+/// flight, and consumes everything on one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdy_is_capped_by_a_real_max_rdy_count() {
+    const TEST: &str = "rdy_is_capped_by_a_real_max_rdy_count";
+    let options = NsqdOptions { max_rdy_count: Some(5), ..NsqdOptions::default() };
+    let Some(nsqd) = Nsqd::start(options).await else { return nsqd::skip(TEST, "nsqd") };
+    timeout(TEST_TIMEOUT, async {
+        const N: usize = 40;
+        nsqd.put("capped", &(0..N).map(body).collect::<Vec<_>>()).await;
+        let client = reqwest::Client::new();
+        logmill::nsq::http::create_topic_and_channel(
+            &client,
+            &nsqd.http_addr().to_string(),
+            "capped",
+            Some("logmill"),
+        )
+        .await
+        .unwrap();
+        let telemetry = Telemetry::default();
+        let tracker = TaskTracker::new();
+        let (_consumer, mut deliveries) = Consumer::start(
+            consumer_settings("capped", 50),
+            consumer::fixed_addresses([nsqd.tcp_addr().to_string()]),
+            None,
+            &telemetry,
+            &tracker,
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let mut held = Vec::new();
+        while held.len() < 5 {
+            held.push(timeout(WAIT, deliveries.recv()).await.unwrap().unwrap());
+        }
+        eventually_async(WAIT, "RDY 5, 5 in flight", || async {
+            let c = nsqd.stats().await.clients("capped", "logmill");
+            c.len() == 1 && c[0].ready_count == 5 && c[0].in_flight_count == 5
+        })
+        .await;
+        // Nothing beyond the window: nsqd delivers no sixth while five are held.
+        assert!(timeout(Duration::from_millis(300), deliveries.recv()).await.is_err(), "a sixth in flight");
+        let mut seen: HashSet<Bytes> = held.iter().map(|d| d.body().clone()).collect();
+        for d in held {
+            d.finish().await;
+        }
+        while seen.len() < N {
+            let d = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
+            seen.insert(d.body().clone());
+            d.finish().await;
+        }
+        let errors = telemetry.value("logmill_nsq_connection_errors_total", &[("role", "consumer")]);
+        assert_eq!(errors, Some(0), "the connection was never refused:\n{}", nsqd.log_tail());
+        assert_eq!(nsqd.stats().await.clients("capped", "logmill")[0].ready_count, 5);
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A body over a real `--max-msg-size` (1 KiB; the producer is configured for nsqd's default
+/// 1 MiB, as when an nsqd runs with a lower limit): nsqd refuses it (`E_BAD_MESSAGE`) and
+/// closes the connection; that publish fails, and every other publish pipelined with it, before
+/// and behind, ends Ok and arrives, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_a_real_max_msg_size_is_refused_and_the_rest_arrive() {
+    const TEST: &str = "a_body_over_a_real_max_msg_size_is_refused_and_the_rest_arrive";
+    let options = NsqdOptions { max_msg_size: Some(1024), ..NsqdOptions::default() };
+    let Some(nsqd) = Nsqd::start(options).await else { return nsqd::skip(TEST, "nsqd") };
+    timeout(TEST_TIMEOUT, async {
+        let addr = nsqd.tcp_addr().to_string();
+        let http = reqwest::Client::new();
+        logmill::nsq::http::create_topic_and_channel(
+            &http,
+            &nsqd.http_addr().to_string(),
+            "sized",
+            Some("logmill"),
+        )
+        .await
+        .unwrap();
+        let tracker = TaskTracker::new();
+        let telemetry = Telemetry::default();
+        let producer = Producer::start(
+            producer_settings(std::slice::from_ref(&addr)),
+            &telemetry,
+            &tracker,
+            CancellationToken::new(),
+        );
+        // Submitted in one go, so the producer pipelines them (and merges neighbours into MPUBs).
+        const N: usize = 400;
+        const BIG: usize = 250;
+        let big = Bytes::from(vec![b'x'; 2000]);
+        let mut acks = Vec::new();
+        for i in 0..N {
+            let b = if i == BIG { big.clone() } else { body(i) };
+            acks.push(producer.submit("sized", b).await.unwrap());
+        }
+        let mut results = Vec::new();
+        for a in acks {
+            results.push(a.await);
+        }
+        assert!(
+            matches!(&results[BIG], Err(PublishError::Rejected { code: ErrorCode::BadMessage, .. })),
+            "{:?}",
+            results[BIG]
+        );
+        let failed: Vec<usize> = (0..N).filter(|&i| results[i].is_err()).collect();
+        assert_eq!(failed, [BIG], "only the big one fails: {:?}", results.iter().find(|r| r.is_err()));
+        let run = start_consumer(consumer_settings("sized", 100), consumer::fixed_addresses([addr]));
+        let (seen, _h) = spawn_finisher(run.deliveries);
+        let expected: HashSet<Bytes> = (0..N).filter(|&i| i != BIG).map(body).collect();
+        eventually(WAIT, "every other body consumed", || {
+            seen.lock().unwrap().iter().collect::<HashSet<_>>().len() == N - 1
+        })
+        .await;
+        eventually_async(WAIT, "the channel drained", || async {
+            nsqd.stats()
+                .await
+                .channel("sized", "logmill")
+                .is_some_and(|c| c.depth == 0 && c.in_flight_count == 0)
+        })
+        .await;
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.iter().cloned().collect::<HashSet<_>>(), expected);
+        assert_eq!(seen.len(), N - 1, "each once: nsqd stored nothing of the refused command");
+        let errors = telemetry.value("logmill_nsq_connection_errors_total", &[("role", "producer")]);
+        assert!(errors >= Some(1), "nsqd closed the connection after the refusal: {errors:?}");
+    })
+    .await
+    .expect("test timed out");
+}

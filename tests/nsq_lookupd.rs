@@ -6,9 +6,9 @@
 //! wrapped `{"status_code":200,…,"data":…}`, see `parse_lookup_response` for the sources), from
 //! a list the test changes, or fails the way a lookupd fails (connection closed, 500): what a
 //! real nsqlookupd v1.3.0 cannot be made to do (it speaks one shape and does not fail on
-//! demand). Discovery with a real nsqlookupd and real nsqd is in `tests/nsq_client.rs`
-//! (`a_consumer_follows_nsqd_joining_and_leaving_a_real_lookupd`). Polls run every 100 ms,
-//! so the file takes a few seconds.
+//! demand). Discovery with a real nsqlookupd and real nsqd is
+//! `a_consumer_follows_nsqd_joining_and_leaving_a_real_lookupd`. Polls run every 100 ms, so
+//! the file takes a few seconds.
 
 mod support;
 
@@ -344,4 +344,83 @@ async fn creates_topics_and_channels_on_nsqd() {
     assert!(e.contains(&closed), "{e}");
     let e = create_topic_and_channel(&client, "ftp://x", "logs", None).await.unwrap_err().to_string();
     assert!(e.contains("ftp://x"), "{e}");
+}
+
+/// A real nsqlookupd with real nsqd (skipped, and said so, without the binaries): the consumer,
+/// fed by discovery, subscribes to both nsqd registered for the topic, picks up a third that
+/// joins, and lets go of one that leaves: once the lookupd no longer names it, nothing dials
+/// its address again (a listener put on its port after it exited sees no connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_follows_nsqd_joining_and_leaving_a_real_lookupd() {
+    use logmill::nsq::consumer::{Consumer, ConsumerSettings};
+    use support::nsqd::{self, Nsqd, NsqdOptions, Nsqlookupd};
+    const TEST: &str = "a_consumer_follows_nsqd_joining_and_leaving_a_real_lookupd";
+    let Some(lookupd) = Nsqlookupd::start().await else { return nsqd::skip(TEST, "nsqlookupd") };
+    let options = NsqdOptions { lookupd_tcp_addresses: vec![lookupd.tcp_addr()], ..NsqdOptions::default() };
+    let start_nsqd = || async {
+        let nsqd = Nsqd::start(options.clone()).await?;
+        // The topic and channel exist up front; nsqd registers both with the lookupd.
+        let client = reqwest::Client::new();
+        create_topic_and_channel(&client, &nsqd.http_addr().to_string(), "logs", Some("logmill"))
+            .await
+            .unwrap();
+        Some(nsqd)
+    };
+    let (Some(a), Some(mut b)) = (start_nsqd().await, start_nsqd().await) else {
+        return nsqd::skip(TEST, "nsqd");
+    };
+    let telemetry = Telemetry::default();
+    let tracker = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let settings = LookupdSettings::new(&[lookupd.http_addr().to_string()], "logs", POLL).unwrap();
+    let discovered = Discovery::start(settings, None, &telemetry, &tracker, cancel.clone()).unwrap();
+    let consumer_settings = ConsumerSettings {
+        topic: "logs".into(),
+        channel: "logmill".into(),
+        max_in_flight: 10,
+        reconnect_backoff_initial: Duration::from_millis(20),
+        reconnect_backoff_max: Duration::from_millis(100),
+        ..ConsumerSettings::default()
+    };
+    let (_consumer, mut deliveries) =
+        Consumer::start(consumer_settings, discovered.clone(), None, &telemetry, &tracker, cancel.clone())
+            .unwrap();
+    async fn subscribed(nsqd: &Nsqd) -> usize {
+        nsqd.stats().await.clients("logs", "logmill").len()
+    }
+    let wait = Duration::from_secs(10);
+    support::eventually_async(wait, "subscribed to a and b", || async {
+        subscribed(&a).await == 1 && subscribed(&b).await == 1
+    })
+    .await;
+
+    // A third nsqd joins: the consumer finds it through the lookupd.
+    let Some(c) = start_nsqd().await else { return nsqd::skip(TEST, "nsqd") };
+    support::eventually_async(wait, "subscribed to c", || async { subscribed(&c).await == 1 }).await;
+    // Messages put on each of the three reach the consumer.
+    for (i, nsqd) in [&a, &b, &c].into_iter().enumerate() {
+        nsqd.put("logs", &[bytes::Bytes::from(format!("via {i}"))]).await;
+    }
+    let mut got = BTreeSet::new();
+    while got.len() < 3 {
+        let d = tokio::time::timeout(wait, deliveries.recv()).await.expect("a message in time").unwrap();
+        got.insert(String::from_utf8_lossy(d.body()).into_owned());
+        d.finish().await;
+    }
+    assert_eq!(got, BTreeSet::from(["via 0".to_owned(), "via 1".to_owned(), "via 2".to_owned()]));
+
+    // b leaves: stopped, the lookupd drops it when its connection closes.
+    let b_addr = b.tcp_addr();
+    b.stop().await;
+    let mut watch = discovered.clone();
+    let gone = tokio::time::timeout(wait, watch.wait_for(|set| !set.contains(&b_addr.to_string()))).await;
+    assert!(gone.is_ok(), "the lookupd still names b: {:?}", *discovered.borrow());
+    assert_eq!(discovered.borrow().len(), 2, "a and c stay: {:?}", *discovered.borrow());
+    // Whatever was dialing b when it left has had time to give up (a few reconnect backoffs).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listener = TcpListener::bind(b_addr).await.expect("b's port is free again");
+    let dialed = tokio::time::timeout(Duration::from_secs(1), listener.accept()).await;
+    assert!(dialed.is_err(), "the consumer still dials b after it left the lookupd");
+    assert_eq!((subscribed(&a).await, subscribed(&c).await), (1, 1));
+    cancel.cancel();
 }
