@@ -2,17 +2,23 @@
 //! 200 messages of 200 bytes) and `bench_reader` (RDY 2500).
 //!
 //! ```text
-//! cargo bench --bench nsq                                   # in-process test broker
+//! cargo bench --bench nsq                                   # a real nsqd of its own
 //! NSQD_TCP_ADDRESS=127.0.0.1:4150 NSQD_HTTP_ADDRESS=127.0.0.1:4151 cargo bench --bench nsq
 //! NSQ_BENCH_MESSAGES=1000000 cargo bench --bench nsq        # more messages
 //! ```
 //!
+//! Without `NSQD_TCP_ADDRESS` it starts a real nsqd as the tests do (`tests/support/nsqd.rs`:
+//! `$NSQD`, `PATH`, `../shared/peers/bin/`), or, without one, the in-process test broker (and
+//! says so). `benches/nsq-vs-go` runs it against the nsqd it also runs go-nsq's tools against.
+//!
 //! One producer (one connection) publishes N messages as MPUBs of 200, pipelined; then one
 //! consumer with `max_in_flight` 2500 receives and FINishes all of them. Each phase prints
-//! msgs/s and MB/s.
+//! msgs/s and MB/s, and a last `RESULT` line the figures for scripts.
 
 #[path = "../tests/support/nsq_broker.rs"]
 mod nsq_broker;
+#[path = "../tests/support/nsqd.rs"]
+mod nsqd;
 
 use std::time::{Duration, Instant};
 
@@ -39,23 +45,34 @@ fn main() {
 }
 
 async fn run(n: usize) {
-    let mut _broker = None;
-    let (tcp, http) = match std::env::var("NSQD_TCP_ADDRESS") {
-        Ok(tcp) => (tcp, std::env::var("NSQD_HTTP_ADDRESS").ok()),
+    let mut _server = None;
+    let (tcp, http, target) = match std::env::var("NSQD_TCP_ADDRESS") {
+        Ok(tcp) => (tcp.clone(), std::env::var("NSQD_HTTP_ADDRESS").ok(), format!("nsqd {tcp}")),
         Err(_) => {
-            let b = nsq_broker::NsqBroker::start(nsq_broker::NsqBrokerOptions::default()).await;
-            let tcp = b.tcp_addr().to_string();
-            _broker = Some(b);
-            (tcp, None)
+            // nsqd's own bench runs it with a memory queue large enough for the whole run.
+            let options = nsqd::NsqdOptions {
+                mem_queue_size: Some(n.max(10_000) as u64),
+                data_on_tmpfs: true,
+                ..nsqd::NsqdOptions::default()
+            };
+            let s = nsqd::NsqServer::start(options).await;
+            let target = if s.is_real() {
+                format!("nsqd {} (started here)", s.tcp_addr())
+            } else {
+                "in-process test broker".to_owned()
+            };
+            let addrs = (s.tcp_addr(), Some(s.http_addr()), target);
+            _server = Some(s);
+            addrs
         }
     };
-    let target = if _broker.is_some() { "in-process test broker".to_owned() } else { format!("nsqd {tcp}") };
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let topic = format!("bench_{stamp}");
+    let topic = std::env::var("NSQ_BENCH_TOPIC").unwrap_or_else(|_| {
+        let stamp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        format!("bench_{stamp}")
+    });
     let channel = "bench";
-    if let Some(b) = &_broker {
-        b.create_channel(&topic, channel);
-    } else if let Some(http) = &http {
+    if let Some(http) = &http {
         consumer::create_topic_and_channel(
             std::slice::from_ref(http),
             &topic,
@@ -101,7 +118,7 @@ async fn run(n: usize) {
     for a in acks {
         a.await.expect("published");
     }
-    report("publish (1 connection, MPUB of 200, pipelined)", n, started.elapsed());
+    let publish_rate = report("publish (1 connection, MPUB of 200, pipelined)", n, started.elapsed());
 
     let settings = ConsumerSettings {
         topic: topic.clone(),
@@ -132,7 +149,8 @@ async fn run(n: usize) {
             }
         }
     }
-    report("consume (1 connection, RDY 2500, FIN each)", received, started.elapsed());
+    let consume_rate = report("consume (1 connection, RDY 2500, FIN each)", received, started.elapsed());
+    println!("RESULT messages={n} consumed={received} publish_msgs_per_s={publish_rate:.0} consume_msgs_per_s={consume_rate:.0}");
     consumer.stop();
     while let Some(d) = deliveries.recv().await {
         d.finish().await;
@@ -144,12 +162,13 @@ async fn run(n: usize) {
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
 }
 
-fn report(what: &str, n: usize, elapsed: Duration) {
+/// Prints one phase's figures and returns its msgs/s.
+fn report(what: &str, n: usize, elapsed: Duration) -> f64 {
     let secs = elapsed.as_secs_f64().max(1e-9);
+    let rate = n as f64 / secs;
     println!(
-        "{what}: {n} msgs in {:.3} s = {:.0} msgs/s, {:.1} MB/s",
-        secs,
-        n as f64 / secs,
+        "{what}: {n} msgs in {secs:.3} s = {rate:.0} msgs/s, {:.1} MB/s",
         (n * MESSAGE_BYTES) as f64 / secs / 1e6
     );
+    rate
 }
