@@ -1,7 +1,11 @@
-//! The NSQ client's TLS (`tls_v1`) and AUTH against the test broker, which serves both as
-//! nsqd v1.3.0 does: the IDENTIFY answer in plain text, the TLS handshake, `OK` over TLS;
-//! `auth_required`, AUTH's JSON answer, `E_AUTH_FIRST`/`E_AUTH_FAILED`, and `--tls-required`'s
-//! refusal of plain commands. Certificates: `testdata/tls/` (test-only).
+//! The NSQ client's TLS (`tls_v1`) and AUTH, against a real nsqd started with the test
+//! certificate and a stand-in auth server (`tls_and_auth_through_a_real_nsqd`), and against
+//! the test broker, which serves both as nsqd v1.3.0 does: the IDENTIFY answer in plain text,
+//! the TLS handshake, `OK` over TLS; `auth_required`, AUTH's JSON answer,
+//! `E_AUTH_FIRST`/`E_AUTH_FAILED`, and `--tls-required`'s refusal of plain commands
+//! (`auth_and_tls_policy_answers_match_a_real_nsqd` holds those answers to a real nsqd's).
+//! The broker tests stay for what only the broker shows: its counts of TLS handshakes and AUTH
+//! verdicts, the refusals its clients got. Certificates: `testdata/tls/` (test-only).
 
 mod support;
 
@@ -18,6 +22,7 @@ use logmill::nsq::protocol::{self, ErrorCode, Frame, IdentifyConfig, IdentifyRes
 use logmill::telemetry::Telemetry;
 use support::eventually;
 use support::nsq_broker::{NsqBroker, NsqBrokerOptions, TlsServer, AUTH_IDENTITY};
+use support::nsqd::{self, Nsqd, NsqdOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -351,9 +356,23 @@ struct Raw {
 
 impl Raw {
     async fn open(broker: &NsqBroker) -> Raw {
-        let mut stream = TcpStream::connect(broker.tcp_addr()).await.unwrap();
+        Raw::open_to(broker.tcp_addr()).await
+    }
+
+    async fn open_to(addr: std::net::SocketAddr) -> Raw {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(protocol::MAGIC_V2).await.unwrap();
         Raw { stream, buf: BytesMut::new() }
+    }
+
+    /// The next frame as text (`OK`, `E_… text`, a response's JSON), or `closed`.
+    async fn answer(&mut self) -> String {
+        match self.frame().await {
+            Some(Frame::Response(data)) => String::from_utf8_lossy(&data).into_owned(),
+            Some(Frame::Error(e)) => String::from_utf8_lossy(&e.text).into_owned(),
+            Some(Frame::Message(m)) => format!("message {:?}", m.body),
+            None => "closed".to_owned(),
+        }
     }
 
     async fn send(&mut self, bytes: &[u8]) {
@@ -481,4 +500,245 @@ async fn the_broker_enforces_tls_required_as_nsqd() {
         .or_else(|| no_cert.downcast_ref::<String>().cloned())
         .unwrap_or_default();
     assert_eq!(why, "cannot require TLS client connections without TLS key and cert");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Against a real nsqd (`tests/support/nsqd.rs`; skipped, and said so, without one): started with
+// the test certificate (`--tls-cert`, `--tls-key`) and `--auth-http-address` pointing at
+// [`AuthServer`], a stand-in for an auth server that grants exactly the broker's answer.
+
+/// A few lines of HTTP/1.1 answering nsqd's `GET /auth?remote_ip=…&tls=…&secret=…&common_name=…`
+/// as an auth server does (nsqd v1.3.0 `internal/auth`): 200 with one authorization for every
+/// topic and channel when the secret is one of `secrets`, else 403.
+struct AuthServer {
+    address: std::net::SocketAddr,
+    queries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AuthServer {
+    async fn start(secrets: &[&str]) -> AuthServer {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let secrets: Vec<String> = secrets.iter().map(|s| (*s).to_owned()).collect();
+        let queries = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = queries.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let target = head.split(' ').nth(1).unwrap_or_default();
+                let secret = target
+                    .split_once('?')
+                    .map(|(_, q)| q)
+                    .unwrap_or_default()
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("secret="))
+                    .map(percent_decode)
+                    .unwrap_or_default();
+                let (status, body) = if target.starts_with("/auth?") && secrets.contains(&secret) {
+                    let body = serde_json::json!({
+                        "ttl": 3600, "identity": AUTH_IDENTITY, "identity_url": "",
+                        "authorizations": [{ "topic": ".*", "channels": [".*"], "permissions": ["subscribe", "publish"] }],
+                    });
+                    (200, body.to_string())
+                } else {
+                    (403, r#"{"message":"NOT_AUTHORIZED"}"#.to_owned())
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        AuthServer { address, queries }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// nsqd's flags for the test certificate, plus `--tls-required` when asked.
+fn tls_args(required: bool) -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tls");
+    let mut args = vec![
+        format!("--tls-cert={}", dir.join("server.pem").display()),
+        format!("--tls-key={}", dir.join("server.key").display()),
+    ];
+    if required {
+        // TLS on TCP; plain HTTP stays allowed, for the harness's /ping and /stats.
+        args.push("--tls-required=tcp-https".to_owned());
+    }
+    args
+}
+
+/// The same raw exchanges (IDENTIFY, commands before AUTH, a wrong and a right secret, AUTH
+/// twice; the TLS policy) sent to a real nsqd and to the broker: every answer the same, byte
+/// for byte. The broker's texts were taken from nsqd's source; this holds them to nsqd itself.
+#[tokio::test]
+async fn auth_and_tls_policy_answers_match_a_real_nsqd() {
+    let auth = AuthServer::start(&["another-secret", SECRET]).await;
+    let options = |extra: Vec<String>| NsqdOptions { extra_args: extra, ..NsqdOptions::default() };
+    let Some(real_auth) = Nsqd::start(options(vec![format!("--auth-http-address={}", auth.address)])).await
+    else {
+        return nsqd::skip("auth_and_tls_policy_answers_match_a_real_nsqd", "nsqd");
+    };
+    let Some(real_tls) = Nsqd::start(options(tls_args(true))).await else { return };
+    let Some(real_plain) = Nsqd::start(NsqdOptions::default()).await else { return };
+    let broker_auth = auth_broker().await;
+    let broker_tls = tls_broker(true, false).await;
+    let broker_plain = NsqBroker::start(NsqBrokerOptions::default()).await;
+
+    async fn auth_exchanges(addr: std::net::SocketAddr) -> Vec<String> {
+        let mut transcript = Vec::new();
+        let mut sub = BytesMut::new();
+        protocol::encode_sub("t", "c", &mut sub).unwrap();
+        let mut mpub = BytesMut::new();
+        protocol::encode_mpub("t", [&b"m"[..]], &mut mpub).unwrap();
+        let mut dpub = BytesMut::new();
+        protocol::encode_dpub("t", 10, b"m", &mut dpub).unwrap();
+        let before_auth: [&[u8]; 6] =
+            [&sub, &pub_cmd("t", b"m"), &mpub, &dpub, b"MPUB t\n", b"PUB b@d\n\0\0\0\x01m"];
+        for cmd in before_auth {
+            let mut raw = Raw::open_to(addr).await;
+            let answer = raw.identify(false).await;
+            transcript.push(format!("auth_required {} tls_v1 {}", answer.auth_required, answer.tls_v1));
+            raw.send(cmd).await;
+            transcript.push(raw.answer().await);
+            transcript.push(raw.answer().await);
+        }
+        let mut raw = Raw::open_to(addr).await;
+        raw.send(&auth_cmd("wrong")).await;
+        transcript.extend([raw.answer().await, raw.answer().await]);
+        let mut raw = Raw::open_to(addr).await;
+        raw.identify(false).await;
+        raw.send(&auth_cmd(SECRET)).await;
+        transcript.push(raw.answer().await);
+        raw.send(&pub_cmd("t", b"m")).await;
+        transcript.push(raw.answer().await);
+        raw.send(&auth_cmd(SECRET)).await;
+        transcript.extend([raw.answer().await, raw.answer().await]);
+        transcript
+    }
+    async fn tls_policy_exchanges(addr: std::net::SocketAddr) -> Vec<String> {
+        let mut transcript = Vec::new();
+        for cmd in [&b"NOP\n"[..], b"RDY 1\n", &pub_cmd("t", b"m"), &auth_cmd(SECRET)] {
+            let mut raw = Raw::open_to(addr).await;
+            transcript.push(format!("tls_v1 {}", raw.identify(false).await.tls_v1));
+            raw.send(cmd).await;
+            transcript.extend([raw.answer().await, raw.answer().await]);
+        }
+        transcript
+    }
+    async fn disabled_exchanges(addr: std::net::SocketAddr) -> Vec<String> {
+        let mut raw = Raw::open_to(addr).await;
+        let answer = raw.identify(false).await;
+        raw.send(&auth_cmd(SECRET)).await;
+        vec![format!("auth_required {}", answer.auth_required), raw.answer().await, raw.answer().await]
+    }
+
+    let real = auth_exchanges(real_auth.tcp_addr()).await;
+    assert_eq!(auth_exchanges(broker_auth.tcp_addr()).await, real);
+    assert!(auth.queries.load(std::sync::atomic::Ordering::SeqCst) >= 2, "nsqd asked the auth server");
+    assert!(real.iter().any(|a| a.starts_with(r#"{"identity":"logmill-test""#)), "{real:?}");
+    let real = tls_policy_exchanges(real_tls.tcp_addr()).await;
+    assert_eq!(tls_policy_exchanges(broker_tls.tcp_addr()).await, real);
+    assert!(real.iter().any(|a| a.ends_with("(TLS required)")), "{real:?}");
+    let real = disabled_exchanges(real_plain.tcp_addr()).await;
+    assert_eq!(disabled_exchanges(broker_plain.tcp_addr()).await, real);
+}
+
+/// The client's TLS and AUTH end to end against a real nsqd: a producer and a consumer over
+/// TLS with a secret move 50 messages (nsqd's stats show both connections upgraded and
+/// authenticated); a wrong secret is refused with nsqd's words; with `--tls-required`, a plain
+/// client is refused and a TLS one is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_auth_through_a_real_nsqd() {
+    let auth = AuthServer::start(&[SECRET]).await;
+    let mut extra = tls_args(false);
+    extra.push(format!("--auth-http-address={}", auth.address));
+    let Some(nsqd) = Nsqd::start(NsqdOptions { extra_args: extra, ..NsqdOptions::default() }).await else {
+        return nsqd::skip("tls_and_auth_through_a_real_nsqd", "nsqd");
+    };
+    let addr = format!("localhost:{}", nsqd.tcp_addr().port());
+    let secure = || settings(Some(tls(Some("localhost"))), Some(SECRET));
+
+    let conn = Connection::connect(&addr, &secure()).await.unwrap();
+    assert!(conn.negotiated().tls && conn.negotiated().authenticated, "{:?}", conn.negotiated());
+    conn.close().await;
+    let (producer, cancel) = start_producer(addr.clone(), secure());
+    let bodies: Vec<Bytes> = (0..50).map(|i| Bytes::from(format!("secure-{i:03}"))).collect();
+    for b in &bodies[..10] {
+        timeout(WAIT, producer.publish("secure", b.clone())).await.unwrap().unwrap();
+    }
+    timeout(WAIT, producer.publish_multi("secure", bodies[10..].to_vec())).await.unwrap().unwrap();
+    let stats = nsqd.stats().await;
+    assert_eq!(stats.topic("secure").map(|t| t.message_count), Some(50));
+    assert!(stats.producers.iter().all(|c| c.tls && c.authed), "{:?}", stats.producers);
+    let mut seen = consume(addr.clone(), "secure", secure(), bodies.len()).await;
+    seen.sort();
+    assert_eq!(seen, bodies);
+    cancel.cancel();
+
+    let err =
+        Connection::connect(&addr, &settings(Some(tls(Some("localhost"))), Some("wrong"))).await.unwrap_err();
+    assert_eq!(err.to_string(), "AUTH refused: E_AUTH_FAILED AUTH failed", "{err:?}");
+    let err = Connection::connect(&addr, &settings(None, None)).await.unwrap_err();
+    assert!(matches!(err, ConnectionError::AuthRequired), "{err:?}");
+    let err = Connection::connect(&addr, &settings(Some(tls(Some("nsqd.example.com"))), Some(SECRET)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("TLS handshake: invalid peer certificate"), "{err}");
+
+    // --tls-required: a plain client's first command is refused for good; TLS is served.
+    let Some(required) =
+        Nsqd::start(NsqdOptions { extra_args: tls_args(true), ..NsqdOptions::default() }).await
+    else {
+        return;
+    };
+    let addr = format!("localhost:{}", required.tcp_addr().port());
+    let (producer, cancel) = start_producer(addr.clone(), settings(None, None));
+    match timeout(WAIT, producer.publish("plain", "m")).await.unwrap() {
+        Err(PublishError::Rejected { code: ErrorCode::Invalid, message }) => {
+            assert!(message.ends_with("(TLS required)"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    cancel.cancel();
+    let (producer, cancel) = start_producer(addr, settings(Some(tls(Some("localhost"))), None));
+    timeout(WAIT, producer.publish("plain", "m")).await.unwrap().unwrap();
+    assert_eq!(required.stats().await.topic("plain").map(|t| t.message_count), Some(1));
+    cancel.cancel();
 }

@@ -154,6 +154,9 @@ impl NsqdOptions {
         let mut args = vec![
             format!("--tcp-address={tcp}"),
             format!("--http-address={http}"),
+            // Used only with a TLS certificate, and then on 0.0.0.0:4152 by default, where two
+            // test nsqd would collide; nothing here speaks HTTPS to nsqd.
+            "--https-address=127.0.0.1:0".to_owned(),
             // What nsqd registers with nsqlookupd (its hostname otherwise, which need not resolve).
             "--broadcast-address=127.0.0.1".to_owned(),
             format!("--data-path={}", data.display()),
@@ -484,6 +487,12 @@ pub struct ClientStats {
     pub finish_count: u64,
     /// REQs on it.
     pub requeue_count: u64,
+    /// Upgraded to TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// AUTH accepted (nsqd leaves the key out when not).
+    #[serde(default)]
+    pub authed: bool,
 }
 
 impl Stats {
