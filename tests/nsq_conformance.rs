@@ -510,18 +510,21 @@ async fn msg_timeout_redelivers_to_another_client_and_touch_extends() {
     let broker = NsqBroker::start(NsqBrokerOptions::default()).await;
     broker.put("t", "slow");
     let mut a = Raw::connect(&broker).await;
-    let config = IdentifyConfig { msg_timeout: 1000, ..IdentifyConfig::default() };
+    // A 2 s msg_timeout and a TOUCH after 0.5 s: 1.5 s to spare on a loaded machine.
+    let config = IdentifyConfig { msg_timeout: 2000, ..IdentifyConfig::default() };
     a.send(|b| encode_identify(&config, b).expect("identify")).await;
     a.expect_ok().await;
     a.send(|b| logmill::nsq::protocol::encode_sub("t", "c", b).expect("sub")).await;
     a.expect_ok().await;
     a.send(|b| logmill::nsq::protocol::encode_rdy(1, b)).await;
     let m = a.message().await;
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let touched = Instant::now();
     a.send(|b| encode_touch(&m.id, b)).await;
     let again = a.message().await;
-    assert!(started.elapsed() >= Duration::from_millis(1500), "TOUCH restarted the 1 s timeout");
+    // No sooner than a whole timeout after the TOUCH (had it come after the first timeout,
+    // the redelivery would already be waiting).
+    assert!(touched.elapsed() >= Duration::from_millis(1950), "TOUCH restarted the 2 s timeout");
     assert_eq!((again.id, again.attempts, again.timestamp_ns), (m.id, 2, m.timestamp_ns));
     assert_eq!(broker.channel("t", "c").map(|c| c.timeout_count), Some(1));
 }

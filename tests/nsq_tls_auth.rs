@@ -26,7 +26,7 @@ use support::nsqd::{self, Nsqd, NsqdOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -173,13 +173,17 @@ async fn heartbeats_and_their_nops_cross_tls() {
     let mut s = settings(Some(tls(Some("localhost"))), Some(SECRET));
     s.heartbeat_interval = Some(Duration::from_secs(1));
     let mut conn = Connection::connect(&localhost(&broker), &s).await.unwrap();
-    // nsqd drops a client that is silent for two intervals: the NOPs must go out over TLS.
-    let until = Instant::now() + Duration::from_millis(2600);
-    while Instant::now() < until {
-        let _ = timeout(until - Instant::now(), conn.io()).await;
-        assert!(conn.next_frame().unwrap().is_none());
-    }
-    assert!(conn.heartbeats() >= 2, "{} heartbeats", conn.heartbeats());
+    // nsqd drops a client that is silent for two intervals: the NOPs must go out over TLS for
+    // the connection to see a third heartbeat (3 s in), however long that takes on a loaded
+    // machine.
+    timeout(WAIT, async {
+        while conn.heartbeats() < 3 {
+            conn.io().await.expect("the connection stays up");
+            assert!(conn.next_frame().unwrap().is_none());
+        }
+    })
+    .await
+    .expect("three heartbeats in time");
     let frame = command(&mut conn, &pub_cmd("hb", b"m")).await.unwrap();
     assert!(frame.is_ok(), "{frame:?}");
     assert_eq!(broker.published_count("hb"), 1);
@@ -200,10 +204,9 @@ async fn an_untrusted_or_misnamed_certificate_is_a_clear_tls_error_not_a_hang() 
     let addr = localhost(&broker);
     let untrusted = TlsSettings::new(None, Some("localhost".into())).unwrap();
     for (what, tls) in [("untrusted CA", untrusted), ("wrong name", tls(Some("nsqd.example.com")))] {
-        let started = Instant::now();
+        // A TLS error, not a hang: a hang would end as DialTimeout.
         let err = Connection::connect(&addr, &settings(Some(tls), None)).await.unwrap_err();
         assert!(matches!(err, ConnectionError::Tls(_)), "{what}: {err:?}");
-        assert!(started.elapsed() < Duration::from_secs(2), "{what}: took {:?}", started.elapsed());
         let text = err.to_string();
         assert!(text.starts_with("TLS handshake: invalid peer certificate"), "{what}: {text}");
         assert!(!err.is_permanent());
