@@ -871,6 +871,13 @@ async fn the_nsqd_harness_kills_restarts_and_cleans_up() {
     };
     let bodies: Vec<Bytes> = (0..3).map(body).collect();
     nsqd.put("harness", &bodies).await;
+    // nsqd answers before it syncs: wait for the queue's metadata (depth on its first line) to
+    // say 3, as a SIGKILL in between would leave the restarted nsqd fewer.
+    let meta = nsqd.dir().join("data/harness.diskqueue.meta.dat");
+    eventually(WAIT, "nsqd synced the queue's metadata", || {
+        std::fs::read_to_string(&meta).is_ok_and(|m| m.lines().next() == Some("3"))
+    })
+    .await;
     let tcp = nsqd.tcp_addr();
     let pid = nsqd.pid().expect("running");
     let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
