@@ -15,6 +15,8 @@
 //!   offsets; [`tail::container`] decodes Docker json-file and CRI lines; [`tail::decoder`] is
 //!   one file's decoding (format pick, reassembly, line cap, origin) with the resume point a
 //!   checkpoint records. Pure.
+//! - [`kube`]: which container a file belongs to ([`kube::names`], from its path) and its pod's
+//!   labels and uid ([`kube::pod`], [`kube::cache`]). Pure.
 //! - [`pipeline`]: the per-line path every role shares (classify, compat points, aggregate).
 //! - [`influx`]: the InfluxDB writer. [`influx::api`] (pure) builds requests and classifies
 //!   answers; [`influx::writer`] batches, gzips, retries, fails over and acknowledges.
@@ -40,6 +42,7 @@ pub mod backoff;
 pub mod config;
 mod errors;
 pub mod influx;
+pub mod kube;
 pub mod metrics;
 pub mod nsq;
 pub mod output;
