@@ -16,7 +16,8 @@
 //!   one file's decoding (format pick, reassembly, line cap, origin) with the resume point a
 //!   checkpoint records. Pure.
 //! - [`kube`]: which container a file belongs to ([`kube::names`], from its path) and its pod's
-//!   labels and uid ([`kube::pod`], [`kube::cache`]). Pure.
+//!   labels and uid from the Kubernetes API ([`kube::PodMetadata`]: an LRU cache with TTLs in
+//!   front of background fetches; a lookup never blocks).
 //! - [`pipeline`]: the per-line path every role shares (classify, compat points, aggregate).
 //! - [`influx`]: the InfluxDB writer. [`influx::api`] (pure) builds requests and classifies
 //!   answers; [`influx::writer`] batches, gzips, retries, fails over and acknowledges.

@@ -1,16 +1,20 @@
 //! Kubernetes metadata: which container a log file belongs to ([`names`], from its path), and
-//! what the API says about its pod ([`pod`], [`cache`]).
+//! what the API says about its pod ([`pod`], [`cache`], [`metadata`]).
 //!
-//! [`names`], [`pod`] and [`cache`] are pure.
+//! [`names`], [`pod`] and [`cache`] are pure; [`client`] is the HTTP client and [`metadata`]
+//! runs it in the background behind a never-blocking [`PodMetadata::lookup`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod cache;
+pub mod client;
+pub mod metadata;
 pub mod names;
 pub mod pod;
 
 pub use cache::{CacheSettings, Lookup, PodKey};
+pub use metadata::PodMetadata;
 pub use names::ContainerRef;
 pub use pod::PodMeta;
 
