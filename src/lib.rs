@@ -18,6 +18,8 @@
 //! - [`kube`]: which container a file belongs to ([`kube::names`], from its path) and its pod's
 //!   labels and uid from the Kubernetes API ([`kube::PodMetadata`]: an LRU cache with TTLs in
 //!   front of background fetches; a lookup never blocks).
+//! - [`wire`]: the `logs` topic's JSON, exactly as the old fluentd plugin sent it, and its
+//!   reader for the consumer ([`wire::log_record`]). Pure.
 //! - [`pipeline`]: the per-line path every role shares (classify, compat points, aggregate).
 //! - [`influx`]: the InfluxDB writer. [`influx::api`] (pure) builds requests and classifies
 //!   answers; [`influx::writer`] batches, gzips, retries, fails over and acknowledges.
@@ -53,3 +55,4 @@ pub mod shutdown;
 pub mod tail;
 pub mod telemetry;
 pub mod timefmt;
+pub mod wire;

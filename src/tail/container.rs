@@ -14,7 +14,7 @@ use crate::timefmt::parse_rfc3339;
 
 /// The standard stream a container wrote a line to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Stream {
+pub enum Stream {
     Stdout,
     Stderr,
 }
