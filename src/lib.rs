@@ -14,7 +14,8 @@
 //! - [`tail`]: reading log files. [`tail::lines`] splits a byte stream into capped lines with
 //!   offsets; [`tail::container`] decodes Docker json-file and CRI lines; [`tail::decoder`] is
 //!   one file's decoding (format pick, reassembly, line cap, origin) with the resume point a
-//!   checkpoint records. Pure.
+//!   checkpoint records; [`tail::multiline`] joins the lines of a stack trace into one record,
+//!   keeping that resume point. Pure.
 //! - [`kube`]: which container a file belongs to ([`kube::names`], from its path) and its pod's
 //!   labels and uid from the Kubernetes API ([`kube::PodMetadata`]: an LRU cache with TTLs in
 //!   front of background fetches; a lookup never blocks).

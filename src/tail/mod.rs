@@ -7,3 +7,4 @@
 pub mod container;
 pub mod decoder;
 pub mod lines;
+pub mod multiline;
