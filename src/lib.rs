@@ -19,6 +19,9 @@
 //! - [`kube`]: which container a file belongs to ([`kube::names`], from its path) and its pod's
 //!   labels and uid from the Kubernetes API ([`kube::PodMetadata`]: an LRU cache with TTLs in
 //!   front of background fetches; a lookup never blocks).
+//! - [`agent`]: the agent's per-container decisions: include/exclude filters
+//!   ([`agent::filter`]) and the old fluentd plugin's classification ([`agent::classify`]).
+//!   Pure.
 //! - [`wire`]: the `logs` topic's JSON, exactly as the old fluentd plugin sent it, and its
 //!   reader for the consumer ([`wire::log_record`]). Pure.
 //! - [`pipeline`]: the per-line path every role shares (classify, compat points, aggregate).
@@ -42,6 +45,7 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 pub mod access;
+pub mod agent;
 pub mod backoff;
 pub mod config;
 mod errors;
