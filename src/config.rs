@@ -12,13 +12,17 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::access::rules::{Registry, RulesError};
+use crate::agent::filter::{Filters, Globs};
+use crate::agent::AgentRules;
 use crate::influx::api::{Api, Auth};
 use crate::influx::writer::InfluxSettings;
+use crate::kube::{CacheSettings, KubeSettings};
 use crate::metrics::aggregate::AggregateSettings;
 use crate::nsq::connection::{ConnectionSettings, Secret, TlsSettings};
 use crate::nsq::consumer::ConsumerSettings;
 use crate::nsq::producer::ProducerSettings;
 use crate::nsq::NsqSettings;
+use crate::tail::multiline::MultilineRule;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -60,6 +64,13 @@ pub struct RawConfig {
     pub nsq: RawNsq,
     #[serde(default)]
     pub influx: RawInflux,
+    #[serde(default)]
+    pub kubernetes: RawKubernetes,
+    #[serde(default)]
+    pub agent: RawAgent,
+    /// Multiline merging, per container: `[[multiline]]` tables, first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub multiline: Vec<RawMultiline>,
 }
 
 fn default_max_line_bytes() -> usize {
@@ -678,6 +689,263 @@ impl RawInflux {
     }
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubernetes {
+    /// Ask the Kubernetes API for pod labels and uids. When no API is found (no `api_url`, and
+    /// not in a pod: `$KUBERNETES_SERVICE_HOST` unset), records are classified by container
+    /// name and namespace alone, whatever this says.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// API server base URL. Default: in a pod, `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
+    #[serde(default)]
+    pub api_url: String,
+    /// File holding the bearer token, read again every `token_reload_secs` (bound
+    /// service-account tokens rotate). Default: the service account's token, when mounted.
+    #[serde(default)]
+    pub token_file: String,
+    /// Seconds between two reads of `token_file` (client-go's period; a 401 reads it at once).
+    #[serde(default = "default_token_reload_secs")]
+    pub token_reload_secs: u64,
+    /// PEM CA bundle trusted for the API server, instead of the built-in roots. Default: the
+    /// service account's `ca.crt`, when mounted.
+    #[serde(default)]
+    pub ca_file: String,
+    /// Accept any certificate from the API server (tests and emergencies only).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Milliseconds one API request may take, connection included.
+    #[serde(default = "default_kube_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// API requests under way at once, at most.
+    #[serde(default = "default_kube_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// Pods whose metadata is cached, at most (the least recently used is dropped first).
+    #[serde(default = "default_kube_cache_max_pods")]
+    pub cache_max_pods: usize,
+    /// Seconds a pod's labels are used before they are refreshed (in the background: the old
+    /// ones are served meanwhile).
+    #[serde(default = "default_kube_cache_ttl_secs")]
+    pub cache_ttl_secs: u64,
+    /// Seconds a 404 (no such pod) is believed before the API is asked again.
+    #[serde(default = "default_kube_negative_ttl_secs")]
+    pub negative_ttl_secs: u64,
+    /// Seconds a deleted pod's metadata is kept after the API first says it is gone, so that
+    /// its last lines ship with its labels.
+    #[serde(default = "default_kube_deleted_pod_retention_secs")]
+    pub deleted_pod_retention_secs: u64,
+    /// Seconds before a failed request (API down, slow, an error) is retried; records are
+    /// classified by namespace meanwhile.
+    #[serde(default = "default_kube_error_retry_secs")]
+    pub error_retry_secs: u64,
+    /// Milliseconds a container's records may wait for its pod's metadata, counted from the
+    /// pod's first lookup; then they go out classified by namespace. 0: never wait.
+    #[serde(default = "default_kube_metadata_wait_ms")]
+    pub metadata_wait_ms: u64,
+    /// `host:port` from `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`; never read from
+    /// or written to the file.
+    #[serde(skip)]
+    pub in_cluster_from_env: Option<String>,
+}
+
+impl Default for RawKubernetes {
+    fn default() -> Self {
+        // The defaults of every field are those of an empty table.
+        toml::from_str("").unwrap_or_else(|e| unreachable!("empty [kubernetes] must parse: {e}"))
+    }
+}
+
+fn default_token_reload_secs() -> u64 {
+    60
+}
+fn default_kube_request_timeout_ms() -> u64 {
+    5000
+}
+fn default_kube_max_concurrent_requests() -> usize {
+    4
+}
+fn default_kube_cache_max_pods() -> usize {
+    // A node runs at most 110 pods by default; churn (jobs, deploys) stays far below this.
+    4096
+}
+fn default_kube_cache_ttl_secs() -> u64 {
+    300
+}
+fn default_kube_negative_ttl_secs() -> u64 {
+    30
+}
+fn default_kube_deleted_pod_retention_secs() -> u64 {
+    600
+}
+fn default_kube_error_retry_secs() -> u64 {
+    10
+}
+fn default_kube_metadata_wait_ms() -> u64 {
+    2000
+}
+
+impl RawKubernetes {
+    /// The API client's settings; `None` when there is no API to ask.
+    pub fn validate(&self) -> Result<Option<KubeSettings>, ConfigError> {
+        self.validate_with(Path::new(crate::kube::SERVICE_ACCOUNT_DIR))
+    }
+
+    /// [`validate`](Self::validate) with the service account mounted at `account_dir`.
+    fn validate_with(&self, account_dir: &Path) -> Result<Option<KubeSettings>, ConfigError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let api_url = match (self.api_url.trim(), &self.in_cluster_from_env) {
+            ("", None) => return Ok(None),
+            ("", Some(host_port)) => format!("https://{host_port}"),
+            (url, _) => url.to_owned(),
+        };
+        if !(api_url.starts_with("http://") || api_url.starts_with("https://")) || api_url.contains('?') {
+            return Err(invalid(
+                "kubernetes.api_url",
+                format!("`{api_url}` is not an http:// or https:// base URL"),
+            ));
+        }
+        let file = |key: &'static str, given: &str, default: &str| -> Result<Option<PathBuf>, ConfigError> {
+            if given.is_empty() {
+                let path = account_dir.join(default);
+                return Ok(path.is_file().then_some(path));
+            }
+            let path = PathBuf::from(given);
+            std::fs::metadata(&path).map_err(|e| invalid(key, format!("{given}: {e}")))?;
+            Ok(Some(path))
+        };
+        let positive = |key: &'static str, v: u64| {
+            if v == 0 {
+                Err(invalid(key, "must be greater than 0"))
+            } else {
+                Ok(v)
+            }
+        };
+        let secs = |key, v| positive(key, v).map(Duration::from_secs);
+        let cache = CacheSettings {
+            capacity: NonZeroUsize::new(self.cache_max_pods)
+                .ok_or_else(|| invalid("kubernetes.cache_max_pods", "must be at least 1"))?,
+            ttl: secs("kubernetes.cache_ttl_secs", self.cache_ttl_secs)?,
+            negative_ttl: secs("kubernetes.negative_ttl_secs", self.negative_ttl_secs)?,
+            deleted_retention: Duration::from_secs(self.deleted_pod_retention_secs),
+            error_retry: secs("kubernetes.error_retry_secs", self.error_retry_secs)?,
+        };
+        if self.max_concurrent_requests == 0 {
+            return Err(invalid("kubernetes.max_concurrent_requests", "must be at least 1"));
+        }
+        Ok(Some(KubeSettings {
+            api_url: api_url.trim_end_matches('/').to_owned(),
+            token_file: file("kubernetes.token_file", &self.token_file, "token")?,
+            token_reload: secs("kubernetes.token_reload_secs", self.token_reload_secs)?,
+            ca_file: file("kubernetes.ca_file", &self.ca_file, "ca.crt")?,
+            insecure_skip_verify: self.insecure_skip_verify,
+            request_timeout: Duration::from_millis(positive(
+                "kubernetes.request_timeout_ms",
+                self.request_timeout_ms,
+            )?),
+            max_concurrent_requests: self.max_concurrent_requests,
+            cache,
+            metadata_wait: Duration::from_millis(self.metadata_wait_ms),
+        }))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    /// Drop the records of containers that are neither apps, the controller nor the router,
+    /// as the old fluentd plugin did; `false` ships them to the `logs` topic too (the Deis
+    /// logger files a record without `labels.app` under an empty app name).
+    #[serde(default = "default_true")]
+    pub drop_other: bool,
+    /// Drop the router's lines that are not access lines (nginx's error and notice lines),
+    /// as the old plugin did; `false` ships them to the `logs` topic.
+    #[serde(default = "default_true")]
+    pub drop_router_non_access_lines: bool,
+    /// Read only containers in these namespaces (globs: `*`, `?`; whole names). Empty: all.
+    #[serde(default)]
+    pub include_namespaces: Vec<String>,
+    /// Never read containers in these namespaces. Exclusion wins over inclusion.
+    #[serde(default)]
+    pub exclude_namespaces: Vec<String>,
+    /// Read only containers of these pods (globs). Empty: all.
+    #[serde(default)]
+    pub include_pods: Vec<String>,
+    /// Never read containers of these pods.
+    #[serde(default)]
+    pub exclude_pods: Vec<String>,
+    /// Read only containers with these names (globs). Empty: all.
+    #[serde(default)]
+    pub include_containers: Vec<String>,
+    /// Never read containers with these names.
+    #[serde(default)]
+    pub exclude_containers: Vec<String>,
+}
+
+impl Default for RawAgent {
+    fn default() -> Self {
+        // The defaults of every field are those of an empty table.
+        toml::from_str("").unwrap_or_else(|e| unreachable!("empty [agent] must parse: {e}"))
+    }
+}
+
+impl RawAgent {
+    pub fn validate(&self) -> Result<AgentRules, ConfigError> {
+        let globs = |key: &'static str, list: &[String]| {
+            Globs::new(list).map_err(|e| invalid(key, format!("{list:?}: {e}")))
+        };
+        Ok(AgentRules {
+            drop_other: self.drop_other,
+            drop_router_non_access_lines: self.drop_router_non_access_lines,
+            filters: Filters {
+                include_namespaces: globs("agent.include_namespaces", &self.include_namespaces)?,
+                exclude_namespaces: globs("agent.exclude_namespaces", &self.exclude_namespaces)?,
+                include_pods: globs("agent.include_pods", &self.include_pods)?,
+                exclude_pods: globs("agent.exclude_pods", &self.exclude_pods)?,
+                include_containers: globs("agent.include_containers", &self.include_containers)?,
+                exclude_containers: globs("agent.exclude_containers", &self.exclude_containers)?,
+            },
+        })
+    }
+}
+
+/// One `[[multiline]]` rule.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMultiline {
+    /// Regex on container names the rule applies to (unanchored, as a definition's
+    /// `applies_to.containers`); the first rule that matches a container is its rule.
+    pub containers: String,
+    /// Regex the first line of a record matches (e.g. `^\d{4}-\d{2}-\d{2} ` for lines that
+    /// begin with a date); other lines are appended to the record before them.
+    pub start: String,
+    /// Milliseconds a record is held, from its first line, before it is emitted even though
+    /// no next start line came.
+    #[serde(default = "default_multiline_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_multiline_timeout_ms() -> u64 {
+    1000
+}
+
+fn validate_multiline(rules: &[RawMultiline]) -> Result<Vec<MultilineRule>, ConfigError> {
+    rules
+        .iter()
+        .map(|r| {
+            let containers = regex::Regex::new(&r.containers)
+                .map_err(|e| invalid("multiline.containers", format!("`{}`: {e}", r.containers)))?;
+            let start = regex::bytes::Regex::new(&r.start)
+                .map_err(|e| invalid("multiline.start", format!("`{}`: {e}", r.start)))?;
+            if r.timeout_ms == 0 {
+                return Err(invalid("multiline.timeout_ms", "must be greater than 0"));
+            }
+            Ok(MultilineRule { containers, start, timeout: Duration::from_millis(r.timeout_ms) })
+        })
+        .collect()
+}
+
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -689,6 +957,12 @@ pub struct Settings {
     pub nsq: NsqSettings,
     /// The InfluxDB writer's settings, when `influx.urls` is set.
     pub(crate) influx: Option<InfluxSettings>,
+    /// The Kubernetes API, when there is one to ask.
+    pub kubernetes: Option<KubeSettings>,
+    /// The agent's classification switches and include/exclude filters.
+    pub agent: AgentRules,
+    /// Multiline merging rules, first match wins.
+    pub multiline: Vec<MultilineRule>,
 }
 
 impl RawConfig {
@@ -751,6 +1025,18 @@ impl RawConfig {
         self.nsq.auth_secret_from_env = env("NSQ_AUTH_SECRET");
         self.influx.password_from_env = env("INFLUXDB_PASSWORD");
         self.influx.token_from_env = env("INFLUXDB_TOKEN");
+        // client-go's in-cluster rule: both variables, or not in a cluster.
+        if let (Some(host), Some(port)) = (env("KUBERNETES_SERVICE_HOST"), env("KUBERNETES_SERVICE_PORT")) {
+            if port.parse::<u16>().is_err() {
+                return Err(ConfigError::Env {
+                    var: "KUBERNETES_SERVICE_PORT",
+                    message: format!("`{port}` is not a port"),
+                });
+            }
+            // An IPv6 service address needs brackets in a URL.
+            let host = if host.contains(':') { format!("[{host}]") } else { host };
+            self.kubernetes.in_cluster_from_env = Some(format!("{host}:{port}"));
+        }
         Ok(())
     }
 
@@ -794,6 +1080,9 @@ impl RawConfig {
             telemetry_listen,
             nsq,
             influx: self.influx.validate()?,
+            kubernetes: self.kubernetes.validate()?,
+            agent: self.agent.validate()?,
+            multiline: validate_multiline(&self.multiline)?,
         })
     }
 
@@ -1004,5 +1293,173 @@ mod tests {
         assert!(raw.validate().unwrap_err().to_string().contains("nsq.max_body_bytes"));
         let raw = RawConfig::from_toml("x", "[nsq]\npublish_batch_max_bytes = 6000000\n").unwrap();
         assert!(raw.validate().unwrap_err().to_string().contains("nsq.publish_batch_max_bytes"));
+    }
+    #[test]
+    fn kubernetes_api_from_the_pod_or_the_file() {
+        // Not in a pod, no URL: no API, records go by name and namespace.
+        let raw = RawConfig::load(None).unwrap();
+        assert!(raw.kubernetes.validate_with(Path::new("/nonexistent")).unwrap().is_none());
+        // In a pod: the service variables and the mounted service account.
+        let account = tempfile::tempdir().unwrap();
+        std::fs::write(account.path().join("token"), "t").unwrap();
+        std::fs::write(account.path().join("ca.crt"), "pem").unwrap();
+        let mut raw = RawConfig::load(None).unwrap();
+        raw.apply_env(|k| match k {
+            "KUBERNETES_SERVICE_HOST" => Some("10.96.0.1".into()),
+            "KUBERNETES_SERVICE_PORT" => Some("443".into()),
+            _ => None,
+        })
+        .unwrap();
+        let k = raw.kubernetes.validate_with(account.path()).unwrap().expect("in a pod");
+        assert_eq!(k.api_url, "https://10.96.0.1:443");
+        assert_eq!(k.token_file.as_deref(), Some(account.path().join("token").as_path()));
+        assert_eq!(k.ca_file.as_deref(), Some(account.path().join("ca.crt").as_path()));
+        assert_eq!(k.token_reload, Duration::from_secs(60));
+        assert_eq!(k.request_timeout, Duration::from_secs(5));
+        assert_eq!(k.metadata_wait, Duration::from_secs(2));
+        assert_eq!(k.cache.capacity.get(), 4096);
+        assert_eq!(k.cache.deleted_retention, Duration::from_secs(600));
+        assert!(!k.insecure_skip_verify);
+        // Nothing mounted: no token, no CA (the built-in roots).
+        let k = raw.kubernetes.validate_with(Path::new("/nonexistent")).unwrap().unwrap();
+        assert_eq!((k.token_file, k.ca_file), (None, None));
+        // Turned off, even in a pod.
+        raw.kubernetes.enabled = false;
+        assert!(raw.kubernetes.validate_with(account.path()).unwrap().is_none());
+        // One variable alone is not a cluster (client-go's rule); IPv6 hosts get brackets.
+        let mut raw = RawConfig::load(None).unwrap();
+        raw.apply_env(|k| (k == "KUBERNETES_SERVICE_HOST").then(|| "10.96.0.1".into())).unwrap();
+        assert_eq!(raw.kubernetes.in_cluster_from_env, None);
+        raw.apply_env(|k| match k {
+            "KUBERNETES_SERVICE_HOST" => Some("fd00::1".into()),
+            "KUBERNETES_SERVICE_PORT" => Some("6443".into()),
+            _ => None,
+        })
+        .unwrap();
+        let k = raw.kubernetes.validate_with(Path::new("/nonexistent")).unwrap().unwrap();
+        assert_eq!(k.api_url, "https://[fd00::1]:6443");
+        let e = RawConfig::load(None)
+            .unwrap()
+            .apply_env(|k| match k {
+                "KUBERNETES_SERVICE_HOST" => Some("h".into()),
+                "KUBERNETES_SERVICE_PORT" => Some("https".into()),
+                _ => None,
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("KUBERNETES_SERVICE_PORT"), "{e}");
+        // The file's URL wins over the pod's; explicit files must exist.
+        let text = format!(
+            "[kubernetes]\napi_url = \"https://api.example:6443/\"\ntoken_file = \"{}\"\n\
+             cache_ttl_secs = 60\nmetadata_wait_ms = 0\ninsecure_skip_verify = true\n",
+            account.path().join("token").display()
+        );
+        let mut raw = RawConfig::from_toml("x", &text).unwrap();
+        raw.kubernetes.in_cluster_from_env = Some("10.96.0.1:443".into());
+        let k = raw.kubernetes.validate_with(Path::new("/nonexistent")).unwrap().unwrap();
+        assert_eq!(k.api_url, "https://api.example:6443");
+        assert_eq!((k.cache.ttl, k.metadata_wait), (Duration::from_secs(60), Duration::ZERO));
+        assert!(k.insecure_skip_verify);
+        for (bad, key) in [
+            ("[kubernetes]\napi_url = \"api:443\"\n", "kubernetes.api_url"),
+            (
+                "[kubernetes]\napi_url = \"https://a\"\ntoken_file = \"/nonexistent/token\"\n",
+                "kubernetes.token_file",
+            ),
+            (
+                "[kubernetes]\napi_url = \"https://a\"\nca_file = \"/nonexistent/ca.crt\"\n",
+                "kubernetes.ca_file",
+            ),
+            ("[kubernetes]\napi_url = \"https://a\"\ncache_max_pods = 0\n", "kubernetes.cache_max_pods"),
+            (
+                "[kubernetes]\napi_url = \"https://a\"\nrequest_timeout_ms = 0\n",
+                "kubernetes.request_timeout_ms",
+            ),
+            (
+                "[kubernetes]\napi_url = \"https://a\"\nmax_concurrent_requests = 0\n",
+                "kubernetes.max_concurrent_requests",
+            ),
+        ] {
+            let err = RawConfig::from_toml("x", bad).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        assert!(
+            RawConfig::from_toml("x", "[kubernetes]\napi_uri = \"x\"\n").is_err(),
+            "unknown keys refused"
+        );
+    }
+
+    #[test]
+    fn agent_rules_and_filters() {
+        let s = RawConfig::load(None).unwrap().validate().unwrap();
+        assert!(s.agent.drop_other && s.agent.drop_router_non_access_lines, "the old plugin's defaults");
+        let c = |ns: &str, container: &str| crate::kube::ContainerRef {
+            pod: "p".into(),
+            namespace: ns.into(),
+            container: container.into(),
+            container_id: String::new(),
+            pod_uid: None,
+            cut: false,
+        };
+        assert!(s.agent.filters.admits(&c("kube-system", "x")), "no filters: everything");
+        let raw = RawConfig::from_toml(
+            "x",
+            "[agent]\ndrop_other = false\nexclude_namespaces = [\"kube-*\"]\ninclude_containers = [\"*-web\", \"deis-*\"]\n",
+        )
+        .unwrap();
+        let s = raw.validate().unwrap();
+        assert!(!s.agent.drop_other);
+        assert!(s.agent.filters.admits(&c("foo", "foo-web")));
+        assert!(s.agent.filters.admits(&c("deis", "deis-router")));
+        assert!(!s.agent.filters.admits(&c("kube-system", "deis-router")));
+        assert!(!s.agent.filters.admits(&c("foo", "foo-worker")));
+        let e =
+            RawConfig::from_toml("x", "[agent]\ninclude_pods = [\"\"]\n").unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("agent.include_pods"), "{e}");
+    }
+
+    #[test]
+    fn multiline_rules() {
+        assert!(RawConfig::load(None).unwrap().validate().unwrap().multiline.is_empty());
+        let raw = RawConfig::from_toml(
+            "x",
+            "[[multiline]]\ncontainers = \"^java-\"\nstart = '^\\d{4}-'\ntimeout_ms = 500\n\
+             [[multiline]]\ncontainers = \"java\"\nstart = '^\\S'\n",
+        )
+        .unwrap();
+        let s = raw.validate().unwrap();
+        assert_eq!(s.multiline.len(), 2);
+        let rule = MultilineRule::for_container(&s.multiline, "java-api").unwrap();
+        assert_eq!(rule.timeout, Duration::from_millis(500));
+        assert!(rule.start.is_match(b"2024-01-01 x") && !rule.start.is_match(b"\tat x"));
+        let rule = MultilineRule::for_container(&s.multiline, "my-java").unwrap();
+        assert_eq!(rule.timeout, Duration::from_millis(1000), "the default");
+        assert!(MultilineRule::for_container(&s.multiline, "web").is_none());
+        for (bad, key) in [
+            ("[[multiline]]\ncontainers = \"(\"\nstart = \"x\"\n", "multiline.containers"),
+            ("[[multiline]]\ncontainers = \"x\"\nstart = \"[\"\n", "multiline.start"),
+            ("[[multiline]]\ncontainers = \"x\"\nstart = \"x\"\ntimeout_ms = 0\n", "multiline.timeout_ms"),
+        ] {
+            let err = RawConfig::from_toml("x", bad).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        assert!(
+            RawConfig::from_toml("x", "[[multiline]]\ncontainers = \"x\"\n").is_err(),
+            "start is required"
+        );
+    }
+
+    #[test]
+    fn new_sections_round_trip() {
+        let raw = RawConfig::from_toml(
+            "x",
+            "[kubernetes]\ncache_ttl_secs = 7\n[agent]\nexclude_pods = [\"a*\"]\n\
+             [[multiline]]\ncontainers = \"j\"\nstart = \"^x\"\n",
+        )
+        .unwrap();
+        let again = RawConfig::from_toml("y", &raw.to_toml()).unwrap();
+        assert_eq!(again.kubernetes.cache_ttl_secs, 7);
+        assert_eq!(again.agent.exclude_pods, ["a*"]);
+        assert_eq!(again.multiline.len(), 1);
+        assert_eq!(again.multiline[0].start, "^x");
     }
 }

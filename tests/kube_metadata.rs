@@ -298,8 +298,10 @@ async fn https_with_the_cluster_ca() {
     assert!(e.unwrap_err().to_string().contains("/nonexistent/ca.crt"));
 }
 
-/// The pods of a Deis node: (namespace, pod, container, labels).
-const NODE: &[(&str, &str, &str, &[(&str, &str)])] = &[
+/// A pod of a Deis node: (namespace, pod, container, labels).
+type NodePod = (&'static str, &'static str, &'static str, &'static [(&'static str, &'static str)]);
+
+const NODE: &[NodePod] = &[
     ("foo", "foo-v2-web-2ggow", "foo-web", DEIS_APP),
     (
         "deis",

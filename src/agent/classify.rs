@@ -194,7 +194,10 @@ mod tests {
     const DEIS_APP: &[(&str, &str)] =
         &[("app", "foo"), ("heritage", "deis"), ("type", "web"), ("version", "v2")];
 
-    /// The old plugin's rules, case by case: (container, metadata, kind, to_logs, app label).
+    /// (container, its pod's metadata, kind, to_logs, `labels.app`).
+    type Case<'m> = (ContainerRef, Option<&'m PodMeta>, Kind, ToLogs, Option<&'static str>);
+
+    /// The old plugin's rules, case by case.
     #[test]
     fn the_old_plugins_rules() {
         let classifier = Classifier::new(Registry::builtin().unwrap(), true);
@@ -205,7 +208,7 @@ mod tests {
         let empty_app = meta(&[("app", ""), ("heritage", "deis")]);
         let app_meta = meta(DEIS_APP);
         let no_labels = meta(&[]);
-        let cases: Vec<(ContainerRef, Option<&PodMeta>, Kind, ToLogs, Option<&str>)> = vec![
+        let cases: Vec<Case<'_>> = vec![
             // Labels known.
             (c("foo", "foo-v2-web-2ggow", "foo-web"), Some(&app_meta), Kind::App, ToLogs::Every, Some("foo")),
             (

@@ -4,3 +4,14 @@
 
 pub mod classify;
 pub mod filter;
+
+/// The validated `[agent]` switches of classification and the include/exclude filters.
+#[derive(Debug, Clone)]
+pub struct AgentRules {
+    /// Drop [`classify::Kind::Other`] records (the old plugin's behaviour) instead of shipping
+    /// them to `logs`.
+    pub drop_other: bool,
+    /// Drop the router's non-access lines instead of shipping them to `logs`.
+    pub drop_router_non_access_lines: bool,
+    pub filters: filter::Filters,
+}

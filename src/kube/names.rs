@@ -344,10 +344,10 @@ mod tests {
             format!("/var/log/pods/foo_foo-v2-web-2ggow_{uid}/foo-web/x.log"),
             format!("/var/log/pods/foo_foo-v2-web-2ggow_{uid}/foo-web/0.logs"),
             format!("/var/log/pods/foo_foo-v2-web-2ggow_{uid}/foo-web/.log"),
-            format!("/var/log/pods/foo_foo-v2-web-2ggow/foo-web/0.log"),
+            "/var/log/pods/foo_foo-v2-web-2ggow/foo-web/0.log".into(),
             format!("/var/log/pods/foo-foo-v2-web-2ggow-{uid}/foo-web/0.log"),
             format!("/var/log/pods/foo_foo-v2-web-2ggow_{uid}/foo_web/0.log"),
-            format!("/var/log/pods/foo_foo-v2-web-2ggow_not-a-uid!/foo-web/0.log"),
+            "/var/log/pods/foo_foo-v2-web-2ggow_not-a-uid!/foo-web/0.log".into(),
             // The pre-1.14 layout has neither namespace nor pod name.
             format!("/var/log/pods/{uid}/foo-web_0.log"),
             "0.log".into(),

@@ -39,6 +39,28 @@ use crate::access::KeyGuard;
 /// next record: one huge stack trace must not pin `max_bytes` per stream for good.
 const KEEP_BUFFER_BYTES: usize = 64 << 10;
 
+/// A validated `[[multiline]]` rule.
+#[derive(Debug, Clone)]
+pub struct MultilineRule {
+    /// Container names it applies to (unanchored).
+    pub(crate) containers: regex::Regex,
+    pub(crate) start: Regex,
+    pub(crate) timeout: Duration,
+}
+
+impl MultilineRule {
+    /// The first rule that applies to the container.
+    pub fn for_container<'r>(rules: &'r [MultilineRule], container: &str) -> Option<&'r MultilineRule> {
+        rules.iter().find(|r| r.containers.is_match(container))
+    }
+
+    /// A merger for one file of the container, records capped at `max_bytes` (the agent's
+    /// `max_line_bytes`).
+    pub(crate) fn merger(&self, max_bytes: usize) -> Merger {
+        Merger::new(self.start.clone(), self.timeout, max_bytes)
+    }
+}
+
 /// Records merged and cut.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct MergeCounts {
@@ -199,7 +221,12 @@ mod tests {
     const START: &str = r"^\d{4}-\d{2}-\d{2} ";
 
     fn merger(max_bytes: usize) -> Merger {
-        Merger::new(Regex::new(START).unwrap(), 2 * SECOND, max_bytes)
+        let rule = MultilineRule {
+            containers: regex::Regex::new("java").unwrap(),
+            start: Regex::new(START).unwrap(),
+            timeout: 2 * SECOND,
+        };
+        rule.merger(max_bytes)
     }
 
     fn rec(stream: Stream, text: &str, offset: u64) -> Record<'_> {
