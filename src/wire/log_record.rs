@@ -102,6 +102,32 @@ impl LogEncoder {
         out.put_slice(&self.tail);
     }
 
+    /// Like [`encode_into`](Self::encode_into), but the text is cut (at a character boundary)
+    /// so that the record's JSON is at most `max_bytes`: nsqd drops the connection of a client
+    /// that publishes a message over its `--max-msg-size`, and escaping can make a line up to six
+    /// times longer (`\u0001`). Returns whether the text was cut. A `max_bytes` too small for
+    /// even an empty `log` gives the record with an empty `log`.
+    pub fn encode_into_capped(
+        &mut self,
+        text: &[u8],
+        stream: Stream,
+        time_ns: i64,
+        max_bytes: usize,
+        out: &mut BytesMut,
+    ) -> bool {
+        let start = out.len();
+        self.encode_into(text, stream, time_ns, out);
+        let written = out.len() - start;
+        if written <= max_bytes {
+            return false;
+        }
+        out.truncate(start);
+        let overhead = written - escaped_len(text);
+        let cut = escaped_prefix(text, max_bytes.saturating_sub(overhead));
+        self.encode_into(&text[..cut], stream, time_ns, out);
+        true
+    }
+
     /// fluentd's `%FT%T.%6N%:z` in UTC: `2016-10-18T20:29:38.123456+00:00`.
     fn write_time(&mut self, time_ns: i64, out: &mut BytesMut) {
         const NANOS: i64 = 1_000_000_000;
@@ -154,6 +180,46 @@ static ESCAPES: [u8; 256] = {
     t[b'\\' as usize] = b'\\';
     t
 };
+
+/// The bytes [`escape_into`] writes for `s`.
+fn escaped_len(s: &[u8]) -> usize {
+    escaped_prefix_walk(s, usize::MAX).1
+}
+
+/// The longest prefix of `s`, cut at a character boundary, that [`escape_into`] writes in at
+/// most `budget` bytes.
+fn escaped_prefix(s: &[u8], budget: usize) -> usize {
+    escaped_prefix_walk(s, budget).0
+}
+
+/// `(prefix length, its escaped length)` for the longest prefix within `budget`, walking `s` as
+/// [`escape_into`] writes it: an escaped ASCII byte is 2 or 6 bytes, an invalid sequence the 3
+/// bytes of U+FFFD, any other character its own length.
+fn escaped_prefix_walk(s: &[u8], budget: usize) -> (usize, usize) {
+    let (mut taken, mut written) = (0, 0);
+    for chunk in s.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let n = match ESCAPES.get(c as usize) {
+                Some(0) | None => c.len_utf8(),
+                Some(b'u') => 6,
+                Some(_) => 2,
+            };
+            if written + n > budget {
+                return (taken, written);
+            }
+            taken += c.len_utf8();
+            written += n;
+        }
+        if !chunk.invalid().is_empty() {
+            if written + 3 > budget {
+                return (taken, written);
+            }
+            taken += chunk.invalid().len();
+            written += 3;
+        }
+    }
+    (taken, written)
+}
 
 /// Writes `s` quoted as a JSON string.
 fn write_json_str(out: &mut BytesMut, s: &[u8]) {
@@ -561,7 +627,65 @@ mod tests {
         }
     }
 
+    #[test]
+    fn records_are_capped_at_nsqds_message_size() {
+        let l = labels(&[("app", "foo")]);
+        let meta = design_meta(&l);
+        let mut enc = LogEncoder::new(&meta);
+        // 1 MiB of control characters escapes to 6 MiB; nsqd's default limit is 1 MiB.
+        let text = vec![1u8; 1 << 20];
+        let mut out = BytesMut::new();
+        assert!(enc.encode_into_capped(&text, Stream::Stdout, TIME_NS, 1 << 20, &mut out));
+        assert!(out.len() <= 1 << 20, "{}", out.len());
+        // Cut where the next escape would not fit: within 6 bytes of the limit.
+        assert!(out.len() > (1 << 20) - 6, "{}", out.len());
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        let log = v["log"].as_str().unwrap();
+        assert!(log.ends_with('\n') && log[..log.len() - 1].bytes().all(|b| b == 1));
+        // A record that fits is written whole, and says so.
+        out.clear();
+        assert!(!enc.encode_into_capped(b"short", Stream::Stdout, TIME_NS, 1 << 20, &mut out));
+        assert_eq!(decode_log_record(&out).unwrap().text(), "short");
+        // Cuts fall between characters: 'é' is 2 bytes, never split.
+        out.clear();
+        let empty_len = {
+            let mut e = BytesMut::new();
+            enc.encode_into(b"", Stream::Stdout, TIME_NS, &mut e);
+            e.len()
+        };
+        assert!(enc.encode_into_capped("éééé".as_bytes(), Stream::Stdout, TIME_NS, empty_len + 5, &mut out));
+        assert_eq!(decode_log_record(&out).unwrap().text(), "éé");
+        // Appends after what the buffer holds.
+        let before = out.len();
+        enc.encode_into_capped(&text, Stream::Stdout, TIME_NS, 1000, &mut out);
+        assert!(out.len() - before <= 1000);
+        assert!(serde_json::from_slice::<Value>(&out[before..]).is_ok());
+    }
+
     proptest! {
+        #[test]
+        fn capped_records_fit_and_keep_a_prefix(
+            text in proptest::collection::vec(
+                prop_oneof![Just(b'a'), Just(b'"'), Just(1u8), Just(0xe9), Just(0xc3), Just(0xa9), any::<u8>()],
+                0..400,
+            ),
+            extra in 0usize..600,
+        ) {
+            let l = labels(&[("app", "foo")]);
+            let meta = design_meta(&l);
+            let mut enc = LogEncoder::new(&meta);
+            let mut empty = BytesMut::new();
+            enc.encode_into(b"", Stream::Stdout, TIME_NS, &mut empty);
+            let max = empty.len() + extra;
+            let mut out = BytesMut::new();
+            let cut = enc.encode_into_capped(&text, Stream::Stdout, TIME_NS, max, &mut out);
+            prop_assert!(out.len() <= max);
+            let view = decode_log_record(&out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let whole = String::from_utf8_lossy(&text).into_owned();
+            prop_assert!(whole.starts_with(view.text()), "{:?} is not a prefix of {:?}", view.text(), whole);
+            prop_assert_eq!(cut, view.text().len() < whole.len());
+        }
+
         #[test]
         fn encoded_records_parse_back(
             text in proptest::collection::vec(any::<u8>(), 0..300),
