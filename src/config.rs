@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::access::rules::{Registry, RulesError};
 use crate::agent::filter::{Filters, Globs};
 use crate::agent::AgentRules;
+use crate::host::{
+    CollectSettings, CpuOptions, DiskOptions, Glob, HostInput, KubeletSettings, NsqStatsSettings, Roots,
+};
 use crate::influx::api::{Api, Auth};
 use crate::influx::writer::InfluxSettings;
 use crate::kube::{CacheSettings, KubeSettings};
@@ -71,6 +74,8 @@ pub struct RawConfig {
     /// Multiline merging, per container: `[[multiline]]` tables, first match wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub multiline: Vec<RawMultiline>,
+    #[serde(default)]
+    pub collect: RawCollect,
 }
 
 fn default_max_line_bytes() -> usize {
@@ -946,6 +951,264 @@ fn validate_multiline(rules: &[RawMultiline]) -> Result<Vec<MultilineRule>, Conf
         .collect()
 }
 
+/// `[collect]`: the host, kubelet and nsqd collectors (Telegraf's inputs, same series).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCollect {
+    /// Milliseconds between two collection cycles (Telegraf's `interval`, 10 s).
+    #[serde(default = "default_collect_interval_ms")]
+    pub interval_ms: u64,
+    /// Start cycles on multiples of the interval on the clock (:00, :10, :20 with 10 s), as
+    /// Telegraf's `round_interval`; every point of a cycle carries that tick's time.
+    #[serde(default = "default_true")]
+    pub round_interval: bool,
+    /// `collect --once`: milliseconds between the two samples of the inputs that report rates
+    /// (cpu, diskio).
+    #[serde(default = "default_once_sample_gap_ms")]
+    pub once_sample_gap_ms: u64,
+    /// Host inputs to run, by Telegraf's names: cpu, mem, swap, disk, diskio, net, netstat,
+    /// system, processes, kernel. Empty: none (the kubelet and nsqd collectors only).
+    #[serde(default = "default_collect_inputs")]
+    pub inputs: Vec<String>,
+    /// The host's `/proc` (in a pod: where it is mounted, e.g. `/rootfs/proc`). Env: `HOST_PROC`.
+    #[serde(default = "default_host_proc")]
+    pub host_proc: String,
+    /// The host's `/sys`. Env: `HOST_SYS`.
+    #[serde(default = "default_host_sys")]
+    pub host_sys: String,
+    /// Where the host's `/` is mounted (e.g. `/rootfs`): mount points are measured under it
+    /// and tagged without it. Empty: none. Env: `HOST_MOUNT_PREFIX`.
+    #[serde(default)]
+    pub host_mount_prefix: String,
+    /// The host's `/var`, for `run/utmp` (the `system` input's user counts). Env: `HOST_VAR`.
+    #[serde(default = "default_host_var")]
+    pub host_var: String,
+    /// cpu: a point per CPU (Telegraf's `percpu`).
+    #[serde(default = "default_true")]
+    pub cpu_per_cpu: bool,
+    /// cpu: the `cpu-total` point (`totalcpu`).
+    #[serde(default = "default_true")]
+    pub cpu_total: bool,
+    /// cpu: also the `time_*` fields, seconds since boot (`collect_cpu_time`).
+    #[serde(default)]
+    pub cpu_collect_time: bool,
+    /// cpu: also `usage_active` (and `time_active`) (`report_active`).
+    #[serde(default)]
+    pub cpu_report_active: bool,
+    /// disk: only these mount points (`mount_points`); empty: all.
+    #[serde(default)]
+    pub disk_mount_points: Vec<String>,
+    /// disk: filesystem types not reported (`ignore_fs`); autofs never is.
+    #[serde(default = "default_disk_ignore_fs")]
+    pub disk_ignore_fs: Vec<String>,
+    /// disk: mounts with one of these options are not reported (`ignore_mount_opts`;
+    /// `bind` for bind mounts).
+    #[serde(default)]
+    pub disk_ignore_mount_opts: Vec<String>,
+    /// diskio: devices to report, globs (`devices`, e.g. `["sd*", "nvme*"]`); empty: every
+    /// device with activity.
+    #[serde(default)]
+    pub diskio_devices: Vec<String>,
+    /// net: interfaces to report, globs, whatever their state (`interfaces`); empty: every
+    /// interface that is up and not loopback.
+    #[serde(default)]
+    pub net_interfaces: Vec<String>,
+    #[serde(default)]
+    pub kubelet: RawKubelet,
+    #[serde(default)]
+    pub nsqd: RawNsqdStats,
+}
+
+impl Default for RawCollect {
+    fn default() -> Self {
+        // The defaults of every field are those of an empty table.
+        toml::from_str("").unwrap_or_else(|e| unreachable!("empty [collect] must parse: {e}"))
+    }
+}
+
+/// `[collect.kubelet]`: the kubelet summary collector (Telegraf's `inputs.kubernetes`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubelet {
+    /// The kubelet's base URL: `https://NODE_IP:10250` (authenticated), or the read-only
+    /// `http://NODE_IP:10255`. Empty: the collector is off.
+    #[serde(default)]
+    pub url: String,
+    /// Service-account token sent as `Authorization: Bearer` (over HTTPS only), read on every
+    /// request; empty: none.
+    #[serde(default = "default_kubelet_token_file")]
+    pub token_file: String,
+    /// PEM CA that signed the kubelet's certificate (the cluster CA); the only roots trusted.
+    /// Empty: the built-in web roots.
+    #[serde(default = "default_kubelet_ca_file")]
+    pub ca_file: String,
+    /// Accept any certificate: for kubelets serving self-signed certificates. Must be said.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Milliseconds a request may take (Telegraf's `response_timeout`, 5 s).
+    #[serde(default = "default_kubelet_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for RawKubelet {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|e| unreachable!("empty [collect.kubelet] must parse: {e}"))
+    }
+}
+
+/// `[collect.nsqd]`: the nsqd statistics collector (Telegraf's `inputs.nsq`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNsqdStats {
+    /// nsqd HTTP addresses (`host:4151` or `http://host:4151`) whose `/stats` to read; empty:
+    /// the collector is off.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Milliseconds a request may take (Telegraf's 4 s).
+    #[serde(default = "default_nsqd_stats_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for RawNsqdStats {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|e| unreachable!("empty [collect.nsqd] must parse: {e}"))
+    }
+}
+
+fn default_collect_interval_ms() -> u64 {
+    10_000
+}
+fn default_once_sample_gap_ms() -> u64 {
+    1_000
+}
+fn default_collect_inputs() -> Vec<String> {
+    HostInput::ALL.iter().map(|i| i.name().to_owned()).collect()
+}
+fn default_host_proc() -> String {
+    "/proc".into()
+}
+fn default_host_sys() -> String {
+    "/sys".into()
+}
+fn default_host_var() -> String {
+    "/var".into()
+}
+fn default_disk_ignore_fs() -> Vec<String> {
+    crate::host::disk::DEFAULT_IGNORE_FS.iter().map(|s| (*s).to_owned()).collect()
+}
+fn default_kubelet_token_file() -> String {
+    "/var/run/secrets/kubernetes.io/serviceaccount/token".into()
+}
+fn default_kubelet_ca_file() -> String {
+    "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt".into()
+}
+fn default_kubelet_timeout_ms() -> u64 {
+    5_000
+}
+fn default_nsqd_stats_timeout_ms() -> u64 {
+    4_000
+}
+
+impl RawCollect {
+    /// The collectors' settings, every value checked.
+    pub fn validate(&self) -> Result<CollectSettings, ConfigError> {
+        if self.interval_ms < 10 {
+            return Err(invalid("collect.interval_ms", "must be at least 10"));
+        }
+        let mut inputs = Vec::new();
+        for name in &self.inputs {
+            let input = HostInput::from_name(name).ok_or_else(|| {
+                let known: Vec<&str> = HostInput::ALL.iter().map(|i| i.name()).collect();
+                invalid("collect.inputs", format!("unknown input `{name}` (known: {})", known.join(", ")))
+            })?;
+            if !inputs.contains(&input) {
+                inputs.push(input);
+            }
+        }
+        for (key, path) in [
+            ("collect.host_proc", &self.host_proc),
+            ("collect.host_sys", &self.host_sys),
+            ("collect.host_var", &self.host_var),
+        ] {
+            if path.trim().is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+        }
+        let globs = |key: &'static str, patterns: &[String]| {
+            patterns
+                .iter()
+                .map(|p| Glob::new(p).map_err(|e| invalid(key, e.to_string())))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let kubelet = if self.kubelet.url.trim().is_empty() {
+            None
+        } else {
+            let k = &self.kubelet;
+            let url = reqwest::Url::parse(k.url.trim())
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+                .ok_or_else(|| {
+                    invalid("collect.kubelet.url", format!("`{}` is not an http(s):// URL", k.url))
+                })?;
+            if k.timeout_ms == 0 {
+                return Err(invalid("collect.kubelet.timeout_ms", "must be greater than 0"));
+            }
+            let path = |p: &str| Some(PathBuf::from(p)).filter(|_| !p.is_empty());
+            Some(KubeletSettings {
+                url,
+                token_file: path(&k.token_file),
+                ca_file: path(&k.ca_file),
+                insecure_skip_verify: k.insecure_skip_verify,
+                timeout: Duration::from_millis(k.timeout_ms),
+            })
+        };
+        let nsq = if self.nsqd.endpoints.is_empty() {
+            None
+        } else {
+            if self.nsqd.timeout_ms == 0 {
+                return Err(invalid("collect.nsqd.timeout_ms", "must be greater than 0"));
+            }
+            let endpoints = self
+                .nsqd
+                .endpoints
+                .iter()
+                .map(|e| {
+                    crate::nsq::http::base_url(e)
+                        .map_err(|e| invalid("collect.nsqd.endpoints", e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(NsqStatsSettings { endpoints, timeout: Duration::from_millis(self.nsqd.timeout_ms) })
+        };
+        Ok(CollectSettings {
+            interval: Duration::from_millis(self.interval_ms),
+            round_interval: self.round_interval,
+            once_sample_gap: Duration::from_millis(self.once_sample_gap_ms),
+            inputs,
+            roots: Roots {
+                proc: PathBuf::from(&self.host_proc),
+                sys: PathBuf::from(&self.host_sys),
+                mount_prefix: PathBuf::from(&self.host_mount_prefix),
+                var: PathBuf::from(&self.host_var),
+            },
+            cpu: CpuOptions {
+                per_cpu: self.cpu_per_cpu,
+                total: self.cpu_total,
+                collect_time: self.cpu_collect_time,
+                report_active: self.cpu_report_active,
+            },
+            disk: DiskOptions {
+                mount_points: self.disk_mount_points.clone(),
+                ignore_fs: self.disk_ignore_fs.clone(),
+                ignore_mount_opts: self.disk_ignore_mount_opts.clone(),
+            },
+            diskio_devices: globs("collect.diskio_devices", &self.diskio_devices)?,
+            net_interfaces: globs("collect.net_interfaces", &self.net_interfaces)?,
+            kubelet,
+            nsq,
+        })
+    }
+}
+
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -963,6 +1226,8 @@ pub struct Settings {
     pub agent: AgentRules,
     /// Multiline merging rules, first match wins.
     pub multiline: Vec<MultilineRule>,
+    /// The host, kubelet and nsqd collectors.
+    pub collect: CollectSettings,
 }
 
 impl RawConfig {
@@ -1022,6 +1287,17 @@ impl RawConfig {
         if let Some(v) = env("INFLUXDB_USERNAME") {
             self.influx.username = v;
         }
+        // Telegraf's (gopsutil's) variables for a host mounted into a pod.
+        for (var, slot) in [
+            ("HOST_PROC", &mut self.collect.host_proc),
+            ("HOST_SYS", &mut self.collect.host_sys),
+            ("HOST_MOUNT_PREFIX", &mut self.collect.host_mount_prefix),
+            ("HOST_VAR", &mut self.collect.host_var),
+        ] {
+            if let Some(v) = env(var) {
+                *slot = v;
+            }
+        }
         self.nsq.auth_secret_from_env = env("NSQ_AUTH_SECRET");
         self.influx.password_from_env = env("INFLUXDB_PASSWORD");
         self.influx.token_from_env = env("INFLUXDB_TOKEN");
@@ -1080,6 +1356,7 @@ impl RawConfig {
             telemetry_listen,
             nsq,
             influx: self.influx.validate()?,
+            collect: self.collect.validate()?,
             kubernetes: self.kubernetes.validate()?,
             agent: self.agent.validate()?,
             multiline: validate_multiline(&self.multiline)?,
@@ -1461,5 +1738,71 @@ mod tests {
         assert_eq!(again.agent.exclude_pods, ["a*"]);
         assert_eq!(again.multiline.len(), 1);
         assert_eq!(again.multiline[0].start, "^x");
+    }
+    #[test]
+    fn collect_keys() {
+        let s = RawConfig::load(None).unwrap().validate().unwrap();
+        let c = &s.collect;
+        assert_eq!(c.interval, Duration::from_secs(10), "Telegraf's interval");
+        assert!(c.round_interval);
+        assert_eq!(c.inputs, HostInput::ALL, "every host input by default");
+        assert_eq!(c.roots, Roots::default());
+        assert!(c.kubelet.is_none() && c.nsq.is_none(), "off without a URL");
+        assert_eq!(
+            c.disk.ignore_fs,
+            ["tmpfs", "devtmpfs", "devfs", "iso9660", "overlay", "aufs", "squashfs"]
+        );
+
+        let mut raw = RawConfig::from_toml(
+            "x",
+            "[collect]\ninterval_ms = 500\ninputs = [\"cpu\", \"mem\", \"cpu\"]\nhost_proc = \"/from-file\"\n\
+             net_interfaces = [\"eth*\"]\n[collect.kubelet]\nurl = \"https://10.0.0.5:10250\"\nca_file = \"\"\n\
+             [collect.nsqd]\nendpoints = [\"nsqd:4151\", \"https://nsqd-1:4151\"]\n",
+        )
+        .unwrap();
+        raw.apply_env(|k| match k {
+            "HOST_PROC" => Some("/rootfs/proc".into()),
+            "HOST_SYS" => Some("/rootfs/sys".into()),
+            "HOST_MOUNT_PREFIX" => Some("/rootfs".into()),
+            "HOST_VAR" => Some("/rootfs/var".into()),
+            _ => None,
+        })
+        .unwrap();
+        let c = raw.validate().unwrap().collect;
+        assert_eq!(c.interval, Duration::from_millis(500));
+        assert_eq!(c.inputs, [HostInput::Cpu, HostInput::Mem], "duplicates dropped");
+        assert_eq!(c.roots.proc, PathBuf::from("/rootfs/proc"), "the environment overrides the file");
+        assert_eq!(c.roots.mount_prefix, PathBuf::from("/rootfs"));
+        assert_eq!(c.roots.var, PathBuf::from("/rootfs/var"));
+        assert!(c.net_interfaces[0].matches("eth0"));
+        let k = c.kubelet.unwrap();
+        assert_eq!(k.url.as_str(), "https://10.0.0.5:10250/");
+        assert_eq!(
+            k.token_file.as_deref(),
+            Some(Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token"))
+        );
+        assert_eq!(k.ca_file, None);
+        assert_eq!(k.timeout, Duration::from_secs(5));
+        let n = c.nsq.unwrap();
+        assert_eq!(n.endpoints[0].as_str(), "http://nsqd:4151/");
+        assert_eq!(n.timeout, Duration::from_secs(4));
+
+        for (bad, key) in [
+            ("[collect]\ninterval_ms = 0\n", "collect.interval_ms"),
+            ("[collect]\ninputs = [\"docker\"]\n", "collect.inputs"),
+            ("[collect]\nhost_sys = \"\"\n", "collect.host_sys"),
+            ("[collect]\ndiskio_devices = [\"sd[a\"]\n", "collect.diskio_devices"),
+            ("[collect.kubelet]\nurl = \"10.0.0.5:10250\"\n", "collect.kubelet.url"),
+            ("[collect.kubelet]\nurl = \"http://k:10255\"\ntimeout_ms = 0\n", "collect.kubelet.timeout_ms"),
+            ("[collect.nsqd]\nendpoints = [\"ftp://n:4151\"]\n", "collect.nsqd.endpoints"),
+        ] {
+            let err = RawConfig::from_toml("x", bad).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        let err = RawConfig::from_toml("x", "[collect]\ninterval = 5\n").unwrap_err().to_string();
+        assert!(err.contains("interval"), "unknown keys are refused: {err}");
+        let err =
+            RawConfig::from_toml("x", "[collect.kubelet]\nbearer_token = \"t\"\n").unwrap_err().to_string();
+        assert!(err.contains("bearer_token"), "{err}");
     }
 }

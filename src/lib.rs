@@ -32,6 +32,9 @@
 //!   discovery, [`nsq::http`] nsqd's HTTP API; [`nsq::NsqSettings`] the validated settings.
 //! - [`output`]: the one output boundary, `submit(body, points)` → each submission's
 //!   [`output::Outcome`] (stdout, InfluxDB, an NSQ topic).
+//! - [`host`]: host and kubelet collectors with Telegraf's series names and types: pure
+//!   parsers of `/proc`, `/sys` and the kubelet's and nsqd's JSON, the inputs that read them,
+//!   and the runner that collects on the clock into batches of line protocol.
 //! - [`backoff`]: capped exponential backoff with jitter, and the one jitter source. Pure.
 //! - `errors`: the one error-chain formatter.
 //! - [`config`]: TOML file + the old stack's environment → validated [`config::Settings`].
@@ -49,6 +52,7 @@ pub mod agent;
 pub mod backoff;
 pub mod config;
 mod errors;
+pub mod host;
 pub mod influx;
 pub mod kube;
 pub mod metrics;

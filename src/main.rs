@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use logmill::config::RawConfig;
+use logmill::roles::collect;
 use logmill::roles::inspect;
 use logmill::roles::replay::{self, Destination, FormatChoice, ReplayOptions};
 
@@ -80,6 +81,33 @@ enum Command {
         /// Log files to replay.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Run the host, kubelet and nsqd collectors alone (Telegraf's cpu, mem, swap, disk, diskio,
+    /// net, netstat, system, processes, kernel, kubernetes and nsq series) and write their line
+    /// protocol to stdout (or InfluxDB with --output influx), every `collect.interval_ms` on the
+    /// clock until stopped.
+    ///
+    /// With --once: one cycle (cpu and diskio sampled twice, `collect.once_sample_gap_ms` apart,
+    /// so every measurement is there), problems on stderr; exits 1 when an enabled input gave
+    /// no points or InfluxDB did not take them all.
+    Collect {
+        /// One cycle, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Where the points go: line protocol on stdout, or InfluxDB (the `[influx]` settings,
+        /// or the --influx-* flags).
+        #[arg(long, value_enum, default_value = "stdout")]
+        output: Destination,
+        /// Node name for the `host` tag [default: `host` of the config, $NODE_NAME, or this
+        /// machine's host name].
+        #[arg(long)]
+        host: Option<String>,
+        /// InfluxDB base URL (repeat for failover) [default: `influx.urls`, $INFLUXDB_URLS].
+        #[arg(long = "influx-url")]
+        influx_urls: Vec<String>,
+        /// InfluxDB 1.x database [default: `influx.database`, kubernetes].
+        #[arg(long)]
+        influx_db: Option<String>,
     },
     /// Validate a configuration (file, environment) and print the effective settings.
     CheckConfig {
@@ -158,6 +186,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let settings = raw.validate().context("invalid settings")?;
             replay::run(settings, ReplayOptions { files, format, parser }, output)
+        }
+        Command::Collect { once, output, host, influx_urls, influx_db } => {
+            let mut raw = load_config(cli.config.as_ref())?;
+            if host.is_some() {
+                raw.host = host;
+            }
+            if !influx_urls.is_empty() {
+                raw.influx.urls = influx_urls;
+            }
+            if let Some(db) = influx_db {
+                raw.influx.database = db;
+            }
+            let settings = raw.validate().context("invalid settings")?;
+            collect::run(settings, collect::CollectOptions { once }, output)
         }
         Command::CheckConfig { file } => {
             let raw = load_config(file.as_ref().or(cli.config.as_ref()))?;

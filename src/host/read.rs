@@ -1,0 +1,809 @@
+//! The host inputs' I/O: which files of `/proc` and `/sys` each reads (under the configured
+//! roots), `statfs(2)`, and the state kept between two samples. Parsing is the pure modules'.
+//!
+//! Everything here blocks (a `statfs` of a hung NFS mount can block for good), so the runner
+//! calls [`FileInput::gather`] on a blocking thread, one input at a time per input.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::metrics::point::Point;
+
+use super::cpu::{self, CpuOptions, CpuTimes};
+use super::disk::{self, DiskOptions, FsStat};
+use super::diskio::{self, DiskStats};
+use super::glob::{any_matches, Glob};
+use super::netstat::SocketCounter;
+use super::processes::{ProcessCounts, StatError};
+use super::{kernel, malformed_problem, memory, net, netstat, processes, system};
+use super::{CollectSettings, HostInput, Problem, Roots};
+
+/// What the host inputs share: roots, options, and the machine's constants.
+#[derive(Debug, Clone)]
+pub(crate) struct HostContext {
+    pub roots: Roots,
+    pub cpu: CpuOptions,
+    pub disk: DiskOptions,
+    pub diskio_devices: Vec<Glob>,
+    pub net_interfaces: Vec<Glob>,
+    /// `USER_HZ`, the unit of `/proc/stat`.
+    pub ticks_per_sec: f64,
+    /// For the zoneinfo watermarks, in pages.
+    pub page_size: u64,
+}
+
+impl HostContext {
+    pub fn new(settings: &CollectSettings) -> Self {
+        Self {
+            roots: settings.roots.clone(),
+            cpu: settings.cpu,
+            disk: settings.disk.clone(),
+            diskio_devices: settings.diskio_devices.clone(),
+            net_interfaces: settings.net_interfaces.clone(),
+            ticks_per_sec: sysconf(libc::_SC_CLK_TCK).unwrap_or(100) as f64,
+            page_size: sysconf(libc::_SC_PAGESIZE).unwrap_or(4096),
+        }
+    }
+
+    fn proc(&self, rel: &str) -> PathBuf {
+        self.roots.proc.join(rel)
+    }
+
+    fn sys(&self, rel: &str) -> PathBuf {
+        self.roots.sys.join(rel)
+    }
+}
+
+fn sysconf(name: libc::c_int) -> Option<u64> {
+    // SAFETY: sysconf only reads a system constant; it has no pointer arguments.
+    let v = unsafe { libc::sysconf(name) };
+    u64::try_from(v).ok().filter(|v| *v > 0)
+}
+
+/// One sample of one input.
+#[derive(Debug, Default)]
+pub(crate) struct Gathered {
+    pub points: Vec<Point>,
+    pub problems: Vec<Problem>,
+}
+
+impl Gathered {
+    fn problem(&mut self, reason: &'static str, detail: impl Into<String>) {
+        self.problems.push(Problem::new(reason, detail));
+    }
+
+    fn malformed(&mut self, path: &Path, lines: &[super::Malformed]) {
+        if let Some(p) = malformed_problem(&path.display().to_string(), lines) {
+            self.problems.push(p);
+        }
+    }
+}
+
+/// A file read whole, or the problem of not reading it.
+fn read(path: &Path) -> Result<String, Problem> {
+    std::fs::read_to_string(path).map_err(|e| Problem::new("read_failed", format!("{}: {e}", path.display())))
+}
+
+/// State kept between samples.
+#[derive(Debug)]
+enum State {
+    Stateless,
+    Cpu(Option<Vec<CpuTimes>>),
+    Diskio(Option<(Instant, HashMap<String, DiskStats>)>),
+    /// The online-CPU list and the physical core count it gave: topology only changes with
+    /// CPU hotplug, which changes that list, so the per-CPU files are read again only then.
+    System(Option<(String, Option<u64>)>),
+    Processes(ProcessFiles),
+}
+
+/// One host input and its state.
+#[derive(Debug)]
+pub(crate) struct FileInput {
+    kind: HostInput,
+    state: State,
+}
+
+impl FileInput {
+    pub fn new(kind: HostInput) -> Self {
+        let state = match kind {
+            HostInput::Cpu => State::Cpu(None),
+            HostInput::Diskio => State::Diskio(None),
+            HostInput::System => State::System(None),
+            HostInput::Processes => State::Processes(ProcessFiles::new()),
+            _ => State::Stateless,
+        };
+        Self { kind, state }
+    }
+
+    pub fn kind(&self) -> HostInput {
+        self.kind
+    }
+
+    /// Whether the input reports rates, which need a previous sample.
+    pub fn needs_two_samples(&self) -> bool {
+        matches!(self.kind, HostInput::Cpu | HostInput::Diskio)
+    }
+
+    /// Reads the input's files and makes its points.
+    pub fn gather(&mut self, ctx: &HostContext) -> Gathered {
+        let mut g = Gathered::default();
+        match (self.kind, &mut self.state) {
+            (HostInput::Cpu, State::Cpu(previous)) => gather_cpu(ctx, previous, &mut g),
+            (HostInput::Mem, _) => gather_mem(ctx, &mut g),
+            (HostInput::Swap, _) => gather_swap(ctx, &mut g),
+            (HostInput::Disk, _) => gather_disk(ctx, &mut g),
+            (HostInput::Diskio, State::Diskio(previous)) => gather_diskio(ctx, previous, &mut g),
+            (HostInput::Net, _) => gather_net(ctx, &mut g),
+            (HostInput::Netstat, _) => gather_netstat(ctx, &mut g),
+            (HostInput::System, State::System(cache)) => gather_system(ctx, cache, &mut g),
+            (HostInput::Processes, State::Processes(files)) => gather_processes(ctx, files, &mut g),
+            (HostInput::Kernel, _) => gather_kernel(ctx, &mut g),
+            // `new` pairs every kind with its state; nothing else is constructed.
+            (kind, _) => g.problem("internal", format!("{} input without its state", kind.name())),
+        }
+        g
+    }
+}
+
+fn gather_cpu(ctx: &HostContext, previous: &mut Option<Vec<CpuTimes>>, g: &mut Gathered) {
+    let path = ctx.proc("stat");
+    let text = match read(&path) {
+        Ok(t) => t,
+        Err(p) => return g.problems.push(p),
+    };
+    let (current, malformed) = cpu::parse_stat(&text);
+    g.malformed(&path, &malformed);
+    let out = cpu::points(previous.as_deref(), &current, ctx.cpu, ctx.ticks_per_sec);
+    if !out.decreased.is_empty() {
+        g.problem("counter_decreased", format!("CPU time went backwards for {}", out.decreased.join(", ")));
+    }
+    g.points = out.points;
+    *previous = Some(current);
+}
+
+fn read_meminfo(ctx: &HostContext, g: &mut Gathered) -> Option<memory::Meminfo> {
+    let path = ctx.proc("meminfo");
+    match read(&path) {
+        Ok(text) => {
+            let (info, malformed) = memory::parse_meminfo(&text);
+            g.malformed(&path, &malformed);
+            Some(info)
+        }
+        Err(p) => {
+            g.problems.push(p);
+            None
+        }
+    }
+}
+
+fn gather_mem(ctx: &HostContext, g: &mut Gathered) {
+    let Some(info) = read_meminfo(ctx, g) else { return };
+    // Kernels before 3.14: the estimate needs the zones' watermarks. A zoneinfo that cannot be
+    // read falls back to Cached + Free, as gopsutil does.
+    let low = if info.needs_zoneinfo() {
+        std::fs::read_to_string(ctx.proc("zoneinfo")).ok().map(|t| memory::zoneinfo_low_pages(&t))
+    } else {
+        None
+    };
+    match memory::mem_point(&info, low, ctx.page_size) {
+        Ok(p) => g.points.push(p),
+        Err(e) => g.problem("missing_key", format!("{}: {e}", ctx.proc("meminfo").display())),
+    }
+}
+
+fn gather_swap(ctx: &HostContext, g: &mut Gathered) {
+    let Some(info) = read_meminfo(ctx, g) else { return };
+    let (pswpin, pswpout) = match read(&ctx.proc("vmstat")) {
+        Ok(text) => memory::parse_vmstat_swap(&text),
+        Err(p) => {
+            g.problems.push(p);
+            (None, None)
+        }
+    };
+    match memory::swap_point(&info, pswpin, pswpout) {
+        Some(p) => g.points.push(p),
+        None => {
+            g.problem("missing_key", format!("{}: no SwapTotal or SwapFree", ctx.proc("meminfo").display()))
+        }
+    }
+}
+
+fn statfs(path: &str) -> std::io::Result<FsStat> {
+    let c_path = std::ffi::CString::new(path).map_err(|_| std::io::Error::other("NUL in path"))?;
+    // SAFETY: `c_path` is a valid NUL-terminated string for the duration of the call and
+    // `stat` is a properly sized, writable `statfs` that the kernel fills in; it is read only
+    // after a 0 return, which means it was filled.
+    let stat = unsafe {
+        let mut stat: libc::statfs = std::mem::zeroed();
+        if libc::statfs(c_path.as_ptr(), &mut stat) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        stat
+    };
+    // The field types differ between architectures (i64, u64, u32…); every value is a
+    // non-negative count.
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    let to_u64 = |v: i128| u64::try_from(v).unwrap_or(0);
+    #[allow(clippy::unnecessary_cast)]
+    Ok(FsStat {
+        block_size: to_u64(stat.f_bsize as i128),
+        blocks: to_u64(stat.f_blocks as i128),
+        blocks_free: to_u64(stat.f_bfree as i128),
+        blocks_available: to_u64(stat.f_bavail as i128),
+        files: to_u64(stat.f_files as i128),
+        files_free: to_u64(stat.f_ffree as i128),
+    })
+}
+
+/// The last component of a symlink's target (`../dm-0` → `dm-0`).
+fn link_name(path: &Path) -> Option<String> {
+    let target = std::fs::read_link(path).ok()?;
+    Some(target.file_name()?.to_string_lossy().into_owned())
+}
+
+fn gather_disk(ctx: &HostContext, g: &mut Gathered) {
+    let primary = ctx.proc("1/mountinfo");
+    let (path, text) = match read(&primary) {
+        Ok(t) => (primary, t),
+        // Reading init's mountinfo needs ptrace-read access to pid 1; gopsutil falls back to
+        // the reader's own mounts, and so does this.
+        Err(_) => {
+            let own = ctx.proc("self/mountinfo");
+            match read(&own) {
+                Ok(t) => (own, t),
+                Err(p) => return g.problems.push(p),
+            }
+        }
+    };
+    let (mut mounts, malformed) = disk::parse_mountinfo(&text);
+    g.malformed(&path, &malformed);
+    let prefix = ctx.roots.mount_prefix.to_string_lossy().into_owned();
+    for m in &mut mounts {
+        // gopsutil resolves device-mapper links and `/dev/root` to the block device's name.
+        if let Some(name) = m.device.strip_prefix("/dev/mapper/") {
+            let link = Path::new(&prefix).join("dev/mapper").join(name);
+            if let Some(target) = link_name(&link) {
+                m.device = format!("/dev/{target}");
+            }
+        } else if m.device == "/dev/root" {
+            if let Some(target) = link_name(&ctx.sys(&format!("dev/block/{}", m.dev_id))) {
+                m.device = format!("/dev/{target}");
+            }
+        }
+    }
+    let mut failures = Vec::new();
+    for selected in disk::select(&mounts, &ctx.disk, &prefix) {
+        let stat = match statfs(&selected.statfs_path) {
+            Ok(s) => s,
+            Err(e) => {
+                failures.push(format!("{}: {e}", selected.statfs_path));
+                continue;
+            }
+        };
+        let name = selected.mount.device.trim_start_matches("/dev/");
+        let label = if name.is_empty() || name.contains('/') {
+            None
+        } else {
+            std::fs::read_to_string(ctx.sys(&format!("block/{name}/dm/name"))).ok()
+        };
+        g.points.extend(disk::disk_point(&selected, &stat, label.as_deref().map(str::trim)));
+    }
+    if let Some(first) = failures.first() {
+        g.problem("statfs_failed", format!("{} mount(s) not measured (first: {first})", failures.len()));
+    }
+}
+
+fn gather_diskio(
+    ctx: &HostContext,
+    previous: &mut Option<(Instant, HashMap<String, DiskStats>)>,
+    g: &mut Gathered,
+) {
+    let path = ctx.proc("diskstats");
+    let text = match read(&path) {
+        Ok(t) => t,
+        Err(p) => return g.problems.push(p),
+    };
+    let now = Instant::now();
+    let (disks, malformed) = diskio::parse_diskstats(&text);
+    g.malformed(&path, &malformed);
+    let mut current = HashMap::with_capacity(disks.len());
+    for d in disks {
+        if !ctx.diskio_devices.is_empty() && !any_matches(&ctx.diskio_devices, &d.name) {
+            continue;
+        }
+        let last = previous.as_ref().and_then(|(at, map)| {
+            let elapsed_ms = u64::try_from(now.duration_since(*at).as_millis()).unwrap_or(u64::MAX);
+            map.get(&d.name).map(|last| (last, elapsed_ms))
+        });
+        let wwid = std::fs::read_to_string(ctx.sys(&format!("block/{}/wwid", d.name))).ok();
+        g.points.push(diskio::diskio_point(&d, last, wwid.as_deref().map(|w| w.trim_end_matches('\n'))));
+        current.insert(d.name.clone(), d);
+    }
+    *previous = Some((now, current));
+}
+
+fn gather_net(ctx: &HostContext, g: &mut Gathered) {
+    let path = ctx.proc("net/dev");
+    let text = match read(&path) {
+        Ok(t) => t,
+        Err(p) => return g.problems.push(p),
+    };
+    let (devs, malformed) = net::parse_net_dev(&text);
+    g.malformed(&path, &malformed);
+    for dev in devs {
+        // Interfaces are files of sysfs; a name with a `/` cannot be one (and must not walk
+        // out of the directory).
+        if dev.name.contains('/') || dev.name.starts_with('.') {
+            continue;
+        }
+        let flags = if ctx.net_interfaces.is_empty() {
+            std::fs::read_to_string(ctx.sys(&format!("class/net/{}/flags", dev.name)))
+                .ok()
+                .and_then(|t| net::parse_flags(&t))
+        } else {
+            None
+        };
+        if !net::wanted(&dev.name, &ctx.net_interfaces, flags) {
+            continue;
+        }
+        let speed = std::fs::read_to_string(ctx.sys(&format!("class/net/{}/speed", dev.name))).ok();
+        g.points.push(net::net_point(&dev, net::parse_speed(speed.as_deref())));
+    }
+}
+
+/// How long a netlink dump may make us wait for the kernel's next message.
+const SOCK_DIAG_TIMEOUT_SECS: libc::time_t = 5;
+/// One read of netlink replies: the kernel fills up to this, a few hundred sockets.
+const SOCK_DIAG_READ_BYTES: usize = 64 * 1024;
+
+/// Counts the TCP and UDP sockets of this network namespace through `NETLINK_SOCK_DIAG`.
+fn sock_diag(counter: &mut SocketCounter) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket(2) has no pointer arguments; a non-negative result is a new descriptor
+    // that nothing else owns, so OwnedFd may close it.
+    let fd = unsafe {
+        let fd =
+            libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        OwnedFd::from_raw_fd(fd)
+    };
+    let timeout = libc::timeval { tv_sec: SOCK_DIAG_TIMEOUT_SECS, tv_usec: 0 };
+    // SAFETY: `timeout` is a valid timeval and its size is passed with it.
+    let set = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: an all-zero sockaddr_nl is valid; the kernel's address is pid 0, no groups.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    let mut buf = vec![0u8; SOCK_DIAG_READ_BYTES];
+    let mut dump = |request: &[u8], tcp: bool| -> Result<(), netstat::DiagError> {
+        let last_errno =
+            || netstat::DiagError::Kernel(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+        // SAFETY: `request` and `kernel` are valid for the lengths passed.
+        let sent = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                request.as_ptr().cast(),
+                request.len(),
+                0,
+                (&kernel as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(last_errno());
+        }
+        loop {
+            // SAFETY: `buf` is valid and writable for its length.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n = usize::try_from(n).map_err(|_| last_errno())?;
+            if n == 0 {
+                return Err(netstat::DiagError::Malformed);
+            }
+            if counter.add_diag(&buf[..n], tcp)? == netstat::DiagReply::Done {
+                return Ok(());
+            }
+        }
+    };
+    let failed = |e: netstat::DiagError| match e {
+        netstat::DiagError::Kernel(errno) => std::io::Error::from_raw_os_error(errno),
+        other => std::io::Error::other(other.to_string()),
+    };
+    // No IPv6 in this kernel: nothing to count, as gopsutil without tcp6.
+    let no_ipv6 = |e: &netstat::DiagError| matches!(e, netstat::DiagError::Kernel(errno) if [libc::ENOENT, libc::EAFNOSUPPORT].contains(errno));
+    // TCP of both families in one walk of the kernel's connection hash; a kernel that refuses
+    // the compatibility request gets one request per family (sockets already counted by a
+    // dump that broke off are not counted twice: the counter knows what it has seen).
+    if dump(&netstat::diag_request_tcp_both(1), true).is_err() {
+        dump(&netstat::diag_request(netstat::AF_INET, netstat::IPPROTO_TCP, 2), true).map_err(failed)?;
+        match dump(&netstat::diag_request(netstat::AF_INET6, netstat::IPPROTO_TCP, 3), true) {
+            Err(e) if !no_ipv6(&e) => return Err(failed(e)),
+            _ => {}
+        }
+    }
+    dump(&netstat::diag_request(netstat::AF_INET, netstat::IPPROTO_UDP, 4), false).map_err(failed)?;
+    match dump(&netstat::diag_request(netstat::AF_INET6, netstat::IPPROTO_UDP, 5), false) {
+        Err(e) if !no_ipv6(&e) => Err(failed(e)),
+        _ => Ok(()),
+    }
+}
+
+/// The TCP and UDP tables of `/proc/net`, when netlink is not available.
+fn proc_sockets(ctx: &HostContext, counter: &mut SocketCounter, g: &mut Gathered) {
+    for (file, tcp, required) in [
+        ("net/tcp", true, true),
+        ("net/tcp6", true, false),
+        ("net/udp", false, true),
+        ("net/udp6", false, false),
+    ] {
+        let path = ctx.proc(file);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let malformed = counter.add_inet(&text, tcp);
+                g.malformed(&path, &malformed);
+            }
+            // No IPv6 in this kernel: gopsutil counts nothing for it, and so does this.
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => g.problem("read_failed", format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+fn gather_netstat(ctx: &HostContext, g: &mut Gathered) {
+    let mut counter = SocketCounter::default();
+    if let Err(e) = sock_diag(&mut counter) {
+        // A kernel without sock_diag (or a seccomp profile refusing netlink): the slower
+        // /proc tables, from scratch so nothing is counted twice.
+        g.problem("netlink_failed", format!("NETLINK_SOCK_DIAG: {e}; reading /proc/net instead"));
+        counter = SocketCounter::default();
+        proc_sockets(ctx, &mut counter, g);
+    }
+    let unix = ctx.proc("net/unix");
+    match read(&unix) {
+        Ok(text) => {
+            let malformed = counter.add_unix(&text);
+            g.malformed(&unix, &malformed);
+        }
+        Err(p) => g.problems.push(p),
+    }
+    // Counts missing a table would read as fewer sockets, not as unknown: no point then, as
+    // Telegraf writes none when a table cannot be read.
+    if !g.problems.iter().any(|p| p.reason == "read_failed") {
+        g.points.push(netstat::netstat_point(counter.counts()));
+    }
+}
+
+fn physical_cpus(ctx: &HostContext) -> Option<u64> {
+    let dir = ctx.sys("devices/system/cpu");
+    let entries = std::fs::read_dir(&dir).ok()?;
+    let cpus: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.strip_prefix("cpu").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path())
+        .collect();
+    // gopsutil: the distinct core lists, from the newer file, else the older one.
+    for file in ["topology/core_cpus_list", "topology/thread_siblings_list"] {
+        let mut lists: Vec<String> = cpus
+            .iter()
+            .filter_map(|cpu| std::fs::read_to_string(cpu.join(file)).ok())
+            .map(|t| t.trim().to_owned())
+            .collect();
+        lists.sort_unstable();
+        lists.dedup();
+        if !lists.is_empty() {
+            return Some(lists.len() as u64);
+        }
+    }
+    None
+}
+
+fn gather_system(ctx: &HostContext, cache: &mut Option<(String, Option<u64>)>, g: &mut Gathered) {
+    let mut sample = system::SystemSample::default();
+    match read(&ctx.proc("loadavg")) {
+        Ok(text) => match system::parse_loadavg(&text) {
+            Some(load) => sample.load = Some(load),
+            None => g.problem(
+                "malformed_line",
+                format!("{}: not three load averages", ctx.proc("loadavg").display()),
+            ),
+        },
+        Err(p) => g.problems.push(p),
+    }
+    match std::fs::read_to_string(ctx.sys("devices/system/cpu/online")) {
+        Ok(online) => {
+            sample.n_cpus = system::count_cpu_list(&online);
+            if sample.n_cpus.is_none() {
+                g.problem(
+                    "malformed_line",
+                    format!("{}: not a CPU list", ctx.sys("devices/system/cpu/online").display()),
+                );
+            }
+            match cache {
+                Some((list, physical)) if *list == online => sample.n_physical_cpus = *physical,
+                _ => {
+                    let physical = physical_cpus(ctx);
+                    sample.n_physical_cpus = physical;
+                    *cache = Some((online, physical));
+                }
+            }
+        }
+        // No sysfs: count the cpuN lines of /proc/stat, gopsutil's own fallback.
+        Err(_) => match read(&ctx.proc("stat")) {
+            Ok(stat) => sample.n_cpus = Some(system::count_stat_cpus(&stat)),
+            Err(p) => g.problems.push(p),
+        },
+    }
+    let utmp = ctx.roots.var.join("run/utmp");
+    match std::fs::read(&utmp) {
+        Ok(bytes) => sample.users = Some(system::count_users(&bytes)),
+        // Telegraf leaves the user counts out when utmp is missing or unreadable, and only
+        // traces it: systems without utmp (systemd ≥ 255 may not write one) are normal.
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied) => {
+        }
+        Err(e) => g.problem("read_failed", format!("{}: {e}", utmp.display())),
+    }
+    match read(&ctx.proc("uptime")) {
+        Ok(text) => match system::parse_uptime(&text) {
+            Some(up) => sample.uptime = Some(up),
+            None => g.problem("malformed_line", format!("{}: not an uptime", ctx.proc("uptime").display())),
+        },
+        Err(p) => g.problems.push(p),
+    }
+    g.points = system::system_points(&sample);
+}
+
+/// The `/proc/[pid]/stat` files of the processes seen, kept open between cycles.
+///
+/// Opening a pid's file costs a path walk and the revalidation of the pid's `/proc` entries;
+/// re-reading an open one from offset 0 makes the kernel print the line afresh without either,
+/// which halves what the processes input costs per cycle. An open file keeps pointing at its
+/// process: once that has been reaped, reads fail with `ESRCH` (a zombie still reads, as
+/// `Z`), and a reused pid is opened afresh. At most a quarter of the soft `RLIMIT_NOFILE`
+/// (never changed) is spent this way; processes beyond it are opened and closed each cycle.
+#[derive(Debug)]
+pub(crate) struct ProcessFiles {
+    open: HashMap<u32, std::fs::File>,
+    budget: usize,
+    pids: Vec<u32>,
+    buf: Vec<u8>,
+}
+
+/// A stat line is a few hundred bytes; a longer one is read again with more room.
+const STAT_READ_BYTES: usize = 4096;
+
+impl ProcessFiles {
+    fn new() -> Self {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: `limit` is a valid, writable rlimit.
+        let soft =
+            if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 { limit.rlim_cur } else { 0 };
+        let budget = usize::try_from(soft / 4).unwrap_or(usize::MAX).min(1 << 16);
+        Self { open: HashMap::new(), budget, pids: Vec::new(), buf: vec![0; STAT_READ_BYTES] }
+    }
+}
+
+/// Reads a whole stat file from offset 0 into `buf` (grown when one read filled it).
+fn read_stat(file: &std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    loop {
+        let n = file.read_at(buf, 0)?;
+        if n < buf.len() {
+            return Ok(n);
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+}
+
+fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathered) {
+    let entries = match std::fs::read_dir(&ctx.roots.proc) {
+        Ok(e) => e,
+        Err(e) => return g.problem("read_failed", format!("{}: {e}", ctx.roots.proc.display())),
+    };
+    files.pids.clear();
+    files
+        .pids
+        .extend(entries.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()));
+    files.pids.sort_unstable();
+    // Files of processes no longer listed are closed.
+    let pids = &files.pids;
+    files.open.retain(|pid, _| pids.binary_search(pid).is_ok());
+
+    let mut counts = ProcessCounts::default();
+    let (mut unreadable, mut malformed) = (0u64, 0u64);
+    let mut first_error = None;
+    let gone = |e: &std::io::Error| {
+        e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
+    };
+    for &pid in &files.pids {
+        let mut read = None;
+        if let Some(file) = files.open.get(&pid) {
+            match read_stat(file, &mut files.buf) {
+                Ok(n) if n > 0 => read = Some(n),
+                // Reaped since the last cycle: the pid, if listed, is a new process.
+                _ => {
+                    files.open.remove(&pid);
+                }
+            }
+        }
+        if read.is_none() {
+            let path = ctx.roots.proc.join(format!("{pid}/stat"));
+            match std::fs::File::open(&path).and_then(|f| read_stat(&f, &mut files.buf).map(|n| (f, n))) {
+                Ok((file, n)) => {
+                    read = Some(n);
+                    if files.open.len() < files.budget {
+                        files.open.insert(pid, file);
+                    }
+                }
+                // The process ended between the listing and the read: it is simply gone, as
+                // Telegraf treats it.
+                Err(e) if gone(&e) => {}
+                Err(e) => {
+                    unreadable += 1;
+                    first_error.get_or_insert_with(|| format!("{}: {e}", path.display()));
+                }
+            }
+        }
+        if let Some(n) = read {
+            if let Err(StatError::NoState | StatError::BadThreads) = counts.add(&files.buf[..n]) {
+                malformed += 1;
+            }
+        }
+    }
+    if malformed > 0 {
+        g.problem("malformed_line", format!("{malformed} /proc/[pid]/stat file(s) not understood"));
+    }
+    if let Some(first) = first_error {
+        g.problem(
+            "read_failed",
+            format!("{unreadable} /proc/[pid]/stat file(s) unreadable (first: {first})"),
+        );
+    }
+    g.points.push(processes::processes_point(&counts));
+}
+
+fn gather_kernel(ctx: &HostContext, g: &mut Gathered) {
+    let path = ctx.proc("stat");
+    let stat = match read(&path) {
+        Ok(t) => kernel::parse_stat(&t),
+        Err(p) => return g.problems.push(p),
+    };
+    if !stat.unreadable.is_empty() {
+        g.problem("malformed_line", format!("{}: unreadable {}", path.display(), stat.unreadable.join(", ")));
+    }
+    let entropy_path = ctx.proc("sys/kernel/random/entropy_avail");
+    let entropy = match read(&entropy_path) {
+        Ok(t) => {
+            let v = kernel::parse_entropy(&t);
+            if v.is_none() {
+                g.problem("malformed_line", format!("{}: not a number", entropy_path.display()));
+            }
+            v
+        }
+        Err(p) => {
+            g.problems.push(p);
+            None
+        }
+    };
+    g.points.extend(kernel::kernel_point(&stat, entropy));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::point::FieldValue;
+
+    fn context(proc: &Path, sys: &Path) -> HostContext {
+        HostContext {
+            roots: Roots {
+                proc: proc.into(),
+                sys: sys.into(),
+                mount_prefix: PathBuf::new(),
+                var: sys.join("var"),
+            },
+            cpu: CpuOptions::default(),
+            disk: DiskOptions::default(),
+            diskio_devices: Vec::new(),
+            net_interfaces: Vec::new(),
+            ticks_per_sec: 100.0,
+            page_size: 4096,
+        }
+    }
+
+    /// Roots pointing at a tree built in a temp dir: the inputs read there, not on `/proc`,
+    /// and a missing or broken file is a problem, never a panic.
+    #[test]
+    fn roots_are_honoured_and_bad_files_are_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path().join("proc");
+        let sys = dir.path().join("sys");
+        std::fs::create_dir_all(proc.join("net")).unwrap();
+        std::fs::create_dir_all(proc.join("42")).unwrap();
+        std::fs::create_dir_all(sys.join("class/net/eth0")).unwrap();
+        std::fs::create_dir_all(sys.join("devices/system/cpu/cpu0/topology")).unwrap();
+        let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/proc");
+        std::fs::copy(testdata.join("odd/stat-64cpu-guest"), proc.join("stat")).unwrap();
+        std::fs::write(proc.join("meminfo"), "MemTotal: 1000 kB\nMemAvailable: 250 kB\nbroken\n").unwrap();
+        std::fs::write(proc.join("net/dev"), "h1\nh2\n  eth0: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n")
+            .unwrap();
+        std::fs::write(sys.join("class/net/eth0/flags"), "0x1003\n").unwrap();
+        std::fs::write(sys.join("class/net/eth0/speed"), "1000\n").unwrap();
+        std::fs::write(sys.join("devices/system/cpu/online"), "0-63\n").unwrap();
+        std::fs::write(sys.join("devices/system/cpu/cpu0/topology/core_cpus_list"), "0,32\n").unwrap();
+        std::fs::write(proc.join("loadavg"), "1.00 2.00 3.00 1/100 5\n").unwrap();
+        std::fs::write(proc.join("uptime"), "90061.50 1.00\n").unwrap();
+        std::fs::write(proc.join("42/stat"), "42 (x) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 3 0\n")
+            .unwrap();
+        let ctx = context(&proc, &sys);
+
+        let mut cpu = FileInput::new(HostInput::Cpu);
+        let g = cpu.gather(&ctx);
+        assert!(g.points.is_empty() && g.problems.is_empty(), "first sample: nothing yet");
+        let g = cpu.gather(&ctx);
+        assert!(g.points.is_empty(), "nothing moved: no usage (a zero Δtotal)");
+        std::fs::copy(testdata.join("odd/stat-64cpu-guest.later"), proc.join("stat")).unwrap();
+        let g = cpu.gather(&ctx);
+        assert_eq!(g.points.len(), 65, "cpu-total and 64 CPUs");
+
+        let g = FileInput::new(HostInput::Mem).gather(&ctx);
+        assert_eq!(g.points[0].field_value("used"), Some(&FieldValue::Int(750 * 1024)));
+        assert_eq!(g.problems.len(), 1);
+        assert_eq!(g.problems[0].reason, "malformed_line");
+
+        let g = FileInput::new(HostInput::Net).gather(&ctx);
+        assert_eq!(g.points.len(), 1);
+        assert_eq!(g.points[0].field_value("speed"), Some(&FieldValue::Int(1000)));
+
+        let g = FileInput::new(HostInput::System).gather(&ctx);
+        assert!(g.problems.is_empty(), "{:?}", g.problems);
+        assert_eq!(g.points[0].field_value("n_cpus"), Some(&FieldValue::Int(64)));
+        assert_eq!(g.points[0].field_value("n_physical_cpus"), Some(&FieldValue::Int(1)));
+        assert_eq!(g.points[1].field_value("uptime"), Some(&FieldValue::Int(90062)));
+        assert_eq!(g.points[2].field_value("uptime_format"), Some(&FieldValue::Str("1 day,  1:01".into())));
+
+        let mut processes = FileInput::new(HostInput::Processes);
+        let g = processes.gather(&ctx);
+        assert_eq!(g.points[0].field_value("sleeping"), Some(&FieldValue::Int(1)));
+        assert_eq!(g.points[0].field_value("total_threads"), Some(&FieldValue::Int(3)));
+        // Its file stays open between cycles; a process that leaves the listing is not
+        // counted from it any more, a new one is.
+        std::fs::remove_dir_all(proc.join("42")).unwrap();
+        std::fs::create_dir_all(proc.join("43")).unwrap();
+        std::fs::write(proc.join("43/stat"), "43 (y) Z 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 1 0\n")
+            .unwrap();
+        let g = processes.gather(&ctx);
+        assert_eq!(g.points[0].field_value("total"), Some(&FieldValue::Int(1)));
+        assert_eq!(g.points[0].field_value("zombies"), Some(&FieldValue::Int(1)));
+        assert_eq!(g.points[0].field_value("sleeping"), Some(&FieldValue::Int(0)));
+
+        // Files this tree does not have: problems naming them, no panic, no points.
+        for kind in [HostInput::Swap, HostInput::Diskio, HostInput::Netstat, HostInput::Disk] {
+            let g = FileInput::new(kind).gather(&ctx);
+            assert!(g.points.is_empty(), "{kind:?}");
+            assert!(g.problems.iter().any(|p| p.reason == "read_failed"), "{kind:?}: {:?}", g.problems);
+            assert!(
+                g.problems.iter().all(|p| p.detail.contains(dir.path().to_str().unwrap())),
+                "{:?}",
+                g.problems
+            );
+        }
+        let g = FileInput::new(HostInput::Kernel).gather(&ctx);
+        assert_eq!(g.points.len(), 1, "stat is there");
+        assert!(g.problems[0].detail.contains("entropy_avail"));
+    }
+}

@@ -1,0 +1,562 @@
+//! The collector runner: every enabled input on one clock, each in its own task, each cycle's
+//! points as one [`Batch`] of line protocol into a bounded channel.
+//!
+//! - **Aligned cycles.** Cycles fall on multiples of the interval on the wall clock (Telegraf's
+//!   `round_interval`), and every point of a cycle carries that tick's time: all inputs of one
+//!   cycle share one timestamp, and two cycles never share one.
+//! - **Isolation.** Each input runs in its own task (file inputs on a blocking thread, since a
+//!   `statfs` of a dead NFS server blocks): a slow or failing input never delays the others.
+//!   An input still busy when its next tick comes skips that tick; the skipped cycles are
+//!   counted (`logmill_collect_cycles_missed_total{input}`) and logged once.
+//! - **Quiet errors.** A problem (a missing file, a malformed line, a kubelet that does not
+//!   answer) is counted every cycle (`logmill_collect_problems_total{input,reason}`) but logged
+//!   once when it starts, and once more when it goes away ("recovered").
+//! - **Back-pressure.** The channel is the caller's and bounded: when its consumer is slow
+//!   (InfluxDB down), inputs wait to hand their batch over and miss ticks rather than pile up
+//!   memory.
+//!
+//! The inputs that report rates (cpu, diskio) take a first sample when they start, so the
+//! first cycle already has rates; `once` samples them twice, `once_sample_gap` apart.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::read::{FileInput, Gathered, HostContext};
+use super::remote::{KubeletInput, NsqStatsInput, RemoteError};
+use super::{encode_points, CollectSettings, Problem};
+use crate::telemetry::{Counter, Telemetry};
+
+/// How long `once` waits for an input before giving up on it (a hung `statfs`, a kubelet
+/// that accepts and never answers despite its own timeout).
+const ONCE_INPUT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One input's points of one cycle, as line protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Telegraf's name of the input (`cpu`, `kubernetes`, `nsq`…).
+    pub input: &'static str,
+    /// The cycle's time, which every point of the batch carries.
+    pub timestamp_ns: i64,
+    /// Whole lines, each ending in `\n`.
+    pub body: Bytes,
+    /// Lines in `body`.
+    pub points: usize,
+}
+
+impl Batch {
+    /// `body` cut at line boundaries into pieces of at most `max_bytes` (a single longer line
+    /// is a piece of its own): NSQ messages have a size limit (`nsq.max_msg_bytes`).
+    pub fn split(&self, max_bytes: usize) -> Vec<Bytes> {
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        let mut end = 0;
+        for line_end in memchr::memchr_iter(b'\n', &self.body).map(|i| i + 1) {
+            if line_end - start > max_bytes && end > start {
+                pieces.push(self.body.slice(start..end));
+                start = end;
+            }
+            end = line_end;
+        }
+        if end > start {
+            pieces.push(self.body.slice(start..end));
+        }
+        pieces
+    }
+}
+
+/// What `once` produced.
+#[derive(Debug, Default)]
+pub struct OnceReport {
+    /// One batch per input that produced points, in the order of the inputs.
+    pub batches: Vec<Batch>,
+    /// Every problem of the cycle, by input.
+    pub problems: Vec<(&'static str, Problem)>,
+}
+
+/// Why the collectors could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollectError {
+    #[error("kubelet: {0}")]
+    Kubelet(RemoteError),
+    #[error("nsq: {0}")]
+    Nsq(RemoteError),
+}
+
+/// One input of the runner.
+#[derive(Debug)]
+enum Input {
+    File(FileInput),
+    Kubelet(KubeletInput),
+    Nsq(NsqStatsInput),
+}
+
+impl Input {
+    fn name(&self) -> &'static str {
+        match self {
+            Input::File(f) => f.kind().name(),
+            // Telegraf's plugin names.
+            Input::Kubelet(_) => "kubernetes",
+            Input::Nsq(_) => "nsq",
+        }
+    }
+
+    fn needs_two_samples(&self) -> bool {
+        matches!(self, Input::File(f) if f.needs_two_samples())
+    }
+
+    /// One sample. A file input moves to a blocking thread and back, with its state.
+    async fn gather(self, ctx: Arc<HostContext>) -> (Input, Gathered) {
+        match self {
+            Input::File(mut file) => {
+                let kind = file.kind();
+                let joined = tokio::task::spawn_blocking(move || {
+                    let g = file.gather(&ctx);
+                    (file, g)
+                })
+                .await;
+                match joined {
+                    Ok((file, g)) => (Input::File(file), g),
+                    // Only a bug panics in there; the input starts afresh rather than stop.
+                    Err(e) => {
+                        let mut g = Gathered::default();
+                        g.problems.push(Problem::new("panicked", e.to_string()));
+                        (Input::File(FileInput::new(kind)), g)
+                    }
+                }
+            }
+            Input::Kubelet(k) => {
+                let g = k.gather().await;
+                (Input::Kubelet(k), g)
+            }
+            Input::Nsq(n) => {
+                let g = n.gather().await;
+                (Input::Nsq(n), g)
+            }
+        }
+    }
+}
+
+/// The collectors, ready to run: [`Collector::run`] for the long-running roles,
+/// [`Collector::once`] for `logmill collect --once`.
+#[derive(Debug)]
+pub struct Collector {
+    interval: Duration,
+    round_interval: bool,
+    once_sample_gap: Duration,
+    host: Arc<str>,
+    ctx: Arc<HostContext>,
+    inputs: Vec<Input>,
+    telemetry: Telemetry,
+}
+
+impl Collector {
+    /// Sets up every enabled input (HTTP clients built, the kubelet's CA read). `host` is the
+    /// `host` tag of every point; `telemetry` the registry the runner counts into.
+    pub fn new(settings: &CollectSettings, host: &str, telemetry: &Telemetry) -> Result<Self, CollectError> {
+        let mut inputs: Vec<Input> =
+            settings.inputs.iter().map(|kind| Input::File(FileInput::new(*kind))).collect();
+        if let Some(k) = &settings.kubelet {
+            inputs.push(Input::Kubelet(KubeletInput::new(k.clone()).map_err(CollectError::Kubelet)?));
+        }
+        if let Some(n) = &settings.nsq {
+            inputs.push(Input::Nsq(NsqStatsInput::new(n.clone()).map_err(CollectError::Nsq)?));
+        }
+        Ok(Self {
+            interval: settings.interval,
+            round_interval: settings.round_interval,
+            once_sample_gap: settings.once_sample_gap,
+            host: host.into(),
+            ctx: Arc::new(HostContext::new(settings)),
+            inputs,
+            telemetry: telemetry.clone(),
+        })
+    }
+
+    /// The enabled inputs, by Telegraf's names.
+    pub fn input_names(&self) -> Vec<&'static str> {
+        self.inputs.iter().map(Input::name).collect()
+    }
+
+    /// Runs every input on its schedule until `cancel` fires (or `out` is closed), sending each
+    /// cycle's points as one batch per input. Spawn it; it returns once every input has stopped.
+    pub async fn run(self, out: mpsc::Sender<Batch>, cancel: CancellationToken) {
+        let schedule = Schedule::new(now_ns(), self.interval, self.round_interval);
+        tracing::info!(
+            inputs = %self.input_names().join(","),
+            interval_ms = self.interval.as_millis() as u64,
+            round_interval = self.round_interval,
+            "collectors started"
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        for input in self.inputs {
+            let run = InputRun {
+                counters: InputCounters::new(&self.telemetry, input.name()),
+                log: ProblemLog::new(input.name()),
+                ctx: self.ctx.clone(),
+                host: self.host.clone(),
+                schedule,
+            };
+            tasks.spawn(run.run(input, out.clone(), cancel.clone()));
+        }
+        drop(out);
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// One cycle of every input, stamped now. Inputs that report rates are sampled twice,
+    /// `once_sample_gap` apart, so that every measurement is there.
+    pub async fn once(self) -> OnceReport {
+        let Collector { once_sample_gap, host, ctx, inputs, telemetry, .. } = self;
+        let mut report = OnceReport::default();
+        let timed_out = |name: &'static str, report: &mut OnceReport| {
+            let p = Problem::new("timed_out", format!("no answer within {ONCE_INPUT_TIMEOUT:?}"));
+            InputCounters::new(&telemetry, name).problem(&p);
+            report.problems.push((name, p));
+        };
+        let two_samples = inputs.iter().any(Input::needs_two_samples);
+        let mut ready = Vec::with_capacity(inputs.len());
+        for (name, input, _) in gather_all(inputs, &ctx, Input::needs_two_samples).await {
+            match input {
+                Some(input) => ready.push(input),
+                None => timed_out(name, &mut report),
+            }
+        }
+        if two_samples {
+            tokio::time::sleep(once_sample_gap).await;
+        }
+        let timestamp_ns = now_ns();
+        for (name, _, gathered) in gather_all(ready, &ctx, |_| true).await {
+            let Some(gathered) = gathered else {
+                timed_out(name, &mut report);
+                continue;
+            };
+            let counters = InputCounters::new(&telemetry, name);
+            let (batch, problems) = finish_cycle(name, gathered, &host, timestamp_ns, &counters);
+            report.batches.extend(batch);
+            report.problems.extend(problems.into_iter().map(|p| (name, p)));
+        }
+        report
+    }
+
+    /// One cycle of the host (file) inputs on this thread, stamped `timestamp_ns`: what a
+    /// cycle costs, for benchmarks and tests. The kubelet and nsq inputs are not asked.
+    pub fn gather_host_blocking(&mut self, timestamp_ns: i64) -> Vec<Batch> {
+        let mut batches = Vec::new();
+        for input in &mut self.inputs {
+            if let Input::File(file) = input {
+                let g = file.gather(&self.ctx);
+                let mut body = BytesMut::with_capacity(4096);
+                let (points, _) = encode_points(&g.points, &self.host, timestamp_ns, &mut body);
+                if points > 0 {
+                    batches.push(Batch {
+                        input: file.kind().name(),
+                        timestamp_ns,
+                        body: body.freeze(),
+                        points,
+                    });
+                }
+            }
+        }
+        batches
+    }
+}
+
+/// Gathers the inputs `which` selects concurrently, each within [`ONCE_INPUT_TIMEOUT`].
+/// Returns, in order, each input's name, the input (`None` if it timed out) and its sample
+/// (`None` when not selected or timed out).
+async fn gather_all(
+    inputs: Vec<Input>,
+    ctx: &Arc<HostContext>,
+    which: impl Fn(&Input) -> bool,
+) -> Vec<(&'static str, Option<Input>, Option<Gathered>)> {
+    let mut results = Vec::with_capacity(inputs.len());
+    let mut set = tokio::task::JoinSet::new();
+    for (i, input) in inputs.into_iter().enumerate() {
+        let name = input.name();
+        if which(&input) {
+            let ctx = ctx.clone();
+            set.spawn(async move { (i, tokio::time::timeout(ONCE_INPUT_TIMEOUT, input.gather(ctx)).await) });
+            results.push((name, None, None));
+        } else {
+            results.push((name, Some(input), None));
+        }
+    }
+    while let Some(joined) = set.join_next().await {
+        if let Ok((i, Ok((input, gathered)))) = joined {
+            results[i].1 = Some(input);
+            results[i].2 = Some(gathered);
+        }
+    }
+    results
+}
+
+/// Encodes a cycle's points and counts its problems; the batch, if any point was written.
+fn finish_cycle(
+    name: &'static str,
+    gathered: Gathered,
+    host: &str,
+    timestamp_ns: i64,
+    counters: &InputCounters,
+) -> (Option<Batch>, Vec<Problem>) {
+    let Gathered { points, mut problems } = gathered;
+    let mut body = BytesMut::with_capacity(points.len() * 256);
+    let (written, errors) = encode_points(&points, host, timestamp_ns, &mut body);
+    if let Some(first) = errors.first() {
+        problems.push(Problem::new(
+            "unencodable",
+            format!("{} point(s) line protocol cannot carry, left out (first: {first})", errors.len()),
+        ));
+    }
+    counters.points.add(written as u64);
+    for p in &problems {
+        counters.problem(p);
+    }
+    let batch =
+        (written > 0).then(|| Batch { input: name, timestamp_ns, body: body.freeze(), points: written });
+    (batch, problems)
+}
+
+fn now_ns() -> i64 {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// The ticks of every input: `start + k × interval`, with `start` on a multiple of the
+/// interval when rounding (the first multiple after now), else now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Schedule {
+    start_ns: i64,
+    interval_ns: i64,
+}
+
+impl Schedule {
+    fn new(now_ns: i64, interval: Duration, round: bool) -> Self {
+        let interval_ns = i64::try_from(interval.as_nanos()).unwrap_or(i64::MAX).max(1);
+        let start_ns = if round {
+            now_ns.div_euclid(interval_ns).saturating_add(1).saturating_mul(interval_ns)
+        } else {
+            now_ns
+        };
+        Self { start_ns, interval_ns }
+    }
+
+    fn tick_ns(&self, k: u64) -> i64 {
+        self.start_ns.saturating_add(i64::try_from(k).unwrap_or(i64::MAX).saturating_mul(self.interval_ns))
+    }
+
+    /// The first tick after `now_ns`, and after tick `after` when given (a clock stepped
+    /// back never repeats a tick).
+    fn next_after(&self, now_ns: i64, after: Option<u64>) -> u64 {
+        let elapsed = now_ns.saturating_sub(self.start_ns);
+        let due = if elapsed < 0 {
+            0
+        } else {
+            u64::try_from(elapsed / self.interval_ns).unwrap_or(u64::MAX).saturating_add(1)
+        };
+        match after {
+            Some(k) => due.max(k.saturating_add(1)),
+            None => due,
+        }
+    }
+}
+
+/// Counters of one input.
+struct InputCounters {
+    telemetry: Telemetry,
+    input: &'static str,
+    points: Counter,
+    missed: Counter,
+}
+
+impl InputCounters {
+    fn new(telemetry: &Telemetry, input: &'static str) -> Self {
+        Self {
+            telemetry: telemetry.clone(),
+            input,
+            points: telemetry.counter(
+                "logmill_collect_points_total",
+                "Points the host, kubelet and nsq collectors produced.",
+                &[("input", input)],
+            ),
+            missed: telemetry.counter(
+                "logmill_collect_cycles_missed_total",
+                "Collection cycles an input skipped because its previous one was still running or waiting to be delivered.",
+                &[("input", input)],
+            ),
+        }
+    }
+
+    fn problem(&self, p: &Problem) {
+        self.telemetry
+            .counter(
+                "logmill_collect_problems_total",
+                "Problems of collection cycles (unreadable files, malformed lines, HTTP errors), by input and reason.",
+                &[("input", self.input), ("reason", p.reason)],
+            )
+            .add(1);
+    }
+}
+
+/// Logs a problem when it starts and when it goes away, not every cycle in between.
+struct ProblemLog {
+    input: &'static str,
+    active: BTreeSet<&'static str>,
+}
+
+impl ProblemLog {
+    fn new(input: &'static str) -> Self {
+        Self { input, active: BTreeSet::new() }
+    }
+
+    /// The reasons that started and the ones that ended with this cycle.
+    fn update<'p>(&mut self, problems: &'p [Problem]) -> (Vec<&'p Problem>, Vec<&'static str>) {
+        let now: BTreeSet<&'static str> = problems.iter().map(|p| p.reason).collect();
+        let mut started = Vec::new();
+        for p in problems {
+            if !self.active.contains(p.reason) && !started.iter().any(|s: &&Problem| s.reason == p.reason) {
+                started.push(p);
+            }
+        }
+        let ended: Vec<&'static str> = self.active.difference(&now).copied().collect();
+        self.active = now;
+        (started, ended)
+    }
+
+    fn report(&mut self, problems: &[Problem]) {
+        let input = self.input;
+        let (started, ended) = self.update(problems);
+        for p in started {
+            tracing::warn!(input, reason = p.reason, detail = %p.detail, "collector problem (logged once while it lasts)");
+        }
+        for reason in ended {
+            tracing::info!(input, reason, "collector recovered");
+        }
+    }
+}
+
+/// What one input's task owns besides the input.
+struct InputRun {
+    counters: InputCounters,
+    log: ProblemLog,
+    ctx: Arc<HostContext>,
+    host: Arc<str>,
+    schedule: Schedule,
+}
+
+impl InputRun {
+    async fn run(mut self, mut input: Input, out: mpsc::Sender<Batch>, cancel: CancellationToken) {
+        let name = input.name();
+        if input.needs_two_samples() {
+            let primed = tokio::select! {
+                _ = cancel.cancelled() => return,
+                primed = input.gather(self.ctx.clone()) => primed,
+            };
+            input = primed.0;
+        }
+        let mut k = self.schedule.next_after(now_ns(), None);
+        let mut overrun_logged = false;
+        loop {
+            let tick_ns = self.schedule.tick_ns(k);
+            let wait = Duration::from_nanos(u64::try_from(tick_ns.saturating_sub(now_ns())).unwrap_or(0));
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let (next_input, gathered) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                result = input.gather(self.ctx.clone()) => result,
+            };
+            input = next_input;
+            self.log.report(&gathered.problems);
+            let (batch, _) = finish_cycle(name, gathered, &self.host, tick_ns, &self.counters);
+            if let Some(batch) = batch {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    sent = out.send(batch) => if sent.is_err() { return },
+                }
+            }
+            let next = self.schedule.next_after(now_ns(), Some(k));
+            let missed = next - k - 1;
+            if missed > 0 {
+                self.counters.missed.add(missed);
+                if !overrun_logged {
+                    tracing::warn!(
+                        input = name,
+                        missed,
+                        "collector cycle overran its interval (slow input, or its output waiting); skipping ticks (logged once)"
+                    );
+                    overrun_logged = true;
+                }
+            }
+            k = next;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: i64 = 1_000_000_000;
+
+    #[test]
+    fn aligned_schedule() {
+        // 12:00:03.5 with a 10 s interval: first tick 12:00:10, then every 10 s.
+        let now = 1_700_000_003 * SEC + SEC / 2;
+        let s = Schedule::new(now, Duration::from_secs(10), true);
+        assert_eq!(s.tick_ns(0), 1_700_000_010 * SEC);
+        assert_eq!(s.tick_ns(3), 1_700_000_040 * SEC);
+        // Exactly on a multiple: the next one (the current tick is already passing).
+        assert_eq!(
+            Schedule::new(1_700_000_010 * SEC, Duration::from_secs(10), true).tick_ns(0),
+            1_700_000_020 * SEC
+        );
+        // Not rounded: starts now.
+        assert_eq!(Schedule::new(now, Duration::from_secs(10), false).tick_ns(1), now + 10 * SEC);
+        // Before the first tick: tick 0 is next; a gather that ended within its interval:
+        // the next tick; one that took 25 s: two ticks skipped.
+        assert_eq!(s.next_after(now, None), 0);
+        assert_eq!(s.next_after(s.tick_ns(0) + SEC, Some(0)), 1);
+        assert_eq!(s.next_after(s.tick_ns(0) + 25 * SEC, Some(0)), 3);
+        // A clock that stepped back never repeats a tick.
+        assert_eq!(s.next_after(s.tick_ns(0) - 100 * SEC, Some(5)), 6);
+        // Not rounded: the first tick is one interval after the start.
+        let u = Schedule::new(now, Duration::from_secs(10), false);
+        assert_eq!(u.next_after(now + 1, None), 1);
+    }
+
+    #[test]
+    fn problems_logged_once_then_recovered() {
+        let mut log = ProblemLog::new("kubernetes");
+        let http = Problem::new("http", "refused");
+        let json = Problem::new("bad_json", "x");
+        let twice = [http.clone(), http.clone()];
+        let (started, ended) = log.update(&twice);
+        assert_eq!(started.len(), 1, "one report per reason");
+        assert!(ended.is_empty());
+        let (started, ended) = log.update(std::slice::from_ref(&http));
+        assert!(started.is_empty() && ended.is_empty(), "still the same problem: silent");
+        let json = [json];
+        let (started, ended) = log.update(&json);
+        assert_eq!(started[0].reason, "bad_json");
+        assert_eq!(ended, ["http"]);
+        let (started, ended) = log.update(&[]);
+        assert!(started.is_empty());
+        assert_eq!(ended, ["bad_json"]);
+    }
+
+    #[test]
+    fn batch_split_at_lines() {
+        let body = Bytes::from_static(b"aaaa\nbb\ncccccccc\nd\n");
+        let batch = Batch { input: "cpu", timestamp_ns: 0, body, points: 4 };
+        let pieces = batch.split(8);
+        let texts: Vec<&[u8]> = pieces.iter().map(|b| b.as_ref()).collect();
+        assert_eq!(texts, [&b"aaaa\nbb\n"[..], b"cccccccc\n", b"d\n"]);
+        assert_eq!(batch.split(1000).len(), 1);
+    }
+}

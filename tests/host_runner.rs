@@ -1,0 +1,92 @@
+//! The collector runner as the agent will run it: batches on a bounded channel, cycles on
+//! multiples of the interval, one timestamp per cycle shared by every input, and a slow input
+//! (an nsqd that accepts connections and never answers) that delays nobody else.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use logmill::config::RawConfig;
+use logmill::host::{Batch, Collector};
+use logmill::telemetry::Telemetry;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The settings of a config file holding `text`, as `--config FILE` reads them.
+fn settings_from(text: &str) -> logmill::config::Settings {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    RawConfig::load(Some(file.path())).unwrap().validate().unwrap()
+}
+
+const INTERVAL_MS: i64 = 200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aligned_cycles_and_a_slow_input_delays_nobody() {
+    // An "nsqd" that takes connections and never says a word: each request runs into the
+    // collector's 1 s timeout, five intervals.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let text = format!(
+        "host = \"node-1\"\n[collect]\ninterval_ms = {INTERVAL_MS}\ninputs = [\"mem\", \"kernel\", \"cpu\"]\n\
+         [collect.nsqd]\nendpoints = [\"127.0.0.1:{port}\"]\ntimeout_ms = 1000\n"
+    );
+    let settings = settings_from(&text);
+    let telemetry = Telemetry::default();
+    let collector = Collector::new(&settings.collect, "node-1", &telemetry).unwrap();
+    let (tx, mut rx) = mpsc::channel::<Batch>(64);
+    let cancel = CancellationToken::new();
+    let runner = tokio::spawn(collector.run(tx, cancel.clone()));
+
+    let started = Instant::now();
+    let mut by_time: BTreeMap<i64, Vec<&'static str>> = BTreeMap::new();
+    while started.elapsed() < Duration::from_millis(2300) {
+        let Ok(Some(batch)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await else {
+            panic!("no batch for 500 ms: the slow input held the others up? {by_time:?}");
+        };
+        assert_eq!(batch.timestamp_ns % (INTERVAL_MS * 1_000_000), 0, "on a multiple of the interval");
+        let text = std::str::from_utf8(&batch.body).unwrap();
+        assert!(
+            text.lines().all(|l| l.ends_with(&format!(" {}", batch.timestamp_ns))),
+            "one timestamp: {text}"
+        );
+        assert!(text.lines().all(|l| l.contains(",host=node-1")));
+        by_time.entry(batch.timestamp_ns).or_default().push(batch.input);
+    }
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), runner).await.expect("stops on cancel").unwrap();
+
+    // Complete cycles (the first and last may be cut by the test's window): each has mem,
+    // kernel and cpu (cpu already primed, so it has rates from its first cycle), and no two
+    // cycles share a time.
+    let cycles: Vec<_> = by_time.values().collect();
+    assert!(cycles.len() >= 8, "{} cycles in 2.3 s of 200 ms: {by_time:?}", cycles.len());
+    let middle = &cycles[1..cycles.len() - 1];
+    for inputs in middle {
+        let mut sorted = (*inputs).clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, ["cpu", "kernel", "mem"], "{by_time:?}");
+    }
+    let times: Vec<i64> = by_time.keys().copied().collect();
+    assert!(times.windows(2).all(|w| w[1] - w[0] == INTERVAL_MS * 1_000_000), "consecutive ticks: {times:?}");
+
+    // The silent nsqd: counted as a problem, its skipped ticks counted, never a batch.
+    let prometheus = telemetry.render_prometheus();
+    let value = |needle: &str| -> u64 {
+        prometheus
+            .lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(value("logmill_collect_problems_total{input=\"nsq\",reason=\"http\"}") >= 1, "{prometheus}");
+    assert!(value("logmill_collect_cycles_missed_total{input=\"nsq\"}") >= 3, "{prometheus}");
+    assert_eq!(value("logmill_collect_cycles_missed_total{input=\"mem\"}"), 0, "{prometheus}");
+    assert!(value("logmill_collect_points_total{input=\"kernel\"}") >= 8);
+}
