@@ -259,7 +259,7 @@ impl KeyGuard {
     }
 
     /// The timestamp of the next line, whose own is `candidate_ns`.
-    pub(crate) fn stamp(&mut self, candidate_ns: i64) -> i64 {
+    pub fn stamp(&mut self, candidate_ns: i64) -> i64 {
         let ts = match self.last_ns {
             Some(last) => candidate_ns.max(last.saturating_add(1)),
             None => candidate_ns,

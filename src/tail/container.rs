@@ -38,7 +38,7 @@ impl Stream {
 
 /// How a file's lines are wrapped by the container runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wrapping {
+pub enum Wrapping {
     /// Not wrapped: an operator's own log file, the line is the text.
     Raw,
     /// Docker json-file: `{"log":"text\n","stream":"stdout","time":"…"}`.

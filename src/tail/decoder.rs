@@ -16,22 +16,22 @@ use crate::access::{KeyGuard, LineOrigin};
 /// Where reading may start again: a byte offset at the start of a record, and the key state
 /// of the records before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Resume {
-    pub(crate) offset: u64,
-    pub(crate) keys: KeyGuard,
+pub struct Resume {
+    pub offset: u64,
+    pub keys: KeyGuard,
 }
 
 /// One whole line of a file: the pieces of a split line joined.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Record<'a> {
+pub struct Record<'a> {
     /// The runtime's time of the first piece (the moment the line began); `None` for raw lines.
-    pub(crate) time_ns: Option<i64>,
-    pub(crate) stream: Stream,
-    pub(crate) text: Cow<'a, [u8]>,
+    pub time_ns: Option<i64>,
+    pub stream: Stream,
+    pub text: Cow<'a, [u8]>,
     /// The line was longer than `max_line_bytes`; `text` holds its first `max_line_bytes`.
-    pub(crate) truncated: bool,
+    pub truncated: bool,
     /// Offset of the record's first byte (its first piece's line) in the file.
-    pub(crate) offset: u64,
+    pub offset: u64,
 }
 
 impl Record<'_> {

@@ -1,0 +1,1631 @@
+//! The tail engine: one blocking thread that owns every followed file, reads them in turn,
+//! hands records to the [`RecordSink`], tracks rotation, and writes the checkpoint from the
+//! sink's acknowledgements.
+//!
+//! Why one thread: reads are syscalls on files in the page cache (microseconds), records are
+//! handed over by reference without a copy, and one owner means no lock around a file's
+//! decoder. The async world is met in two places: the sink's `flushed` future, awaited with
+//! `Handle::block_on` (while it waits the engine keeps processing acknowledgements, rescans and
+//! checkpoints, but reads nothing), and acknowledgements, which arrive through [`TailHandle`]
+//! from any task.
+//!
+//! ## Shutdown order
+//!
+//! 1. The cancellation token fires: the engine reads no more. A `flushed` already awaited is
+//!    awaited to its end (the sink must not block forever once cancelled).
+//! 2. The engine drops the sink: end of input for whatever the sink feeds.
+//! 3. Downstream drains and acknowledges through [`TailHandle::acked`]; the engine writes the
+//!    checkpoint as acknowledgements come.
+//! 4. When every mark handed out is acknowledged, or every [`TailHandle`] is dropped (no
+//!    acknowledgement can come any more), the engine writes the final checkpoint and its task
+//!    ends. So the caller keeps its acknowledging side alive until then and waits on the task
+//!    tracker (with its grace: a `kill -9` at any point loses nothing, the last checkpoint
+//!    written only holds acknowledged points).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fs::{File, Metadata};
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use flate2::read::MultiGzDecoder;
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::checkpoint::{self, Checkpoint, CheckpointError, Entry, Finished};
+use super::container::DecodeError;
+use super::decoder::{DecodeCounts, FileDecoder, Resume};
+use super::discover::{self, Compression, Glob};
+use super::fluentd::{self, PosFile};
+use super::identity::{
+    self, before_start, FileKey, Fingerprint, Observed, Saved, Verdict, FINGERPRINT_BYTES,
+};
+use super::schedule::{read_allowance, RoundRobin};
+use super::watch::{self, DirWatch, Fallback, Signals};
+use super::{FileId, RecordSink, StartAt, TailError, TailSettings, WatchMode};
+use crate::access::KeyGuard;
+use crate::telemetry::{Counter, Gauge, Telemetry};
+
+/// Finished files are remembered this long, to recognise their `.gz` (kubelet compresses a
+/// rotated file within seconds to minutes).
+const FINISHED_TTL: Duration = Duration::from_secs(3600);
+const FINISHED_MAX: usize = 4096;
+/// mtime comparisons allow this much: a sibling written within it of the last sighting of the
+/// live file may be one we never saw (reading it again costs duplicates, missing it costs loss).
+const MTIME_SLACK_NS: i64 = 1_000_000_000;
+/// Without changes, the checkpoint is still rewritten this often, so its `written_ns` stays
+/// recent (after a restart, rotated files newer than it are read).
+const CHECKPOINT_REFRESH: Duration = Duration::from_secs(10);
+/// A read pass gives acknowledgements and rescans a turn after this long.
+const PASS_BUDGET: Duration = Duration::from_millis(50);
+
+/// Starts the engine.
+pub struct Tailer;
+
+impl Tailer {
+    /// Loads the checkpoint (or imports fluentd's pos_file on the very first start) and starts
+    /// the engine on `tracker` as a blocking task; it runs until `cancel` fires and the
+    /// acknowledgements are in (see the module docs for the order). Must be called inside a
+    /// tokio runtime (multi-threaded: the sink's futures and the engine's waits run on it).
+    pub fn start<S: RecordSink>(
+        settings: TailSettings,
+        sink: S,
+        telemetry: &Telemetry,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Result<TailHandle, TailError> {
+        let rt = Handle::try_current().map_err(|_| TailError::NoRuntime)?;
+        if settings.read_chunk_bytes == 0 || settings.max_unacked_bytes == 0 {
+            return Err(TailError::Invalid {
+                key: "read_chunk_bytes/max_unacked_bytes",
+                message: "must be positive",
+            });
+        }
+        let globs = settings.globs.iter().map(|g| Glob::new(g)).collect::<Result<Vec<_>, _>>()?;
+        let dir = &settings.state_dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|source| TailError::StateDir { path: dir.display().to_string(), source })?;
+        let origin = match checkpoint::load(dir) {
+            Ok(Some(c)) => Origin::Restart(c),
+            Ok(None) => match &settings.fluentd_pos_file {
+                Some(pos) => match std::fs::read(pos) {
+                    Ok(text) => {
+                        let since = std::fs::metadata(pos).map(|m| mtime_ns(&m)).unwrap_or(0);
+                        let parsed = fluentd::parse(&text);
+                        tracing::info!(
+                            pos_file = %pos.display(),
+                            files = parsed.positions.len(),
+                            unparsable = parsed.unparsable,
+                            "importing fluentd's positions (first start)"
+                        );
+                        Origin::PosFile(parsed, since)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Origin::Fresh,
+                    Err(source) => {
+                        return Err(TailError::PosFile { path: pos.display().to_string(), source })
+                    }
+                },
+                None => Origin::Fresh,
+            },
+            Err(e @ (CheckpointError::Decode { .. } | CheckpointError::Version { .. })) => {
+                // Reading everything again costs duplicates; starting at the end would lose
+                // lines. At least once wins; the bad file is kept for the operator.
+                let aside = checkpoint::set_aside(dir);
+                tracing::error!(
+                    error = %e,
+                    kept_as = ?aside,
+                    "checkpoint unreadable: every file and rotation present is read from its start"
+                );
+                Origin::Restart(Checkpoint::new(0, Vec::new(), Vec::new()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let shared = Arc::new(Shared::default());
+        let alive = Arc::new(());
+        let handle = TailHandle { shared: shared.clone(), _alive: alive.clone() };
+        let engine = Engine::new(settings, globs, rt, cancel, shared, Arc::downgrade(&alive), telemetry);
+        drop(alive);
+        tracker.spawn_blocking(move || engine.run(sink, origin));
+        Ok(handle)
+    }
+}
+
+/// How this run begins.
+enum Origin {
+    /// A checkpoint exists.
+    Restart(Checkpoint),
+    /// First start, fluentd's positions (and the pos_file's mtime, Unix ns).
+    PosFile(PosFile, i64),
+    /// First start, nothing to import: `start_at` applies.
+    Fresh,
+}
+
+/// The engine's side of the handle.
+#[derive(Debug, Default)]
+struct Shared {
+    acks: Mutex<Vec<(FileId, Resume)>>,
+    signals: Arc<Signals>,
+    status: Mutex<Status>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Status {
+    files: Vec<FileStatus>,
+    last_checkpoint: Option<Instant>,
+}
+
+/// One followed file as the engine last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStatus {
+    pub id: FileId,
+    pub source: PathBuf,
+    /// Its real path when opened (it may since have been renamed or deleted).
+    pub path: PathBuf,
+    /// Bytes read.
+    pub read_offset: u64,
+    /// Acknowledged resume offset (what the checkpoint holds).
+    pub acked_offset: u64,
+    /// Bytes in the file not read yet (live files; 0 once rotated away).
+    pub lag_bytes: u64,
+    pub rotated: bool,
+}
+
+/// The caller's side: acknowledgements in, status out. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TailHandle {
+    shared: Arc<Shared>,
+    /// The engine watches this (weakly): once every handle is gone, no acknowledgement can
+    /// come, and its drain ends.
+    _alive: Arc<()>,
+}
+
+impl TailHandle {
+    /// Records of `file` up to `resume` are durable downstream: its checkpoint may move there.
+    /// Call in order per file, with the marks `flushed` handed out; an older or unknown mark is
+    /// ignored.
+    pub fn acked(&self, file: FileId, resume: Resume) {
+        self.shared.acks.lock().unwrap_or_else(|e| e.into_inner()).push((file, resume));
+        self.shared.signals.wake.notify_one();
+    }
+
+    /// The followed files, as of the engine's last checkpoint tick.
+    pub fn files(&self) -> Vec<FileStatus> {
+        self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).files.clone()
+    }
+
+    /// Time since the checkpoint was last written; `None` before the first write.
+    pub fn checkpoint_age(&self) -> Option<Duration> {
+        self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).last_checkpoint.map(|t| t.elapsed())
+    }
+}
+
+/// A file's readable bytes: a plain descriptor (read with `pread` at our offset), or a `.gz`
+/// decompressed as a stream.
+enum Input {
+    Plain(File),
+    Gz(Box<MultiGzDecoder<BufReader<File>>>),
+    Closed,
+}
+
+impl Input {
+    fn read(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        loop {
+            let r = match self {
+                Input::Plain(f) => f.read_at(buf, offset),
+                Input::Gz(r) => r.read(buf),
+                Input::Closed => Ok(0),
+            };
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn plain(&self) -> Option<&File> {
+        match self {
+            Input::Plain(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+/// A resume point handed to the sink, with the hash before it for the checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    resume: Resume,
+    before: Option<u64>,
+}
+
+struct Tracked {
+    id: FileId,
+    source: PathBuf,
+    path: PathBuf,
+    input: Input,
+    key: FileKey,
+    fingerprint: Fingerprint,
+    gz: bool,
+    /// When it stopped being the live file at `source`; `None` while it is.
+    rotated_at: Option<Instant>,
+    /// Seen rewritten in place by a scan (head changed): restart it as a truncation.
+    rewritten: bool,
+    read_offset: u64,
+    decoder: FileDecoder,
+    opened_sent: bool,
+    /// The last resume handed to the sink.
+    flushed: Resume,
+    /// Handed out, not acknowledged yet, in order.
+    marks: VecDeque<Mark>,
+    /// What the checkpoint records.
+    acked: Mark,
+    /// `closed` was sent; kept only until its marks are acknowledged.
+    finished: bool,
+    undecodable: DecodeCounts,
+    /// Size at the last scan (live files), for the lag gauge.
+    size: u64,
+}
+
+impl Tracked {
+    fn unacked(&self) -> u64 {
+        self.read_offset.saturating_sub(self.acked.resume.offset)
+    }
+}
+
+struct Metrics {
+    files_watched: Gauge,
+    files_opened: Counter,
+    files_rotated: Counter,
+    files_truncated: Counter,
+    files_finished: Counter,
+    files_vanished: Counter,
+    lines: Counter,
+    bytes: Counter,
+    truncated: Counter,
+    undecodable: Vec<Counter>,
+    lag: Gauge,
+    unacked: Gauge,
+    pauses: Counter,
+    checkpoint_age: Gauge,
+    checkpoint_writes: Counter,
+    checkpoint_errors: Counter,
+    rescans: Counter,
+    overflows: Counter,
+    polling: Gauge,
+    read_errors: Counter,
+}
+
+impl Metrics {
+    fn new(t: &Telemetry) -> Self {
+        Metrics {
+            files_watched: t.gauge("logmill_files_watched", "Log files followed now.", &[]),
+            files_opened: t.counter("logmill_files_opened_total", "Log files opened.", &[]),
+            files_rotated: t.counter(
+                "logmill_files_rotated_total",
+                "Followed files renamed away or deleted (read on to their end).",
+                &[],
+            ),
+            files_truncated: t.counter(
+                "logmill_files_truncated_total",
+                "Followed files truncated or rewritten in place (read again from 0).",
+                &[],
+            ),
+            files_finished: t.counter(
+                "logmill_files_finished_total",
+                "Rotated or deleted files read to their end and closed.",
+                &[],
+            ),
+            files_vanished: t.counter(
+                "logmill_files_vanished_total",
+                "Files that disappeared before they could be opened or found again.",
+                &[],
+            ),
+            lines: t.counter("logmill_lines_read_total", "Log records read from files.", &[]),
+            bytes: t.counter("logmill_bytes_read_total", "Bytes read from log files.", &[]),
+            truncated: t.counter(
+                "logmill_lines_truncated_total",
+                "Log lines longer than max_line_bytes, cut to it.",
+                &[],
+            ),
+            undecodable: DecodeError::ALL
+                .iter()
+                .map(|e| {
+                    t.counter(
+                        "logmill_records_undecodable_total",
+                        "Container log lines that did not decode, by reason.",
+                        &[("reason", e.reason())],
+                    )
+                })
+                .collect(),
+            lag: t.gauge("logmill_files_lag_bytes", "Bytes written to live files and not read yet.", &[]),
+            unacked: t.gauge(
+                "logmill_tail_unacked_bytes",
+                "Bytes read and not acknowledged downstream.",
+                &[],
+            ),
+            pauses: t.counter(
+                "logmill_tail_pauses_total",
+                "Times reading paused at max_unacked_bytes (back-pressure).",
+                &[],
+            ),
+            checkpoint_age: t.gauge(
+                "logmill_checkpoint_age_seconds",
+                "Seconds since the last checkpoint write.",
+                &[],
+            ),
+            checkpoint_writes: t.counter("logmill_checkpoint_writes_total", "Checkpoint writes.", &[]),
+            checkpoint_errors: t.counter("logmill_checkpoint_errors_total", "Failed checkpoint writes.", &[]),
+            rescans: t.counter("logmill_tail_rescans_total", "Full rescans of the path globs.", &[]),
+            overflows: t.counter(
+                "logmill_inotify_overflows_total",
+                "Watch event queue overflows (each followed by a rescan).",
+                &[],
+            ),
+            polling: t.gauge("logmill_tail_polling", "1 when files are polled instead of watched.", &[]),
+            read_errors: t.counter("logmill_file_read_errors_total", "Failed reads of log files.", &[]),
+        }
+    }
+}
+
+struct Engine {
+    settings: TailSettings,
+    globs: Vec<Glob>,
+    rt: Handle,
+    cancel: CancellationToken,
+    shared: Arc<Shared>,
+    alive: Weak<()>,
+    watch: Option<DirWatch>,
+    files: BTreeMap<FileId, Tracked>,
+    /// source → its live file.
+    live: HashMap<PathBuf, FileId>,
+    /// source → wall time (ns) its live file was last confirmed by a scan.
+    live_seen_ns: HashMap<PathBuf, i64>,
+    next_id: u64,
+    finished: Vec<Finished>,
+    rr: RoundRobin,
+    /// Set while this run's first scan happens (`start_at` and pos_file apply to it only).
+    first_scan: Option<Origin>,
+    last_scan: Instant,
+    last_checkpoint_write: Instant,
+    last_checkpoint_ok: Option<Instant>,
+    dirty: bool,
+    paused: bool,
+    metrics: Metrics,
+    last_read_warning: Option<Instant>,
+}
+
+/// What one turn of a file gave.
+enum Turn {
+    /// Bytes read; `Some` when a new mark is to be flushed.
+    Read(Option<Resume>),
+    /// Nothing to read now.
+    Idle,
+    /// At its end and done: finish it.
+    Finish,
+    /// Truncated or rewritten in place.
+    Restart,
+}
+
+impl Engine {
+    fn new(
+        settings: TailSettings,
+        globs: Vec<Glob>,
+        rt: Handle,
+        cancel: CancellationToken,
+        shared: Arc<Shared>,
+        alive: Weak<()>,
+        telemetry: &Telemetry,
+    ) -> Self {
+        let now = Instant::now();
+        Engine {
+            settings,
+            globs,
+            rt,
+            cancel,
+            shared,
+            alive,
+            watch: None,
+            files: BTreeMap::new(),
+            live: HashMap::new(),
+            live_seen_ns: HashMap::new(),
+            next_id: 1,
+            finished: Vec::new(),
+            rr: RoundRobin::default(),
+            first_scan: None,
+            last_scan: now,
+            last_checkpoint_write: now,
+            last_checkpoint_ok: None,
+            dirty: true,
+            paused: false,
+            metrics: Metrics::new(telemetry),
+            last_read_warning: None,
+        }
+    }
+
+    fn run<S: RecordSink>(mut self, mut sink: S, origin: Origin) {
+        let span = tracing::info_span!("tail");
+        let _enter = span.enter();
+        if self.settings.watch == WatchMode::Notify {
+            match DirWatch::start(self.shared.signals.clone()) {
+                Ok(w) => self.watch = Some(w),
+                Err((why, error)) => self.fall_back_to_polling(why, &error),
+            }
+        } else {
+            self.metrics.polling.set(1);
+        }
+        match origin {
+            Origin::Restart(c) => {
+                let since = c.written_ns - MTIME_SLACK_NS;
+                self.finished = c.finished.clone();
+                self.restore(&c);
+                self.scan();
+                // Rotations that happened while logmill was down, and files that were live for
+                // less than a checkpoint interval: newer than the checkpoint, never read.
+                let paths: BTreeSet<(PathBuf, PathBuf)> = c
+                    .files
+                    .iter()
+                    .map(|e| (e.source.clone(), e.path.clone()))
+                    .chain(self.files.values().map(|t| (t.source.clone(), t.path.clone())))
+                    .collect();
+                for (source, path) in paths {
+                    self.adopt_siblings(&source, &path, since);
+                }
+            }
+            Origin::PosFile(pos, since) => {
+                self.first_scan = Some(Origin::PosFile(pos, since));
+                self.scan();
+                if let Some(Origin::PosFile(pos, _)) = self.first_scan.take() {
+                    self.import_rotated(&pos, since);
+                }
+            }
+            Origin::Fresh => {
+                self.first_scan = Some(Origin::Fresh);
+                self.scan();
+                self.first_scan = None;
+            }
+        }
+        self.write_checkpoint();
+
+        let mut buf = vec![0u8; self.settings.read_chunk_bytes];
+        while !self.cancel.is_cancelled() {
+            self.maintain();
+            let more = self.read_pass(&mut sink, &mut buf);
+            if !more {
+                let deadline = self.next_deadline();
+                self.wait(deadline, true);
+            }
+        }
+        // 1-2: no more reading; the sink's end is end of input downstream.
+        drop(sink);
+        tracing::info!(unacked_bytes = self.unacked(), "tail stopped reading; waiting for acknowledgements");
+        // 3-4: acknowledgements until all are in or nobody can send them.
+        loop {
+            self.process_acks();
+            if self.dirty {
+                self.write_checkpoint();
+            }
+            let outstanding = self.files.values().any(|t| !t.marks.is_empty());
+            if !outstanding || self.alive.upgrade().is_none() {
+                break;
+            }
+            let deadline = Instant::now() + self.settings.poll_interval;
+            self.wait(deadline, false);
+        }
+        self.process_acks();
+        self.write_checkpoint();
+        tracing::info!(unacked_bytes = self.unacked(), "tail finished: final checkpoint written");
+    }
+
+    fn fall_back_to_polling(&mut self, why: Fallback, error: &notify::Error) {
+        self.watch = None;
+        self.metrics.polling.set(1);
+        tracing::warn!(
+            ?why,
+            %error,
+            "inotify limit reached (fs.inotify.max_user_watches / max_user_instances): polling files every {:?} instead",
+            self.settings.poll_interval
+        );
+    }
+
+    /// Everything but reading: acknowledgements, rescans, checkpoints, gauges. Never touches
+    /// the sink, so it also runs while a `flushed` future is pending.
+    fn maintain(&mut self) {
+        self.process_acks();
+        let signals = self.shared.signals.clone();
+        if signals.limit.swap(false, Ordering::AcqRel) {
+            self.fall_back_to_polling(
+                Fallback::WatchLimit,
+                &notify::Error::new(notify::ErrorKind::MaxFilesWatch),
+            );
+        }
+        let overflow = signals.overflow.swap(false, Ordering::AcqRel);
+        if overflow {
+            self.metrics.overflows.add(1);
+            tracing::warn!("file watch events were lost (queue overflow): rescanning");
+        }
+        let names = signals.names.swap(false, Ordering::AcqRel);
+        let polling = self.watch.is_none();
+        let scan_every = if polling { self.settings.poll_interval } else { self.settings.rescan_interval };
+        if names || overflow || self.last_scan.elapsed() >= scan_every {
+            self.scan();
+        }
+        if self.last_checkpoint_write.elapsed() >= self.settings.checkpoint_interval
+            && (self.dirty || self.last_checkpoint_write.elapsed() >= CHECKPOINT_REFRESH)
+        {
+            self.write_checkpoint();
+        }
+        if let Some(t) = self.last_checkpoint_ok {
+            self.metrics.checkpoint_age.set(t.elapsed().as_secs());
+        }
+        self.metrics.unacked.set(self.unacked());
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let now = Instant::now();
+        let mut d = now + self.settings.poll_interval;
+        let ck = self.last_checkpoint_write + self.settings.checkpoint_interval;
+        if self.dirty && ck < d {
+            d = ck.max(now);
+        }
+        d
+    }
+
+    /// Sleeps until `deadline`, a wake-up (event, acknowledgement) or, if `on_cancel`, the
+    /// cancellation.
+    fn wait(&self, deadline: Instant, on_cancel: bool) {
+        let signals = self.shared.signals.clone();
+        let cancel = self.cancel.clone();
+        self.rt.block_on(async move {
+            let cancelled = async {
+                if on_cancel {
+                    cancel.cancelled().await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                _ = signals.wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+                _ = cancelled => {}
+            }
+        });
+    }
+
+    fn unacked(&self) -> u64 {
+        self.files.values().map(Tracked::unacked).sum()
+    }
+
+    fn new_id(&mut self) -> FileId {
+        let id = FileId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    // ---------------------------------------------------------------- reading
+
+    /// Reads in rounds, one chunk per file with data per round, until nothing is left, the
+    /// budget is spent or the time slice is over. Returns whether there may be more to read.
+    fn read_pass<S: RecordSink>(&mut self, sink: &mut S, buf: &mut [u8]) -> bool {
+        let started = Instant::now();
+        loop {
+            let ids: Vec<u64> = self.files.iter().filter(|(_, t)| !t.finished).map(|(id, _)| id.0).collect();
+            let mut progress = false;
+            for id in self.rr.order(&ids) {
+                if self.cancel.is_cancelled() {
+                    return false;
+                }
+                let id = FileId(id);
+                let Some(allowance) =
+                    read_allowance(buf.len(), self.unacked(), self.settings.max_unacked_bytes)
+                else {
+                    if !self.paused {
+                        self.paused = true;
+                        self.metrics.pauses.add(1);
+                        tracing::debug!(
+                            unacked_bytes = self.unacked(),
+                            "reading paused: waiting for acknowledgements"
+                        );
+                    }
+                    // Rotated files at their end still finish (no reading needed): only
+                    // `Finish` is acted on while paused.
+                    self.finish_idle_rotated(sink);
+                    return false;
+                };
+                self.paused = false;
+                match self.turn(id, sink, &mut buf[..allowance]) {
+                    Turn::Read(mark) => {
+                        progress = true;
+                        self.rr.served(id.0);
+                        if let Some(resume) = mark {
+                            self.flush(sink, id, resume);
+                        }
+                    }
+                    Turn::Idle => {}
+                    Turn::Finish => self.finish(sink, id),
+                    Turn::Restart => self.restart_truncated(sink, id),
+                }
+            }
+            if !progress || started.elapsed() >= PASS_BUDGET {
+                return progress;
+            }
+            self.process_acks();
+        }
+    }
+
+    /// While paused, rotated files that are already at their end can still be closed.
+    fn finish_idle_rotated<S: RecordSink>(&mut self, sink: &mut S) {
+        let wait = self.settings.rotate_wait;
+        let done: Vec<FileId> = self
+            .files
+            .values()
+            .filter(|t| {
+                !t.finished
+                    && t.rotated_at.is_some_and(|r| r.elapsed() >= wait)
+                    && t.input
+                        .plain()
+                        .and_then(|f| f.metadata().ok())
+                        .is_some_and(|m| m.len() <= t.read_offset)
+            })
+            .map(|t| t.id)
+            .collect();
+        for id in done {
+            self.finish(sink, id);
+        }
+    }
+
+    /// One read of `id`.
+    fn turn<S: RecordSink>(&mut self, id: FileId, sink: &mut S, buf: &mut [u8]) -> Turn {
+        let rotate_wait = self.settings.rotate_wait;
+        let Some(t) = self.files.get_mut(&id) else { return Turn::Idle };
+        if t.rewritten {
+            return Turn::Restart;
+        }
+        let n = match t.input.read(buf, t.read_offset) {
+            Ok(n) => n,
+            Err(error) => {
+                self.metrics.read_errors.add(1);
+                let quiet = self.last_read_warning.is_some_and(|w| w.elapsed() < Duration::from_secs(10));
+                if !quiet {
+                    self.last_read_warning = Some(Instant::now());
+                    tracing::warn!(path = %t.path.display(), %error, "read failed");
+                }
+                // A broken .gz (or an I/O error on a rotated file) ends that file: what could be
+                // read was read.
+                if t.gz || t.rotated_at.is_some() {
+                    return Turn::Finish;
+                }
+                return Turn::Idle;
+            }
+        };
+        if n == 0 {
+            return match (&t.input, t.rotated_at) {
+                // A .gz is complete: its end is the end.
+                (Input::Gz(_), _) | (Input::Closed, _) => Turn::Finish,
+                (Input::Plain(f), None) => match f.metadata() {
+                    Ok(m) if m.len() < t.read_offset => Turn::Restart,
+                    Ok(m) if m.nlink() == 0 => {
+                        // Deleted while live: read out through the descriptor, then finish.
+                        t.rotated_at = Some(Instant::now());
+                        self.live.remove(&t.source);
+                        self.metrics.files_rotated.add(1);
+                        tracing::info!(path = %t.path.display(), "deleted: reading it out");
+                        Turn::Idle
+                    }
+                    _ => Turn::Idle,
+                },
+                (Input::Plain(_), Some(at)) if at.elapsed() >= rotate_wait => Turn::Finish,
+                (Input::Plain(_), Some(_)) => Turn::Idle,
+            };
+        }
+        if !t.opened_sent {
+            t.opened_sent = true;
+            sink.opened(id, &t.source);
+        }
+        let chunk = &buf[..n];
+        let chunk_start = t.read_offset;
+        let (mut lines, mut cut) = (0u64, 0u64);
+        t.decoder.push(chunk, |r, keys| {
+            lines += 1;
+            cut += u64::from(r.truncated);
+            sink.record(id, r, keys);
+        });
+        t.read_offset += n as u64;
+        self.metrics.lines.add(lines);
+        self.metrics.truncated.add(cut);
+        self.metrics.bytes.add(n as u64);
+        let counts = t.decoder.counts();
+        for (i, c) in self.metrics.undecodable.iter().enumerate() {
+            c.add(counts.undecodable[i] - t.undecodable.undecodable[i]);
+        }
+        t.undecodable = counts;
+        if !t.fingerprint.is_full() && t.read_offset > t.fingerprint.len {
+            if let Some(fp) = t.input.plain().and_then(|f| head_fingerprint(f).ok()) {
+                t.fingerprint = fp;
+            }
+        }
+        let resume = t.decoder.resume();
+        if resume == t.flushed {
+            return Turn::Read(None);
+        }
+        let before = hash_before(&t.input, chunk, chunk_start, resume.offset);
+        t.marks.push_back(Mark { resume, before });
+        t.flushed = resume;
+        Turn::Read(Some(resume))
+    }
+
+    /// Awaits the sink's `flushed`, keeping everything but reading going meanwhile.
+    fn flush<S: RecordSink>(&mut self, sink: &mut S, id: FileId, resume: Resume) {
+        let signals = self.shared.signals.clone();
+        let tick = self.settings.poll_interval;
+        let rt = self.rt.clone();
+        let mut fut = pin!(sink.flushed(id, resume));
+        loop {
+            let done = rt.block_on(async {
+                tokio::select! {
+                    _ = &mut fut => true,
+                    _ = signals.wake.notified() => false,
+                    _ = tokio::time::sleep(tick) => false,
+                }
+            });
+            if done {
+                return;
+            }
+            self.maintain();
+        }
+    }
+
+    /// A rotated file at its end: the last line without its newline is whole, the sink is told
+    /// it is closed, and the file is forgotten once all of it is acknowledged.
+    fn finish<S: RecordSink>(&mut self, sink: &mut S, id: FileId) {
+        let Some(t) = self.files.get_mut(&id) else { return };
+        let mut lines = 0u64;
+        if t.opened_sent {
+            t.decoder.finish(|r, keys| {
+                lines += 1;
+                sink.record(id, r, keys);
+            });
+        }
+        self.metrics.lines.add(lines);
+        let resume = t.decoder.resume();
+        let mark = (resume != t.flushed).then(|| {
+            let before = match &t.input {
+                Input::Plain(f) => hash_before_at(f, resume.offset),
+                _ => None,
+            };
+            t.marks.push_back(Mark { resume, before });
+            t.flushed = resume;
+            resume
+        });
+        t.input = Input::Closed;
+        t.finished = true;
+        tracing::info!(path = %t.path.display(), source = %t.source.display(), bytes = t.read_offset, "rotated file read to its end");
+        let opened = t.opened_sent;
+        self.metrics.files_finished.add(1);
+        if let Some(resume) = mark.filter(|_| opened) {
+            self.flush(sink, id, resume);
+        }
+        if opened {
+            sink.closed(id);
+        }
+        self.dirty = true;
+        self.forget_if_done(id);
+    }
+
+    /// Truncated (or rewritten) in place: the old stream ends, the file is read again from 0
+    /// as a new one. With copytruncate the copy sits beside it: the old stream reads on there.
+    fn restart_truncated<S: RecordSink>(&mut self, sink: &mut S, id: FileId) {
+        let Some(mut old) = self.files.remove(&id) else { return };
+        self.metrics.files_truncated.add(1);
+        let live_input = std::mem::replace(&mut old.input, Input::Closed);
+        let copy = self.find_copy(&old);
+        let new_id = self.new_id();
+        let mut fresh = Tracked {
+            id: new_id,
+            source: old.source.clone(),
+            path: old.path.clone(),
+            input: live_input,
+            key: old.key,
+            fingerprint: Fingerprint::of(b""),
+            gz: false,
+            rotated_at: old.rotated_at,
+            rewritten: false,
+            read_offset: 0,
+            decoder: FileDecoder::new(
+                self.settings.wrapping,
+                self.settings.max_line_bytes,
+                Resume::default(),
+            ),
+            opened_sent: false,
+            flushed: Resume::default(),
+            marks: VecDeque::new(),
+            acked: Mark { resume: Resume::default(), before: None },
+            finished: false,
+            undecodable: DecodeCounts::default(),
+            size: 0,
+        };
+        if let Some(f) = fresh.input.plain() {
+            if let Ok(fp) = head_fingerprint(f) {
+                fresh.fingerprint = fp;
+            }
+        }
+        if self.live.get(&old.source) == Some(&id) {
+            self.live.insert(old.source.clone(), new_id);
+        }
+        match copy {
+            Some((path, input, key)) => {
+                tracing::info!(path = %old.path.display(), copy = %path.display(), at = old.read_offset, "truncated after a copy: reading on in the copy");
+                old.input = input;
+                old.key = key;
+                old.gz = matches!(old.input, Input::Gz(_));
+                old.path = path;
+                old.rotated_at = Some(Instant::now());
+                old.rewritten = false;
+                self.files.insert(id, old);
+            }
+            None => {
+                tracing::info!(path = %old.path.display(), at = old.read_offset, "truncated: reading again from 0");
+                if old.opened_sent {
+                    sink.closed(id);
+                }
+            }
+        }
+        self.files.insert(new_id, fresh);
+        self.dirty = true;
+    }
+
+    /// copytruncate's copy of `old`: a rotated sibling with the same head, at least as long as
+    /// what was read, not followed already.
+    fn find_copy(&self, old: &Tracked) -> Option<(PathBuf, Input, FileKey)> {
+        if old.fingerprint.len == 0 {
+            return None;
+        }
+        let saved =
+            Saved { key: old.key, fingerprint: old.fingerprint, offset: old.read_offset, before: None };
+        for (path, comp) in discover::rotated_siblings(&old.path) {
+            let Ok(found) = observe_path(&path, comp, &saved) else { continue };
+            if found.observed.key.is_some_and(|k| self.is_tracked_key(k)) {
+                continue;
+            }
+            if identity::judge(&saved, &found.observed) == Verdict::Resume {
+                let Ok(input) = open_input(&path, comp, old.read_offset) else { continue };
+                return Some((path, input, found.key));
+            }
+        }
+        None
+    }
+
+    // ---------------------------------------------------------------- acknowledgements
+
+    fn process_acks(&mut self) {
+        let acks = std::mem::take(&mut *self.shared.acks.lock().unwrap_or_else(|e| e.into_inner()));
+        for (id, resume) in acks {
+            let Some(t) = self.files.get_mut(&id) else { continue };
+            let mut best = None;
+            while let Some(m) = t.marks.front() {
+                if m.resume.offset > resume.offset {
+                    break;
+                }
+                best = t.marks.pop_front();
+            }
+            if let Some(m) = best {
+                t.acked = if m.resume == resume { m } else { Mark { resume, before: None } };
+                self.dirty = true;
+            }
+            if t.finished {
+                self.forget_if_done(id);
+            }
+        }
+    }
+
+    fn forget_if_done(&mut self, id: FileId) {
+        let Some(t) = self.files.get(&id) else { return };
+        if !(t.finished && t.marks.is_empty()) {
+            return;
+        }
+        if let Some(t) = self.files.remove(&id) {
+            if self.live.get(&t.source) == Some(&id) {
+                self.live.remove(&t.source);
+            }
+            if t.fingerprint.len > 0 {
+                self.finished.push(Finished {
+                    source: t.source,
+                    fingerprint: t.fingerprint,
+                    len: t.read_offset,
+                    at_ns: now_ns(),
+                });
+            }
+            self.dirty = true;
+        }
+    }
+
+    // ---------------------------------------------------------------- discovery
+
+    fn is_tracked_key(&self, key: FileKey) -> bool {
+        self.files.values().any(|t| !t.gz && t.key == key)
+    }
+
+    /// Expands the globs: new files are opened, live files whose path now names another file
+    /// (or nothing) become rotated, and the watches follow.
+    fn scan(&mut self) {
+        self.last_scan = Instant::now();
+        self.metrics.rescans.add(1);
+        let now = now_ns();
+        let mut seen: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut matched: Vec<PathBuf> = self.globs.iter().flat_map(discover::expand).collect();
+        matched.sort();
+        matched.dedup();
+        let names: BTreeSet<Vec<u8>> = matched.iter().map(|p| path_bytes(p)).collect();
+        for path in matched {
+            if self.settings.exclude.as_ref().is_some_and(|f| f(&path)) {
+                continue;
+            }
+            if is_rotation_of_a_match(&path, &names) {
+                continue;
+            }
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // A dangling symlink: the runtime removed the target already. Known
+                    // files are handled below as gone.
+                    if !self.live.contains_key(&path) {
+                        self.vanished(&path, "gone before it could be opened");
+                    }
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            seen.insert(path.clone());
+            let key = key_of(&meta);
+            if let Some(&id) = self.live.get(&path) {
+                if let Some(t) = self.files.get_mut(&id) {
+                    if t.key == key {
+                        t.size = meta.len();
+                        if !t.rewritten && head_changed(t) {
+                            t.rewritten = true;
+                        }
+                        self.live_seen_ns.insert(path.clone(), now);
+                        continue;
+                    }
+                    // The path names another file now: the followed one was renamed away.
+                    t.rotated_at = Some(Instant::now());
+                    self.metrics.files_rotated.add(1);
+                    tracing::info!(source = %path.display(), "rotated: reading the old file to its end");
+                }
+                self.live.remove(&path);
+                self.dirty = true;
+                let old_path = self.files.get(&id).map(|t| t.path.clone());
+                self.open_new(&path, key);
+                if let Some(old_path) = old_path {
+                    let since = self.live_seen_ns.get(&path).copied().unwrap_or(now) - MTIME_SLACK_NS;
+                    self.adopt_siblings(&path, &old_path, since);
+                }
+                self.live_seen_ns.insert(path.clone(), now);
+                continue;
+            }
+            if self.is_tracked_key(key) {
+                // Already followed under this name (a restored file), or matched twice.
+                if let Some(t) =
+                    self.files.values_mut().find(|t| !t.gz && t.key == key && t.rotated_at.is_none())
+                {
+                    if t.source == path {
+                        let id = t.id;
+                        self.live.insert(path.clone(), id);
+                    }
+                }
+                self.live_seen_ns.insert(path.clone(), now);
+                continue;
+            }
+            self.open_new(&path, key);
+            self.live_seen_ns.insert(path.clone(), now);
+        }
+        // Live files whose path is gone: deleted or renamed out of the globs.
+        let gone: Vec<(PathBuf, FileId)> =
+            self.live.iter().filter(|(p, _)| !seen.contains(*p)).map(|(p, id)| (p.clone(), *id)).collect();
+        for (path, id) in gone {
+            self.live.remove(&path);
+            if let Some(t) = self.files.get_mut(&id) {
+                t.rotated_at = Some(Instant::now());
+                self.metrics.files_rotated.add(1);
+                tracing::info!(source = %path.display(), "path gone: reading the file out to its end");
+            }
+            self.dirty = true;
+        }
+        self.expire_finished();
+        self.update_watches();
+        self.publish_status();
+    }
+
+    fn update_watches(&mut self) {
+        let mut dirs: BTreeSet<PathBuf> =
+            self.globs.iter().filter_map(|g| g.literal_dir()).map(Path::to_path_buf).collect();
+        for t in self.files.values() {
+            dirs.extend(watch::dirs_of(&t.source, &t.path));
+        }
+        if let Some(w) = self.watch.as_mut() {
+            if let Err((why, error)) = w.set(&dirs) {
+                self.fall_back_to_polling(why, &error);
+            }
+        }
+        self.metrics.files_watched.set(self.files.values().filter(|t| !t.finished).count() as u64);
+    }
+
+    fn vanished(&self, path: &Path, why: &'static str) {
+        self.metrics.files_vanished.add(1);
+        tracing::warn!(path = %path.display(), why, "log file vanished: its unread lines are lost");
+    }
+
+    /// Opens a newly matched file and starts following it.
+    fn open_new(&mut self, source: &Path, expected: FileKey) {
+        let file = match File::open(source) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.vanished(source, "gone before it could be opened");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(path = %source.display(), %error, "cannot open");
+                return;
+            }
+        };
+        let Ok(meta) = file.metadata() else { return };
+        let key = key_of(&meta);
+        if key != expected && self.is_tracked_key(key) {
+            return;
+        }
+        let real = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+        let size = meta.len();
+        let (offset, keys) = self.start_offset(source, key, &meta);
+        let offset = offset.min(size);
+        self.track(source.to_path_buf(), real, Input::Plain(file), key, false, offset, keys, None);
+    }
+
+    /// Where a file found by a scan starts (no checkpoint entry of its own).
+    fn start_offset(&self, source: &Path, key: FileKey, meta: &Metadata) -> (u64, KeyGuard) {
+        let old = self.settings.ignore_older.is_some_and(|limit| {
+            meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age > limit)
+        });
+        match &self.first_scan {
+            Some(Origin::PosFile(pos, _)) => match pos.positions.get(source) {
+                Some(p) if p.inode == key.ino && p.offset <= meta.len() => (p.offset, KeyGuard::default()),
+                Some(_) => (0, KeyGuard::default()),
+                None if old => (meta.len(), KeyGuard::default()),
+                None => (0, KeyGuard::default()),
+            },
+            Some(Origin::Fresh) if self.settings.start_at == StartAt::End || old => {
+                (meta.len(), KeyGuard::default())
+            }
+            _ if old && self.first_scan.is_some() => (meta.len(), KeyGuard::default()),
+            _ => (0, KeyGuard::default()),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // one constructor for every way a file starts
+    fn track(
+        &mut self,
+        source: PathBuf,
+        path: PathBuf,
+        input: Input,
+        key: FileKey,
+        gz: bool,
+        offset: u64,
+        keys: KeyGuard,
+        rotated_at: Option<Instant>,
+    ) -> FileId {
+        let id = self.new_id();
+        let fingerprint = match &input {
+            Input::Plain(f) => head_fingerprint(f).unwrap_or(Fingerprint::of(b"")),
+            _ => gz_fingerprint(&path).unwrap_or(Fingerprint::of(b"")),
+        };
+        let before = match &input {
+            Input::Plain(f) => hash_before_at(f, offset),
+            _ => None,
+        };
+        let resume = Resume { offset, keys };
+        let mark = Mark { resume, before };
+        tracing::info!(%id, source = %source.display(), path = %path.display(), offset, gz, rotated = rotated_at.is_some(), "following");
+        self.metrics.files_opened.add(1);
+        if rotated_at.is_none() {
+            self.live.insert(source.clone(), id);
+        }
+        self.files.insert(
+            id,
+            Tracked {
+                id,
+                source,
+                path,
+                input,
+                key,
+                fingerprint,
+                gz,
+                rotated_at,
+                rewritten: false,
+                read_offset: offset,
+                decoder: FileDecoder::new(self.settings.wrapping, self.settings.max_line_bytes, resume),
+                opened_sent: false,
+                flushed: resume,
+                marks: VecDeque::new(),
+                acked: mark,
+                finished: false,
+                undecodable: DecodeCounts::default(),
+                size: 0,
+            },
+        );
+        self.dirty = true;
+        id
+    }
+
+    /// Rotated siblings of `live_path` that no one followed and that changed after `since_ns`:
+    /// rotations missed while down or between two scans. Read from their start.
+    fn adopt_siblings(&mut self, source: &Path, live_path: &Path, since_ns: i64) {
+        if self.settings.exclude.as_ref().is_some_and(|f| f(source)) {
+            return;
+        }
+        for (path, comp) in discover::rotated_siblings(live_path) {
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            if mtime_ns(&meta) < since_ns {
+                continue;
+            }
+            let key = key_of(&meta);
+            if self.is_tracked_key(key) {
+                continue;
+            }
+            let fingerprint = match comp {
+                Compression::None => File::open(&path).ok().and_then(|f| head_fingerprint(&f).ok()),
+                Compression::Gzip => gz_fingerprint(&path).ok(),
+            };
+            let Some(fp) = fingerprint else { continue };
+            if fp.len > 0 && self.known_content(fp) {
+                continue;
+            }
+            let Ok(input) = open_input(&path, comp, 0) else { continue };
+            tracing::info!(source = %source.display(), path = %path.display(), "rotation not seen before: reading it");
+            let id = self.track(
+                source.to_path_buf(),
+                path.clone(),
+                input,
+                key,
+                comp == Compression::Gzip,
+                0,
+                KeyGuard::default(),
+                Some(Instant::now()),
+            );
+            if let Some(t) = self.files.get_mut(&id) {
+                t.fingerprint = fp;
+            }
+        }
+    }
+
+    /// Whether a file with this head is followed or was finished: its `.gz` is not new.
+    fn known_content(&self, fp: Fingerprint) -> bool {
+        let same = |f: &Fingerprint| f.len == fp.len && f.hash == fp.hash;
+        self.files.values().any(|t| same(&t.fingerprint))
+            || self.finished.iter().any(|f| same(&f.fingerprint))
+    }
+
+    fn expire_finished(&mut self) {
+        let limit = now_ns() - FINISHED_TTL.as_nanos() as i64;
+        self.finished.retain(|f| f.at_ns >= limit);
+        if self.finished.len() > FINISHED_MAX {
+            let excess = self.finished.len() - FINISHED_MAX;
+            self.finished.drain(..excess);
+        }
+    }
+
+    // ---------------------------------------------------------------- restart
+
+    /// Finds each checkpointed file again: at its path, or beside it renamed or gzipped.
+    fn restore(&mut self, c: &Checkpoint) {
+        for e in &c.files {
+            if self.settings.exclude.as_ref().is_some_and(|f| f(&e.source)) {
+                continue;
+            }
+            let saved = e.saved();
+            let mut candidates =
+                vec![(e.path.clone(), if e.gz { Compression::Gzip } else { Compression::None })];
+            candidates.extend(discover::rotated_siblings(&e.path));
+            let mut found = None;
+            for (path, comp) in candidates {
+                let Ok(seen) = observe_path(&path, comp, &saved) else { continue };
+                if seen.observed.key.is_some_and(|k| self.is_tracked_key(k)) && comp == Compression::None {
+                    continue;
+                }
+                if identity::judge(&saved, &seen.observed) == Verdict::Resume {
+                    found = Some((path, comp, seen.key));
+                    break;
+                }
+            }
+            let Some((path, comp, key)) = found else {
+                self.vanished(&e.path, "checkpointed file not found after the restart");
+                continue;
+            };
+            let input = match open_input(&path, comp, e.offset) {
+                Ok(i) => i,
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "cannot reopen a checkpointed file");
+                    continue;
+                }
+            };
+            // Live if the glob's path still names it.
+            let live = comp == Compression::None
+                && !e.rotated
+                && std::fs::metadata(&e.source).map(|m| key_of(&m) == key).unwrap_or(false);
+            let id = self.track(
+                e.source.clone(),
+                path,
+                input,
+                key,
+                comp == Compression::Gzip,
+                e.offset,
+                KeyGuard::after(e.keys),
+                (!live).then(Instant::now),
+            );
+            if let Some(t) = self.files.get_mut(&id) {
+                // Keep the checkpoint's identity until reading refreshes it; a .gz's mark keeps
+                // the saved hash (decompressed bytes are not re-read to compute it).
+                if comp == Compression::Gzip {
+                    t.fingerprint = e.fingerprint;
+                    t.acked.before = e.before;
+                }
+            }
+        }
+    }
+
+    /// fluentd's rotated files: a pos_file entry whose inode is no longer at its path is looked
+    /// for beside it, and read from fluentd's offset; rotations newer than the pos_file too.
+    fn import_rotated(&mut self, pos: &PosFile, since_ns: i64) {
+        for (source, p) in &pos.positions {
+            let real = std::fs::canonicalize(source).unwrap_or_else(|_| source.clone());
+            if self.files.values().any(|t| t.key.ino == p.inode && !t.gz) {
+                continue;
+            }
+            for (path, comp) in discover::rotated_siblings(&real) {
+                if comp != Compression::None {
+                    continue;
+                }
+                let Ok(meta) = std::fs::metadata(&path) else { continue };
+                if meta.ino() != p.inode || meta.len() < p.offset {
+                    continue;
+                }
+                let Ok(input) = open_input(&path, comp, p.offset) else { continue };
+                self.track(
+                    source.clone(),
+                    path.clone(),
+                    input,
+                    key_of(&meta),
+                    false,
+                    p.offset,
+                    KeyGuard::default(),
+                    Some(Instant::now()),
+                );
+                break;
+            }
+            self.adopt_siblings(source, &real, since_ns);
+        }
+    }
+
+    // ---------------------------------------------------------------- checkpoint
+
+    fn write_checkpoint(&mut self) {
+        let files: Vec<Entry> = self
+            .files
+            .values()
+            .map(|t| Entry {
+                source: lossy(&t.source),
+                path: lossy(&t.path),
+                key: t.key,
+                fingerprint: t.fingerprint,
+                offset: t.acked.resume.offset,
+                before: t.acked.before,
+                keys: t.acked.resume.keys.last_ns(),
+                rotated: t.rotated_at.is_some(),
+                gz: t.gz,
+            })
+            .collect();
+        let c = Checkpoint::new(now_ns(), files, self.finished.clone());
+        self.last_checkpoint_write = Instant::now();
+        match checkpoint::write_atomic(&self.settings.state_dir, &checkpoint::encode(&c)) {
+            Ok(()) => {
+                self.dirty = false;
+                self.last_checkpoint_ok = Some(Instant::now());
+                self.metrics.checkpoint_writes.add(1);
+                self.metrics.checkpoint_age.set(0);
+            }
+            Err(error) => {
+                self.metrics.checkpoint_errors.add(1);
+                tracing::warn!(%error, "checkpoint not written");
+            }
+        }
+        self.publish_status();
+    }
+
+    fn publish_status(&self) {
+        let files = self
+            .files
+            .values()
+            .map(|t| FileStatus {
+                id: t.id,
+                source: t.source.clone(),
+                path: t.path.clone(),
+                read_offset: t.read_offset,
+                acked_offset: t.acked.resume.offset,
+                lag_bytes: if t.rotated_at.is_none() { t.size.saturating_sub(t.read_offset) } else { 0 },
+                rotated: t.rotated_at.is_some(),
+            })
+            .collect::<Vec<_>>();
+        self.metrics.lag.set(files.iter().map(|f| f.lag_bytes).sum());
+        let mut s = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
+        s.files = files;
+        s.last_checkpoint = self.last_checkpoint_ok;
+    }
+}
+
+// -------------------------------------------------------------------- file helpers
+
+fn key_of(m: &Metadata) -> FileKey {
+    FileKey { dev: m.dev(), ino: m.ino() }
+}
+
+fn mtime_ns(m: &Metadata) -> i64 {
+    m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec())
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+fn path_bytes(p: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str().as_bytes().to_vec()
+}
+
+/// Kubernetes names are ASCII; a non-UTF-8 path is kept lossily in the checkpoint (it is then
+/// only found again by its siblings' identity, not its name).
+fn lossy(p: &Path) -> PathBuf {
+    PathBuf::from(p.to_string_lossy().into_owned())
+}
+
+/// A glob as wide as `*.log*` also matches rotations: those are read as rotations of their
+/// live file, not as files of their own.
+fn is_rotation_of_a_match(path: &Path, names: &BTreeSet<Vec<u8>>) -> bool {
+    let bytes = path_bytes(path);
+    let Some(dot) = bytes.iter().rposition(|&b| b == b'.') else { return false };
+    // Try every '.'-prefix: `0.log.20240101.gz` is a rotation of `0.log`.
+    let mut end = dot;
+    loop {
+        if names.contains(&bytes[..end]) && discover::rotation_of(&bytes[..end], &bytes).is_some() {
+            return true;
+        }
+        match bytes[..end].iter().rposition(|&b| b == b'.') {
+            Some(d) => end = d,
+            None => return false,
+        }
+    }
+}
+
+/// Reads up to `buf.len()` bytes at `offset`; returns how many (fewer only at the end).
+fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+fn head_fingerprint(f: &File) -> io::Result<Fingerprint> {
+    let mut head = [0u8; FINGERPRINT_BYTES as usize];
+    let n = read_full_at(f, &mut head, 0)?;
+    Ok(Fingerprint::of(&head[..n]))
+}
+
+/// Whether a live file's head no longer is what was read (rewritten in place past our offset,
+/// which a size check alone cannot see).
+fn head_changed(t: &Tracked) -> bool {
+    let Some(f) = t.input.plain() else { return false };
+    if t.fingerprint.len == 0 {
+        return false;
+    }
+    let mut head = [0u8; FINGERPRINT_BYTES as usize];
+    let len = t.fingerprint.len as usize;
+    match read_full_at(f, &mut head[..len], 0) {
+        Ok(n) if n == len => identity::hash(&head[..n]) != t.fingerprint.hash,
+        // Shorter than its head: truncated (the read pass sees that too).
+        Ok(_) => true,
+        Err(_) => false,
+    }
+}
+
+fn hash_before_at(f: &File, offset: u64) -> Option<u64> {
+    if offset == 0 {
+        return None;
+    }
+    let start = before_start(offset);
+    let mut buf = [0u8; identity::BEFORE_BYTES as usize];
+    let len = (offset - start) as usize;
+    match read_full_at(f, &mut buf[..len], start) {
+        Ok(n) if n == len => Some(identity::hash(&buf[..n])),
+        _ => None,
+    }
+}
+
+/// The hash before `offset`, from the chunk just read when it holds those bytes (the common
+/// case), else read again (plain files); unknown for a `.gz` whose window left the chunk.
+fn hash_before(input: &Input, chunk: &[u8], chunk_start: u64, offset: u64) -> Option<u64> {
+    if offset == 0 {
+        return None;
+    }
+    let start = before_start(offset);
+    if start >= chunk_start && offset <= chunk_start + chunk.len() as u64 {
+        let (a, b) = ((start - chunk_start) as usize, (offset - chunk_start) as usize);
+        return Some(identity::hash(&chunk[a..b]));
+    }
+    input.plain().and_then(|f| hash_before_at(f, offset))
+}
+
+fn gz_fingerprint(path: &Path) -> io::Result<Fingerprint> {
+    let mut r = MultiGzDecoder::new(BufReader::new(File::open(path)?));
+    let mut head = Vec::with_capacity(FINGERPRINT_BYTES as usize);
+    (&mut r).take(FINGERPRINT_BYTES).read_to_end(&mut head)?;
+    Ok(Fingerprint::of(&head))
+}
+
+/// Opens a file to read from `offset` (decompressed bytes for a `.gz`, skipped to).
+fn open_input(path: &Path, comp: Compression, offset: u64) -> io::Result<Input> {
+    let f = File::open(path)?;
+    Ok(match comp {
+        Compression::None => Input::Plain(f),
+        Compression::Gzip => {
+            let mut r = Box::new(MultiGzDecoder::new(BufReader::new(f)));
+            let skipped = io::copy(&mut (&mut r).take(offset), &mut io::sink())?;
+            if skipped < offset {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "shorter than its checkpoint"));
+            }
+            Input::Gz(r)
+        }
+    })
+}
+
+/// A candidate measured against a saved identity, with its own key.
+struct Seen {
+    observed: Observed,
+    key: FileKey,
+}
+
+fn observe_path(path: &Path, comp: Compression, saved: &Saved) -> io::Result<Seen> {
+    let f = File::open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("not a file"));
+    }
+    let key = key_of(&meta);
+    let fp_len = saved.fingerprint.len as usize;
+    let start = before_start(saved.offset);
+    let before_len = (saved.offset - start) as usize;
+    let observed = match comp {
+        Compression::None => {
+            let mut head = vec![0u8; fp_len];
+            let head_ok = read_full_at(&f, &mut head, 0)? == fp_len;
+            let mut before = vec![0u8; before_len];
+            let before_ok = meta.len() >= saved.offset && read_full_at(&f, &mut before, start)? == before_len;
+            Observed {
+                key: Some(key),
+                head: head_ok.then(|| identity::hash(&head)),
+                before: before_ok.then(|| identity::hash(&before)),
+            }
+        }
+        Compression::Gzip => {
+            let mut r = MultiGzDecoder::new(BufReader::new(f));
+            let mut head = Vec::with_capacity(fp_len);
+            (&mut r).take(fp_len as u64).read_to_end(&mut head)?;
+            let head_hash = (head.len() == fp_len).then(|| identity::hash(&head));
+            // Only a matching head is worth decompressing up to the offset.
+            let before = if head_hash == Some(saved.fingerprint.hash) {
+                let pos = head.len() as u64;
+                let skip = start.saturating_sub(pos);
+                let skipped = io::copy(&mut (&mut r).take(skip), &mut io::sink())?;
+                let mut window = Vec::with_capacity(before_len);
+                if start >= pos {
+                    (&mut r).take(before_len as u64).read_to_end(&mut window)?;
+                } else {
+                    // The window starts inside the head already read.
+                    window.extend_from_slice(&head[start as usize..saved.offset.min(pos) as usize]);
+                    let more = saved.offset.saturating_sub(pos);
+                    (&mut r).take(more).read_to_end(&mut window)?;
+                }
+                (skipped == skip && window.len() == before_len).then(|| identity::hash(&window))
+            } else {
+                None
+            };
+            Observed { key: None, head: head_hash, before }
+        }
+    };
+    Ok(Seen { observed, key })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wide_globs_skip_rotations_of_their_own_matches() {
+        let names: BTreeSet<Vec<u8>> =
+            ["/d/0.log", "/d/app.log"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        assert!(is_rotation_of_a_match(Path::new("/d/0.log.20240101-000000"), &names));
+        assert!(is_rotation_of_a_match(Path::new("/d/0.log.20240101-000000.gz"), &names));
+        assert!(is_rotation_of_a_match(Path::new("/d/app.log.1"), &names));
+        assert!(!is_rotation_of_a_match(Path::new("/d/0.log"), &names));
+        assert!(!is_rotation_of_a_match(Path::new("/d/other.log.1"), &names));
+    }
+
+    #[test]
+    fn the_hash_before_comes_from_the_chunk_or_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let content: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let f = File::open(&path).unwrap();
+        let expect = |o: usize| Some(identity::hash(&content[o.saturating_sub(512)..o]));
+        assert_eq!(hash_before_at(&f, 3000), expect(3000));
+        assert_eq!(hash_before_at(&f, 100), expect(100));
+        assert_eq!(hash_before_at(&f, 0), None);
+        assert_eq!(hash_before_at(&f, 5000), None, "past the end");
+        let input = Input::Plain(f);
+        // In the chunk [2000, 4000): from the chunk; before it: read from the file.
+        assert_eq!(hash_before(&input, &content[2000..], 2000, 3000), expect(3000));
+        assert_eq!(hash_before(&input, &content[2000..], 2000, 2100), expect(2100));
+        let gz = Input::Closed;
+        assert_eq!(hash_before(&gz, &content[2000..], 2000, 2100), None);
+    }
+
+    #[test]
+    fn a_gz_is_measured_on_its_decompressed_bytes() {
+        use flate2::{write::GzEncoder, Compression as Level};
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..300).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+        let plain = dir.path().join("0.log.1");
+        std::fs::write(&plain, &content).unwrap();
+        let gz = dir.path().join("0.log.1.gz");
+        let mut enc = GzEncoder::new(File::create(&gz).unwrap(), Level::fast());
+        enc.write_all(&content).unwrap();
+        enc.finish().unwrap();
+        let meta = std::fs::metadata(&plain).unwrap();
+        for offset in [0u64, 200, 1024, 1500, content.len() as u64] {
+            let o = offset as usize;
+            let saved = Saved {
+                key: key_of(&meta),
+                fingerprint: Fingerprint::of(&content),
+                offset,
+                before: (offset > 0).then(|| identity::hash(&content[o.saturating_sub(512)..o])),
+            };
+            let p = observe_path(&plain, Compression::None, &saved).unwrap();
+            assert_eq!(identity::judge(&saved, &p.observed), Verdict::Resume, "plain at {offset}");
+            let g = observe_path(&gz, Compression::Gzip, &saved).unwrap();
+            assert_eq!(g.observed.key, None);
+            assert_eq!(identity::judge(&saved, &g.observed), Verdict::Resume, "gz at {offset}");
+            let mut input = open_input(&gz, Compression::Gzip, offset).unwrap();
+            let mut rest = vec![0u8; content.len()];
+            let mut got = Vec::new();
+            loop {
+                let n = input.read(&mut rest, 0).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&rest[..n]);
+            }
+            assert_eq!(got, &content[o..]);
+        }
+        assert_eq!(gz_fingerprint(&gz).unwrap(), Fingerprint::of(&content));
+    }
+}
