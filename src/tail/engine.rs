@@ -396,6 +396,9 @@ struct Engine {
     paused: bool,
     metrics: Metrics,
     last_read_warning: Option<Instant>,
+    /// Matched paths already reported vanished (a dangling symlink stays until the kubelet
+    /// removes it: report it once, not at every scan).
+    vanished_paths: BTreeSet<PathBuf>,
 }
 
 /// What one turn of a file gave.
@@ -443,6 +446,7 @@ impl Engine {
             paused: false,
             metrics: Metrics::new(telemetry),
             last_read_warning: None,
+            vanished_paths: BTreeSet::new(),
         }
     }
 
@@ -721,6 +725,15 @@ impl Engine {
                 (Input::Plain(_), Some(_)) => Turn::Idle,
             };
         }
+        // A live file truncated and written past our offset since the last read (copytruncate
+        // while reading was paused, or between two reads) would hand over the middle of its
+        // new content as if it continued the old. Its head tells: checked after the read, so
+        // a truncation before the read cannot slip through. The chunk is then dropped and the
+        // file restarted (the old stream may read on in the copy).
+        if t.rotated_at.is_none() && head_changed(t) {
+            t.rewritten = true;
+            return Turn::Restart;
+        }
         if !t.opened_sent {
             t.opened_sent = true;
             sink.opened(id, &t.source);
@@ -959,6 +972,7 @@ impl Engine {
         matched.sort();
         matched.dedup();
         let names: BTreeSet<Vec<u8>> = matched.iter().map(|p| path_bytes(p)).collect();
+        let names_paths = matched.clone();
         for path in matched {
             if self.settings.exclude.as_ref().is_some_and(|f| f(&path)) {
                 continue;
@@ -971,7 +985,8 @@ impl Engine {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     // A dangling symlink: the runtime removed the target already. Known
                     // files are handled below as gone.
-                    if !self.live.contains_key(&path) {
+                    // (A followed source between rename and new file is not that.)
+                    if !self.live_seen_ns.contains_key(&path) {
                         self.vanished(&path, "gone before it could be opened");
                     }
                     continue;
@@ -1000,13 +1015,7 @@ impl Engine {
                 }
                 self.live.remove(&path);
                 self.dirty = true;
-                let old_path = self.files.get(&id).map(|t| t.path.clone());
-                self.open_new(&path, key);
-                if let Some(old_path) = old_path {
-                    let since = self.live_seen_ns.get(&path).copied().unwrap_or(now) - MTIME_SLACK_NS;
-                    self.adopt_siblings(&path, &old_path, since);
-                }
-                self.live_seen_ns.insert(path.clone(), now);
+                self.open_successor(&path, key, now);
                 continue;
             }
             if self.is_tracked_key(key) {
@@ -1022,9 +1031,10 @@ impl Engine {
                 self.live_seen_ns.insert(path.clone(), now);
                 continue;
             }
-            self.open_new(&path, key);
-            self.live_seen_ns.insert(path.clone(), now);
+            self.open_successor(&path, key, now);
         }
+        let matched_now: BTreeSet<&PathBuf> = names_paths.iter().collect();
+        self.vanished_paths.retain(|p| matched_now.contains(p));
         // Live files whose path is gone: deleted or renamed out of the globs.
         let gone: Vec<(PathBuf, FileId)> =
             self.live.iter().filter(|(p, _)| !seen.contains(*p)).map(|(p, id)| (p.clone(), *id)).collect();
@@ -1056,9 +1066,29 @@ impl Engine {
         self.metrics.files_watched.set(self.files.values().filter(|t| !t.finished).count() as u64);
     }
 
-    fn vanished(&self, path: &Path, why: &'static str) {
+    fn vanished(&mut self, path: &Path, why: &'static str) {
+        if !self.vanished_paths.insert(path.to_path_buf()) {
+            return;
+        }
         self.metrics.files_vanished.add(1);
         tracing::warn!(path = %path.display(), why, "log file vanished: its unread lines are lost");
+    }
+
+    /// Opens the file now at `source`. If another file was live there before, files may have
+    /// come and gone between the two scans (rotated twice, or the path briefly missing during
+    /// a rename): rotated siblings newer than the last sighting of the old one are adopted.
+    fn open_successor(&mut self, source: &Path, key: FileKey, now: i64) {
+        let previous = self.live_seen_ns.get(source).copied();
+        self.open_new(source, key);
+        if let Some(seen) = previous {
+            if let Some(id) = self.live.get(source).copied() {
+                let real = self.files.get(&id).map(|t| t.path.clone());
+                if let Some(real) = real {
+                    self.adopt_siblings(source, &real, seen - MTIME_SLACK_NS);
+                }
+            }
+        }
+        self.live_seen_ns.insert(source.to_path_buf(), now);
     }
 
     /// Opens a newly matched file and starts following it.
