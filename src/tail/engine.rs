@@ -61,6 +61,8 @@ const MTIME_SLACK_NS: i64 = 1_000_000_000;
 /// Without changes, the checkpoint is still rewritten this often, so its `written_ns` stays
 /// recent (after a restart, rotated files newer than it are read).
 const CHECKPOINT_REFRESH: Duration = Duration::from_secs(10);
+/// Passes that found nothing are at least this far apart (events come with every write).
+const MIN_PASS_GAP: Duration = Duration::from_millis(5);
 /// A read pass gives acknowledgements and rescans a turn after this long.
 const PASS_BUDGET: Duration = Duration::from_millis(50);
 
@@ -497,10 +499,18 @@ impl Engine {
         let mut buf = vec![0u8; self.settings.read_chunk_bytes];
         while !self.cancel.is_cancelled() {
             self.maintain();
+            let pass = Instant::now();
             let more = self.read_pass(&mut sink, &mut buf);
             if !more {
                 let deadline = self.next_deadline();
                 self.wait(deadline, true);
+                // Every write to a watched directory is an event; a busy node writes
+                // thousands a second. Passes that find little are spaced, so an idle pass
+                // over every file costs at most one per `MIN_PASS_GAP`.
+                let gap = pass + MIN_PASS_GAP;
+                if Instant::now() < gap && !self.cancel.is_cancelled() {
+                    std::thread::sleep(gap - Instant::now());
+                }
             }
         }
         // 1-2: no more reading; the sink's end is end of input downstream.
@@ -762,7 +772,10 @@ impl Engine {
         }
         let resume = t.decoder.resume();
         if resume == t.flushed {
-            return Turn::Read(None);
+            // Records may have completed behind a split record that holds the resume point
+            // (a stderr line between the pieces of a stdout one): the sink still hears that
+            // they are all handed over, with the unchanged mark.
+            return Turn::Read((lines > 0).then_some(resume));
         }
         let before = hash_before(&t.input, chunk, chunk_start, resume.offset);
         t.marks.push_back(Mark { resume, before });
@@ -1121,19 +1134,12 @@ impl Engine {
         let old = self.settings.ignore_older.is_some_and(|limit| {
             meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age > limit)
         });
-        match &self.first_scan {
-            Some(Origin::PosFile(pos, _)) => match pos.positions.get(source) {
-                Some(p) if p.inode == key.ino && p.offset <= meta.len() => (p.offset, KeyGuard::default()),
-                Some(_) => (0, KeyGuard::default()),
-                None if old => (meta.len(), KeyGuard::default()),
-                None => (0, KeyGuard::default()),
-            },
-            Some(Origin::Fresh) if self.settings.start_at == StartAt::End || old => {
-                (meta.len(), KeyGuard::default())
-            }
-            _ if old && self.first_scan.is_some() => (meta.len(), KeyGuard::default()),
-            _ => (0, KeyGuard::default()),
-        }
+        let first = match &self.first_scan {
+            Some(Origin::PosFile(pos, _)) => FirstStart::Fluentd(pos.positions.get(source).copied()),
+            Some(Origin::Fresh) => FirstStart::Fresh(self.settings.start_at),
+            _ => FirstStart::No,
+        };
+        (start_point(first, key.ino, meta.len(), old), KeyGuard::default())
     }
 
     #[allow(clippy::too_many_arguments)] // one constructor for every way a file starts
@@ -1396,6 +1402,33 @@ impl Engine {
     }
 }
 
+/// Whether a scan is this run's first, and what that start knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstStart {
+    /// A later scan, or a restart (the checkpoint placed the files it knew).
+    No,
+    /// The very first start, nothing imported: `start_at`.
+    Fresh(StartAt),
+    /// The very first start with fluentd's pos_file: this path's entry, if any.
+    Fluentd(Option<fluentd::Position>),
+}
+
+/// Where a file without a checkpoint entry starts. Pure.
+///
+/// fluentd's offset counts when its inode is still the file's (else the file is new since
+/// fluentd: 0); a file fluentd never listed appeared after it stopped: 0. `start_at = end`
+/// applies only to files present at the very first start; `ignore_older` to any file found
+/// without an entry.
+fn start_point(first: FirstStart, ino: u64, size: u64, old: bool) -> u64 {
+    match first {
+        FirstStart::Fluentd(Some(p)) if p.inode == ino && p.offset <= size => p.offset,
+        FirstStart::Fluentd(Some(_)) => 0,
+        FirstStart::Fresh(StartAt::End) => size,
+        _ if old => size,
+        _ => 0,
+    }
+}
+
 // -------------------------------------------------------------------- file helpers
 
 fn key_of(m: &Metadata) -> FileKey {
@@ -1586,6 +1619,22 @@ fn observe_path(path: &Path, comp: Compression, saved: &Saved) -> io::Result<See
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn where_files_without_a_checkpoint_start() {
+        use fluentd::Position;
+        let at = |offset, inode| FirstStart::Fluentd(Some(Position { offset, inode }));
+        assert_eq!(start_point(at(100, 7), 7, 500, false), 100, "fluentd's place in the same file");
+        assert_eq!(start_point(at(100, 7), 8, 500, false), 0, "another file since fluentd");
+        assert_eq!(start_point(at(900, 7), 7, 500, false), 0, "shorter than fluentd's offset: truncated");
+        assert_eq!(start_point(FirstStart::Fluentd(None), 7, 500, false), 0, "appeared after fluentd");
+        assert_eq!(start_point(FirstStart::Fluentd(None), 7, 500, true), 500, "old and unknown");
+        assert_eq!(start_point(FirstStart::Fresh(StartAt::End), 7, 500, false), 500);
+        assert_eq!(start_point(FirstStart::Fresh(StartAt::Beginning), 7, 500, false), 0);
+        assert_eq!(start_point(FirstStart::Fresh(StartAt::Beginning), 7, 500, true), 500);
+        assert_eq!(start_point(FirstStart::No, 7, 500, false), 0, "new since: read whole");
+        assert_eq!(start_point(FirstStart::No, 7, 500, true), 500);
+    }
 
     #[test]
     fn wide_globs_skip_rotations_of_their_own_matches() {
