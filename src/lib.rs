@@ -11,11 +11,14 @@
 //!   InfluxDB line protocol encoder and parser, [`metrics::compat`] the three points per access
 //!   line of the old fluentd plugin, [`metrics::aggregate`] `router_requests` windows,
 //!   [`metrics::sketch`] the percentile sketch. Pure.
-//! - [`tail`]: reading log files. [`tail::lines`] splits a byte stream into capped lines with
-//!   offsets; [`tail::container`] decodes Docker json-file and CRI lines; [`tail::decoder`] is
-//!   one file's decoding (format pick, reassembly, line cap, origin) with the resume point a
+//! - [`tail`]: reading log files. Pure: [`tail::lines`] splits a byte stream into capped lines
+//!   with offsets; [`tail::container`] decodes Docker json-file and CRI lines; [`tail::decoder`]
+//!   is one file's decoding (format pick, reassembly, line cap, origin) with the resume point a
 //!   checkpoint records; [`tail::multiline`] joins the lines of a stack trace into one record,
-//!   keeping that resume point. Pure.
+//!   keeping that resume point; `tail::identity`, `tail::checkpoint`, `tail::fluentd`,
+//!   `tail::discover`, `tail::schedule` the engine's decisions. I/O: [`tail::Tailer`] follows
+//!   every file of a node through rotation, truncation and restarts, checkpointing only what
+//!   its [`tail::RecordSink`] acknowledged (`tail::engine`, `tail::watch`).
 //! - [`kube`]: which container a file belongs to ([`kube::names`], from its path) and its pod's
 //!   labels and uid from the Kubernetes API ([`kube::PodMetadata`]: an LRU cache with TTLs in
 //!   front of background fetches; a lookup never blocks).
