@@ -64,10 +64,17 @@ impl Glob {
         Ok(Glob { root, parts })
     }
 
-    /// Every directory a watch should cover to see this glob's files appear: the root, when
-    /// the file names are the only wildcards.
-    pub(crate) fn literal_dir(&self) -> Option<&Path> {
-        (self.parts.len() == 1).then_some(self.root.as_path())
+    /// The directory walking starts from, watched so that files (or, under wildcard
+    /// directories, new directories) appearing there are seen at once; deeper new directories
+    /// are found by the next rescan.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether the file names are the only wildcards (the root holds the matches).
+    #[cfg(test)]
+    fn is_flat(&self) -> bool {
+        self.parts.len() == 1
     }
 }
 
@@ -201,10 +208,11 @@ mod tests {
     fn globs_compile_to_a_root_and_parts() {
         let g = Glob::new("/var/log/containers/*.log").unwrap();
         assert_eq!(g.root, Path::new("/var/log/containers"));
-        assert_eq!(g.literal_dir(), Some(Path::new("/var/log/containers")));
+        assert!(g.is_flat());
         let g = Glob::new("/var/log/pods/*/*/*.log").unwrap();
         assert_eq!(g.root, Path::new("/var/log/pods"));
-        assert_eq!(g.literal_dir(), None);
+        assert!(!g.is_flat());
+        assert_eq!(g.root(), Path::new("/var/log/pods"));
         let g = Glob::new("/srv/app.log").unwrap();
         assert_eq!((g.root.as_path(), g.parts.len()), (Path::new("/srv"), 1));
         assert!(matches!(Glob::new("logs/*.log"), Err(GlobError::NotAbsolute(_))));

@@ -1067,7 +1067,7 @@ impl Engine {
 
     fn update_watches(&mut self) {
         let mut dirs: BTreeSet<PathBuf> =
-            self.globs.iter().filter_map(|g| g.literal_dir()).map(Path::to_path_buf).collect();
+            self.globs.iter().map(|g| g.root().to_path_buf()).filter(|d| d.is_dir()).collect();
         for t in self.files.values() {
             dirs.extend(watch::dirs_of(&t.source, &t.path));
         }
@@ -1619,6 +1619,90 @@ fn observe_path(path: &Path, comp: Compression, saved: &Saved) -> io::Result<See
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink that keeps the text of each record and acknowledges every mark at once.
+    struct Keep {
+        texts: Arc<Mutex<Vec<String>>>,
+        handle: Arc<Mutex<Option<TailHandle>>>,
+    }
+
+    impl RecordSink for Keep {
+        fn opened(&mut self, _: FileId, _: &Path) {}
+        fn record(&mut self, _: FileId, r: crate::tail::Record<'_>, _: &mut KeyGuard) {
+            self.texts.lock().unwrap().push(String::from_utf8_lossy(&r.text).into_owned());
+        }
+        fn flushed(&mut self, file: FileId, resume: Resume) -> impl std::future::Future<Output = ()> + Send {
+            if let Some(h) = self.handle.lock().unwrap().as_ref() {
+                h.acked(file, resume);
+            }
+            async {}
+        }
+        fn closed(&mut self, _: FileId) {}
+    }
+
+    /// Starts an engine on `root/*/*/*.log` with rescans an hour apart: a file created in a
+    /// directory nobody watches is found only when something makes the engine rescan.
+    async fn deep_glob_engine(
+        root: &Path,
+    ) -> (TailHandle, Arc<Mutex<Vec<String>>>, Telemetry, CancellationToken, TaskTracker) {
+        std::fs::create_dir_all(root.join("pod/c")).unwrap();
+        let mut s = TailSettings::new(vec![format!("{}/*/*/*.log", root.display())], root.join("state"));
+        s.rescan_interval = Duration::from_secs(3600);
+        s.poll_interval = Duration::from_millis(20);
+        let texts = Arc::new(Mutex::new(Vec::new()));
+        let handle = Arc::new(Mutex::new(None));
+        let (telemetry, tracker, cancel) =
+            (Telemetry::default(), TaskTracker::new(), CancellationToken::new());
+        let sink = Keep { texts: texts.clone(), handle: handle.clone() };
+        let h = Tailer::start(s, sink, &telemetry, &tracker, cancel.clone()).unwrap();
+        *handle.lock().unwrap() = Some(h.clone());
+        // The first scan has run once the checkpoint exists.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while h.checkpoint_age().is_none() {
+            assert!(Instant::now() < deadline, "first checkpoint");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (h, texts, telemetry, cancel, tracker)
+    }
+
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_event_queue_means_a_rescan() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, texts, telemetry, cancel, tracker) = deep_glob_engine(dir.path()).await;
+        // pod/c is not watched (nothing matched there yet): this creation makes no event.
+        std::fs::write(dir.path().join("pod/c/0.log"), b"found\n").unwrap();
+        h.shared.signals.overflow.store(true, Ordering::Release);
+        h.shared.signals.wake.notify_one();
+        until("the file found by the rescan", || texts.lock().unwrap().iter().any(|t| t == "found")).await;
+        assert_eq!(telemetry.value("logmill_inotify_overflows_total", &[]), Some(1));
+        cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_the_watch_limit_the_engine_polls() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, texts, telemetry, cancel, tracker) = deep_glob_engine(dir.path()).await;
+        assert_eq!(telemetry.value("logmill_tail_polling", &[]), Some(0));
+        // What the watcher thread reports when inotify's max_user_watches is reached.
+        h.shared.signals.limit.store(true, Ordering::Release);
+        h.shared.signals.wake.notify_one();
+        until("polling", || telemetry.value("logmill_tail_polling", &[]) == Some(1)).await;
+        std::fs::write(dir.path().join("pod/c/0.log"), b"polled\n").unwrap();
+        until("the file found by polling", || texts.lock().unwrap().iter().any(|t| t == "polled")).await;
+        cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
 
     #[test]
     fn where_files_without_a_checkpoint_start() {
