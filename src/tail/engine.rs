@@ -1391,7 +1391,14 @@ impl Engine {
                 path: t.path.clone(),
                 read_offset: t.read_offset,
                 acked_offset: t.acked.resume.offset,
-                lag_bytes: if t.rotated_at.is_none() { t.size.saturating_sub(t.read_offset) } else { 0 },
+                lag_bytes: if t.rotated_at.is_none() {
+                    // The descriptor's size now (one fstat per file per checkpoint tick), else
+                    // the last scan's.
+                    let size = t.input.plain().and_then(|f| f.metadata().ok()).map_or(t.size, |m| m.len());
+                    size.saturating_sub(t.read_offset)
+                } else {
+                    0
+                },
                 rotated: t.rotated_at.is_some(),
             })
             .collect::<Vec<_>>();
