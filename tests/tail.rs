@@ -614,3 +614,27 @@ async fn a_flooding_file_does_not_starve_a_quiet_one() {
     *run.shared.flush_delay.lock().unwrap() = Duration::ZERO;
     run.stop().await;
 }
+
+/// Not a correctness test: how fast the engine hands records over, for a rough figure
+/// (`cargo test --release --test tail throughput -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput() {
+    let d = dirs();
+    let n = 1_000_000u64;
+    let mut files = Vec::new();
+    for i in 0..4 {
+        let mut w = Writer::create(&d.containers.join(format!("t{i}.log")), &format!("t{i}"));
+        w.pad = 100;
+        w.write(n / 4);
+        files.push(w);
+    }
+    let started = std::time::Instant::now();
+    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
+    set.max_unacked_bytes = 64 << 20;
+    let run = start(set, true);
+    run.until("all lines", |s| s.records.len() as u64 >= n).await;
+    let secs = started.elapsed().as_secs_f64();
+    println!("{n} CRI lines of ~150 bytes in {secs:.2} s: {:.0} lines/s (recording sink)", n as f64 / secs);
+    run.stop().await;
+}
