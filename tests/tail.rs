@@ -60,7 +60,13 @@ fn exactly_once(state: &State, tag: &str, n: u64) {
     let doubled: Vec<(u64, usize)> = got.iter().filter(|(_, c)| **c > 1).map(|(s, c)| (*s, *c)).collect();
     let extra: Vec<u64> = got.keys().filter(|s| **s >= n).copied().collect();
     assert!(missing.is_empty(), "{tag}: lines lost: {missing:?}");
-    assert!(doubled.is_empty(), "{tag}: lines read twice: {doubled:?}");
+    assert!(
+        doubled.is_empty(),
+        "{tag}: {} lines read twice, from {:?} to {:?}",
+        doubled.len(),
+        doubled.first(),
+        doubled.last()
+    );
     assert!(extra.is_empty(), "{tag}: lines never written: {extra:?}");
 }
 
@@ -99,12 +105,19 @@ async fn follows_lines_and_new_files_by_polling() {
 /// each rotated file, deleting the uncompressed one, before the engine has read it. When
 /// acknowledgements resume, every line of all three files arrives, each once, and both
 /// rotated files are closed under the symlink's name.
+///
+/// With inotify the test waits until the new file is opened, still empty, before writing to
+/// it (the engine then knows it only by a short head); polling once a second, the middle file
+/// is typically created and rotated between two scans and found as a rotation never seen.
 async fn rotation_with_gzip_during_a_pause(mode: WatchMode) {
     let d = dirs();
     let (link, real) = d.container("web");
     let mut w = Writer::create(&real, "w");
     w.write(2000);
     let mut set = settings(&d.glob(), &d.state, mode);
+    if mode == WatchMode::Poll {
+        set.poll_interval = Duration::from_secs(1);
+    }
     set.max_unacked_bytes = 32 * 1024;
     set.read_chunk_bytes = 8 * 1024;
     let run = start(set, false);
@@ -116,6 +129,9 @@ async fn rotation_with_gzip_during_a_pause(mode: WatchMode) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let first = w.rotate("20240101-000001");
+    if mode == WatchMode::Notify {
+        run.until("the new file opened", |_| run.counter("logmill_files_opened_total") >= 2).await;
+    }
     w.write(2000);
     gzip_like_kubelet(&first);
     let second = w.rotate("20240101-000002");

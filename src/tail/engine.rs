@@ -765,10 +765,8 @@ impl Engine {
             c.add(counts.undecodable[i] - t.undecodable.undecodable[i]);
         }
         t.undecodable = counts;
-        if !t.fingerprint.is_full() && t.read_offset > t.fingerprint.len {
-            if let Some(fp) = t.input.plain().and_then(|f| head_fingerprint(f).ok()) {
-                t.fingerprint = fp;
-            }
+        if t.read_offset > t.fingerprint.len {
+            grow_fingerprint(t);
         }
         let resume = t.decoder.resume();
         if resume == t.flushed {
@@ -1203,6 +1201,11 @@ impl Engine {
         if self.settings.exclude.as_ref().is_some_and(|f| f(source)) {
             return;
         }
+        // A file opened while it was still short (reading paused since) has a short head:
+        // take its whole head now, or its `.gz` would look like a file never seen.
+        for t in self.files.values_mut() {
+            grow_fingerprint(t);
+        }
         for (path, comp) in discover::rotated_siblings(live_path) {
             let Ok(meta) = std::fs::metadata(&path) else { continue };
             if mtime_ns(&meta) < since_ns {
@@ -1514,6 +1517,25 @@ fn head_changed(t: &Tracked) -> bool {
         Ok(_) => true,
         Err(_) => false,
     }
+}
+
+/// Extends a short fingerprint to the file's head now, if the file still begins with the bytes
+/// it was taken over; a live file that does not was rewritten in place.
+fn grow_fingerprint(t: &mut Tracked) {
+    if t.fingerprint.is_full() {
+        return;
+    }
+    let Some(f) = t.input.plain() else { return };
+    let mut head = [0u8; FINGERPRINT_BYTES as usize];
+    let Ok(n) = read_full_at(f, &mut head, 0) else { return };
+    let old = t.fingerprint.len as usize;
+    if n < old || identity::hash(&head[..old]) != t.fingerprint.hash {
+        if t.rotated_at.is_none() {
+            t.rewritten = true;
+        }
+        return;
+    }
+    t.fingerprint = Fingerprint::of(&head[..n]);
 }
 
 fn hash_before_at(f: &File, offset: u64) -> Option<u64> {
