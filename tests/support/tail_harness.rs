@@ -212,7 +212,9 @@ impl Run {
     /// ends when no acknowledgement can come). Returns when the engine's task has ended.
     pub async fn stop_acking(self, ack: bool) -> Shared {
         self.cancel.cancel();
-        let Run { shared, handle, tracker, .. } = self;
+        let Run { shared, handle, tracker, telemetry, .. } = self;
+        // Kept for a failure message only (`files()` is the engine's own view).
+        let status = handle.clone();
         drop(handle);
         tracker.close();
         if ack {
@@ -220,10 +222,16 @@ impl Run {
             let end = tokio::time::Instant::now() + DEADLINE;
             while !tracker.is_empty() {
                 shared.ack_pending();
-                assert!(tokio::time::Instant::now() < end, "the engine ends once all is acknowledged");
+                assert!(
+                    tokio::time::Instant::now() < end,
+                    "the engine ends once all is acknowledged: {:?}\n{}",
+                    status.files(),
+                    telemetry.render_prometheus()
+                );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         } else {
+            drop(status);
             shared.auto_ack.store(false, Ordering::Release);
             shared.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
         }
