@@ -247,6 +247,32 @@ async fn truncation_restarts_at_0() {
     assert_eq!(ids.len(), 2, "the truncated stream and the new one");
 }
 
+/// Truncated and written past the old offset while reading was paused, with no rename to
+/// wake a rescan: the reader's own head check restarts it at 0 instead of reading on from the
+/// middle of the new content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_past_the_offset_during_a_pause_restarts_at_0() {
+    let d = dirs();
+    let path = d.containers.join("rw.log");
+    let mut w = Writer::create(&path, "rw");
+    w.write(1000);
+    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
+    set.max_unacked_bytes = 16 * 1024;
+    set.read_chunk_bytes = 4 * 1024;
+    set.rescan_interval = Duration::from_secs(3600);
+    let run = start(set, false);
+    run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
+    let read = run.counter("logmill_bytes_read_total");
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+    let mut n = Writer::create(&path, "new");
+    n.write(600);
+    assert!(std::fs::metadata(&path).unwrap().len() > read, "rewritten past the offset");
+    run.set_auto_ack(true);
+    run.until("the new content from 0", |s| all_arrived(s, "new", 600)).await;
+    let s = run.stop().await;
+    exactly_once(&s.lock(), "new", 600);
+}
+
 /// A file deleted with unread bytes (reading paused) is read out through its descriptor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_file_is_read_out_through_its_descriptor() {

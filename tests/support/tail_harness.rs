@@ -53,6 +53,8 @@ pub struct Shared {
     pub handle: Arc<Mutex<Option<TailHandle>>>,
     /// How long each `flushed` takes (a slow downstream).
     pub flush_delay: Arc<Mutex<Duration>>,
+    /// The engine dropped the sink: it reads no more (end of input downstream).
+    pub sink_dropped: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -75,6 +77,12 @@ impl Shared {
 }
 
 pub struct TestSink(pub Shared);
+
+impl Drop for TestSink {
+    fn drop(&mut self) {
+        self.0.sink_dropped.store(true, Ordering::Release);
+    }
+}
 
 impl RecordSink for TestSink {
     fn opened(&mut self, file: FileId, source: &Path) {
@@ -218,8 +226,14 @@ impl Run {
         drop(handle);
         tracker.close();
         if ack {
-            shared.auto_ack.store(true, Ordering::Release);
+            // As downstream would: the last acknowledgements come after the end of input, so
+            // the engine must wait for them.
             let end = tokio::time::Instant::now() + DEADLINE;
+            while !shared.sink_dropped.load(Ordering::Acquire) {
+                assert!(tokio::time::Instant::now() < end, "the engine drops the sink after cancel");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            shared.auto_ack.store(true, Ordering::Release);
             while !tracker.is_empty() {
                 shared.ack_pending();
                 assert!(
