@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::rules::{Registry, RulesError};
 use crate::agent::filter::{Filters, Globs};
-use crate::agent::AgentRules;
+use crate::agent::{AgentRules, CollectTo};
 use crate::host::{
     CollectSettings, CpuOptions, DiskOptions, Glob, HostInput, KubeletSettings, NsqStatsSettings, Roots,
 };
@@ -26,6 +26,7 @@ use crate::nsq::consumer::ConsumerSettings;
 use crate::nsq::producer::ProducerSettings;
 use crate::nsq::NsqSettings;
 use crate::tail::multiline::MultilineRule;
+use crate::tail::{StartAt, TailSettings, WatchMode, Wrapping};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -71,6 +72,8 @@ pub struct RawConfig {
     pub kubernetes: RawKubernetes,
     #[serde(default)]
     pub agent: RawAgent,
+    #[serde(default)]
+    pub tail: RawTail,
     /// Multiline merging, per container: `[[multiline]]` tables, first match wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub multiline: Vec<RawMultiline>,
@@ -133,12 +136,21 @@ pub struct RawTelemetry {
     /// roles; empty to disable.
     #[serde(default = "default_telemetry_listen")]
     pub listen: String,
+    /// Seconds between two writes of the service's own counters as `logmill_*` points (to the
+    /// `metrics` topic from the agent, to InfluxDB from the consumer), like Telegraf's
+    /// `internal` input; 0 turns them off.
+    #[serde(default = "default_telemetry_interval_secs")]
+    pub interval_secs: u64,
 }
 
 impl Default for RawTelemetry {
     fn default() -> Self {
-        Self { listen: default_telemetry_listen() }
+        Self { listen: default_telemetry_listen(), interval_secs: default_telemetry_interval_secs() }
     }
+}
+
+fn default_telemetry_interval_secs() -> u64 {
+    10
 }
 
 fn default_telemetry_listen() -> String {
@@ -886,6 +898,207 @@ pub struct RawAgent {
     /// Never read containers with these names.
     #[serde(default)]
     pub exclude_containers: Vec<String>,
+    /// Publish app and controller records to the `logs` topic. Env: `SEND_LOGS_TO_NSQ`
+    /// (`false` turns it off, as for the old fluentd).
+    #[serde(default = "default_true")]
+    pub send_logs: bool,
+    /// Publish router points to the `metrics` topic. Env: `SEND_METRICS_TO_NSQ`.
+    #[serde(default = "default_true")]
+    pub send_metrics: bool,
+    /// Where the agent's host, kubelet and nsqd collectors (`[collect]`) write: `nsq` (line
+    /// protocol on the `metrics` topic, to InfluxDB through the consumers), `influx`
+    /// (directly, with `[influx]`), or `off`.
+    #[serde(default = "default_collect_to")]
+    pub collect: String,
+    /// Seconds a read may wait for NSQ's acknowledgement before `/healthz` fails (publishing is
+    /// stuck: nsqd down or refusing).
+    #[serde(default = "default_publish_stall_secs")]
+    pub publish_stall_secs: u64,
+    /// Files whose names are no container's (`logmill run` over plain files, an operator's
+    /// own router log): `[[agent.sources]]` tables with a path pattern (`*`, `?`, `[…]`,
+    /// matched against the whole path) and the namespace, pod and container they stand for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<RawSource>,
+}
+
+/// One `[[agent.sources]]` table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// A path pattern, e.g. `/var/log/nginx/access*.log`.
+    pub path: String,
+    pub namespace: String,
+    pub pod: String,
+    /// The container's name: `deis-router` makes the lines router access lines.
+    pub container: String,
+}
+
+fn default_collect_to() -> String {
+    "nsq".into()
+}
+fn default_publish_stall_secs() -> u64 {
+    60
+}
+
+/// `[tail]`: how the agent follows files.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTail {
+    /// Path globs of the files to follow (`*` and `?` per path component); symlinks are
+    /// followed. Flag: `--paths`.
+    #[serde(default = "default_tail_paths")]
+    pub paths: Vec<String>,
+    /// Where the checkpoints live. Flag: `--state-dir`.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Where files already present at the very first start (no checkpoint, no fluentd
+    /// pos_file) are read from: `beginning` (nothing lost) or `end` (nothing old sent).
+    #[serde(default = "default_start_at")]
+    pub start_at: String,
+    /// fluentd's pos_file, imported on the first start only (when it exists), so that nothing
+    /// is sent twice or skipped when logmill replaces fluentd.
+    #[serde(default = "default_fluentd_pos_file")]
+    pub fluentd_pos_file: PathBuf,
+    /// Files found without a checkpoint whose last write is older than this many seconds are
+    /// followed from their end; 0: off.
+    #[serde(default)]
+    pub ignore_older_secs: u64,
+    /// How lines are wrapped: `auto` (decided per file from its first line), `docker`, `cri`
+    /// or `raw`.
+    #[serde(default = "default_tail_format")]
+    pub format: String,
+    /// Longest record kept whole; longer ones are cut to this, flagged and counted.
+    #[serde(default = "default_tail_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// One read, and each file's share before the next file's turn.
+    #[serde(default = "default_read_chunk_bytes")]
+    pub read_chunk_bytes: usize,
+    /// Milliseconds between read passes (and rescans when polling).
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Seconds between full rescans of the paths, the safety net under inotify.
+    #[serde(default = "default_rescan_interval_secs")]
+    pub rescan_interval_secs: u64,
+    /// Milliseconds between two checkpoint writes (also written on shutdown).
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+    /// Bytes read and not yet acknowledged by NSQ at which reading pauses (bounded memory
+    /// while NSQ is slow or down).
+    #[serde(default = "default_max_unacked_bytes")]
+    pub max_unacked_bytes: usize,
+    /// Seconds a rotated or deleted file read to its end stays open for late writes.
+    #[serde(default = "default_rotate_wait_secs")]
+    pub rotate_wait_secs: u64,
+    /// `inotify` (with polling as the safety net, and as the fallback when the kernel's
+    /// limits are reached) or `poll`.
+    #[serde(default = "default_watch")]
+    pub watch: String,
+}
+
+impl Default for RawTail {
+    fn default() -> Self {
+        // The defaults of every field are those of an empty table.
+        toml::from_str("").unwrap_or_else(|e| unreachable!("empty [tail] must parse: {e}"))
+    }
+}
+
+fn default_tail_paths() -> Vec<String> {
+    vec!["/var/log/containers/*.log".into()]
+}
+fn default_state_dir() -> PathBuf {
+    "/var/lib/logmill".into()
+}
+fn default_start_at() -> String {
+    "beginning".into()
+}
+fn default_fluentd_pos_file() -> PathBuf {
+    "/var/log/containers.log.pos".into()
+}
+fn default_tail_format() -> String {
+    "auto".into()
+}
+fn default_tail_max_line_bytes() -> usize {
+    256 * 1024
+}
+fn default_read_chunk_bytes() -> usize {
+    64 * 1024
+}
+fn default_poll_interval_ms() -> u64 {
+    250
+}
+fn default_rescan_interval_secs() -> u64 {
+    10
+}
+fn default_checkpoint_interval_ms() -> u64 {
+    1000
+}
+fn default_max_unacked_bytes() -> usize {
+    16 << 20
+}
+fn default_rotate_wait_secs() -> u64 {
+    5
+}
+fn default_watch() -> String {
+    "inotify".into()
+}
+
+impl RawTail {
+    /// The engine's settings (the agent adds its filters as `exclude`).
+    pub fn validate(&self) -> Result<TailSettings, ConfigError> {
+        if self.paths.is_empty() {
+            return Err(invalid("tail.paths", "at least one path glob"));
+        }
+        if !self.paths.iter().all(|p| Path::new(p).is_absolute()) {
+            return Err(invalid("tail.paths", "globs must be absolute paths"));
+        }
+        let mut s = TailSettings::new(self.paths.clone(), self.state_dir.clone());
+        s.start_at = match self.start_at.as_str() {
+            "beginning" => StartAt::Beginning,
+            "end" => StartAt::End,
+            other => return Err(invalid("tail.start_at", format!("`{other}`: beginning or end"))),
+        };
+        s.fluentd_pos_file =
+            (!self.fluentd_pos_file.as_os_str().is_empty()).then(|| self.fluentd_pos_file.clone());
+        s.ignore_older = (self.ignore_older_secs > 0).then(|| Duration::from_secs(self.ignore_older_secs));
+        s.wrapping = match self.format.as_str() {
+            "auto" => None,
+            "docker" => Some(Wrapping::Docker),
+            "cri" => Some(Wrapping::Cri),
+            "raw" => Some(Wrapping::Raw),
+            other => return Err(invalid("tail.format", format!("`{other}`: auto, docker, cri or raw"))),
+        };
+        if self.max_line_bytes < 1024 {
+            return Err(invalid("tail.max_line_bytes", "must be at least 1024"));
+        }
+        s.max_line_bytes = self.max_line_bytes;
+        if self.read_chunk_bytes < 4096 {
+            return Err(invalid("tail.read_chunk_bytes", "must be at least 4096"));
+        }
+        s.read_chunk_bytes = self.read_chunk_bytes;
+        for (key, v) in [
+            ("tail.poll_interval_ms", self.poll_interval_ms),
+            ("tail.rescan_interval_secs", self.rescan_interval_secs),
+            ("tail.checkpoint_interval_ms", self.checkpoint_interval_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        s.poll_interval = Duration::from_millis(self.poll_interval_ms);
+        s.rescan_interval = Duration::from_secs(self.rescan_interval_secs);
+        s.checkpoint_interval = Duration::from_millis(self.checkpoint_interval_ms);
+        if self.max_unacked_bytes < self.read_chunk_bytes {
+            return Err(invalid("tail.max_unacked_bytes", "must be at least read_chunk_bytes"));
+        }
+        s.max_unacked_bytes = self.max_unacked_bytes;
+        s.rotate_wait = Duration::from_secs(self.rotate_wait_secs);
+        s.watch = match self.watch.as_str() {
+            "inotify" => WatchMode::Notify,
+            "poll" => WatchMode::Poll,
+            other => return Err(invalid("tail.watch", format!("`{other}`: inotify or poll"))),
+        };
+        Ok(s)
+    }
 }
 
 impl Default for RawAgent {
@@ -900,7 +1113,41 @@ impl RawAgent {
         let globs = |key: &'static str, list: &[String]| {
             Globs::new(list).map_err(|e| invalid(key, format!("{list:?}: {e}")))
         };
+        let collect = match self.collect.as_str() {
+            "nsq" => CollectTo::Nsq,
+            "influx" => CollectTo::Influx,
+            "off" => CollectTo::Off,
+            other => return Err(invalid("agent.collect", format!("`{other}`: nsq, influx or off"))),
+        };
+        if self.publish_stall_secs == 0 {
+            return Err(invalid("agent.publish_stall_secs", "must be greater than 0"));
+        }
+        let mut declared = Vec::with_capacity(self.sources.len());
+        for s in &self.sources {
+            let path = crate::host::glob::Glob::new(&s.path)
+                .map_err(|e| invalid("agent.sources.path", e.to_string()))?;
+            if [&s.namespace, &s.pod, &s.container].iter().any(|v| v.is_empty()) {
+                return Err(invalid(
+                    "agent.sources",
+                    format!("`{}`: namespace, pod and container are needed", s.path),
+                ));
+            }
+            let container = crate::kube::ContainerRef {
+                pod: s.pod.clone(),
+                namespace: s.namespace.clone(),
+                container: s.container.clone(),
+                container_id: String::new(),
+                pod_uid: None,
+                cut: false,
+            };
+            declared.push(crate::agent::source::DeclaredSource { path, container });
+        }
         Ok(AgentRules {
+            send_logs: self.send_logs,
+            send_metrics: self.send_metrics,
+            collect,
+            publish_stall: Duration::from_secs(self.publish_stall_secs),
+            sources: crate::agent::source::Sources { declared },
             drop_other: self.drop_other,
             drop_router_non_access_lines: self.drop_router_non_access_lines,
             filters: Filters {
@@ -1228,6 +1475,10 @@ pub struct Settings {
     pub multiline: Vec<MultilineRule>,
     /// The host, kubelet and nsqd collectors.
     pub collect: CollectSettings,
+    /// How the agent follows files.
+    pub tail: TailSettings,
+    /// How often the `logmill_*` points are written; `None`: never.
+    pub telemetry_interval: Option<Duration>,
 }
 
 impl RawConfig {
@@ -1298,6 +1549,15 @@ impl RawConfig {
                 *slot = v;
             }
         }
+        // The old fluentd's switches: any value but `false` leaves a topic on.
+        for (var, slot) in [
+            ("SEND_LOGS_TO_NSQ", &mut self.agent.send_logs),
+            ("SEND_METRICS_TO_NSQ", &mut self.agent.send_metrics),
+        ] {
+            if let Some(v) = env(var) {
+                *slot = !v.trim().eq_ignore_ascii_case("false");
+            }
+        }
         self.nsq.auth_secret_from_env = env("NSQ_AUTH_SECRET");
         self.influx.password_from_env = env("INFLUXDB_PASSWORD");
         self.influx.token_from_env = env("INFLUXDB_TOKEN");
@@ -1360,6 +1620,9 @@ impl RawConfig {
             kubernetes: self.kubernetes.validate()?,
             agent: self.agent.validate()?,
             multiline: validate_multiline(&self.multiline)?,
+            tail: self.tail.validate()?,
+            telemetry_interval: (self.telemetry.interval_secs > 0)
+                .then(|| Duration::from_secs(self.telemetry.interval_secs)),
         })
     }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use logmill::config::RawConfig;
+use logmill::roles::agent;
 use logmill::roles::collect;
 use logmill::roles::inspect;
 use logmill::roles::replay::{self, Destination, FormatChoice, ReplayOptions};
@@ -38,6 +39,30 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The node agent (a DaemonSet): follow every container log on this node, classify and
+    /// enrich each record, and publish it to NSQ at least once (app logs to `logs`, router
+    /// access points to `metrics`), with the host collectors beside it, until SIGTERM.
+    ///
+    /// Checkpoints move only after nsqd acknowledged what was read; SIGTERM stops reading,
+    /// waits for the last acknowledgements, writes the checkpoint and exits 0.
+    Agent {
+        /// Path globs of the files to follow [default: `tail.paths`, /var/log/containers/*.log].
+        #[arg(long, num_args = 1..)]
+        paths: Vec<String>,
+        /// Where the checkpoints live [default: `tail.state_dir`, /var/lib/logmill].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// nsqd TCP address (repeat for several) [default: `nsq.nsqd_tcp_addresses`,
+        /// $DEIS_NSQD_ADDRS, $NSQD_TCP_ADDRESSES, 127.0.0.1:4150].
+        #[arg(long)]
+        nsqd: Vec<String>,
+        /// This node's name, the `host` tag [default: `host`, $NODE_NAME, the host name].
+        #[arg(long)]
+        node: Option<String>,
+        /// Address of /metrics and /healthz [default: `telemetry.listen`, 0.0.0.0:9273].
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Push finished log files through the same code as the agent and write both point families
     /// as line protocol to stdout (or InfluxDB with --output influx); a summary goes to stderr.
     ///
@@ -149,6 +174,26 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<RawConfig> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Agent { paths, state_dir, nsqd, node, listen } => {
+            let mut raw = load_config(cli.config.as_ref())?;
+            if !paths.is_empty() {
+                raw.tail.paths = paths;
+            }
+            if let Some(dir) = state_dir {
+                raw.tail.state_dir = dir;
+            }
+            if !nsqd.is_empty() {
+                raw.nsq.nsqd_tcp_addresses = nsqd;
+            }
+            if node.is_some() {
+                raw.host = node;
+            }
+            if let Some(listen) = listen {
+                raw.telemetry.listen = listen;
+            }
+            let settings = raw.validate().context("invalid settings")?;
+            agent::run(settings)
+        }
         Command::Replay {
             format,
             host,

@@ -70,7 +70,9 @@ pub struct LineProcessor {
     host: String,
     parser: LineParser,
     router: RouterParser,
-    aggregator: Aggregator,
+    /// `None` for the agent, which writes the points of each line and leaves aggregation to
+    /// the consumers.
+    aggregator: Option<Aggregator>,
     compat: CompatEncoder,
     counts: LineCounts,
 }
@@ -81,7 +83,19 @@ impl LineProcessor {
             host: host.into(),
             parser,
             router: RouterParser::default(),
-            aggregator: Aggregator::new(aggregate),
+            aggregator: Some(Aggregator::new(aggregate)),
+            compat: CompatEncoder::default(),
+            counts: LineCounts::default(),
+        }
+    }
+
+    /// A processor that writes each line's points and aggregates nothing (the agent's).
+    pub fn points_only(host: impl Into<String>, parser: LineParser) -> Self {
+        Self {
+            host: host.into(),
+            parser,
+            router: RouterParser::default(),
+            aggregator: None,
             compat: CompatEncoder::default(),
             counts: LineCounts::default(),
         }
@@ -92,11 +106,11 @@ impl LineProcessor {
     }
 
     pub(crate) fn aggregate_stats(&self) -> AggregateStats {
-        self.aggregator.stats()
+        self.aggregator.as_ref().map(Aggregator::stats).unwrap_or_default()
     }
 
     pub fn live_series(&self) -> usize {
-        self.aggregator.live_series()
+        self.aggregator.as_ref().map_or(0, Aggregator::live_series)
     }
 
     /// Processes one line (without its line break); `truncated` when the reader cut it at
@@ -157,7 +171,7 @@ impl LineProcessor {
             Outcome::Rejected(reason) => counts.rejected[reason as usize] += 1,
             Outcome::Parsed(record) => {
                 counts.access += 1;
-                if let Some(record) = record {
+                if let (Some(record), Some(aggregator)) = (record, aggregator) {
                     aggregator.observe(&record, host);
                 }
             }
@@ -167,12 +181,15 @@ impl LineProcessor {
 
     /// Flushes every open window (end of input, shutdown).
     pub fn finish(&mut self, out: &mut BytesMut) {
-        self.aggregator.flush_all();
+        if let Some(aggregator) = &mut self.aggregator {
+            aggregator.flush_all();
+        }
         self.write_ready(out);
     }
 
     fn write_ready(&mut self, out: &mut BytesMut) {
-        for point in self.aggregator.take_ready() {
+        let Some(aggregator) = &mut self.aggregator else { return };
+        for point in aggregator.take_ready() {
             match encode_point(&point, out) {
                 Ok(()) => self.counts.aggregate_points += 1,
                 Err(_) => self.counts.encode_errors += 1,

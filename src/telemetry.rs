@@ -51,10 +51,20 @@ impl Gauge {
     }
 }
 
+/// A check `/healthz` runs: `Err` says what is wrong.
+pub type HealthCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// The registry; clones share it.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Telemetry {
     families: Arc<Mutex<BTreeMap<&'static str, Family>>>,
+    checks: Arc<Mutex<Vec<(&'static str, HealthCheck)>>>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
 }
 
 impl Telemetry {
@@ -76,6 +86,25 @@ impl Telemetry {
         labels: &[(&'static str, &str)],
     ) -> Gauge {
         Gauge(self.register(name, help, Kind::Gauge, labels))
+    }
+
+    /// Adds a check to `/healthz`, which answers 503 with the reasons while any fails.
+    pub fn health_check(&self, name: &'static str, check: HealthCheck) {
+        self.checks.lock().unwrap_or_else(|e| e.into_inner()).push((name, check));
+    }
+
+    /// Every check's verdict: `Ok`, or what failed, one line each.
+    pub fn health(&self) -> Result<(), String> {
+        let checks = self.checks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let failed: Vec<String> = checks
+            .iter()
+            .filter_map(|(name, check)| check().err().map(|why| format!("{name}: {why}")))
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("\n"))
+        }
     }
 
     /// The current value of a registered counter or gauge; `None` when nothing registered
@@ -184,7 +213,10 @@ pub async fn serve(listener: TcpListener, telemetry: Telemetry, cancel: Cancella
             let (status, content_type, body) = if request.starts_with(b"GET /metrics ") {
                 ("200 OK", "text/plain; version=0.0.4", telemetry.render_prometheus())
             } else if request.starts_with(b"GET /healthz ") {
-                ("200 OK", "text/plain", "ok\n".to_owned())
+                match telemetry.health() {
+                    Ok(()) => ("200 OK", "text/plain", "ok\n".to_owned()),
+                    Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+                }
             } else {
                 ("404 Not Found", "text/plain", "not found\n".to_owned())
             };
@@ -240,7 +272,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, t, cancel.clone()));
+        let server = tokio::spawn(serve(listener, t.clone(), cancel.clone()));
         for (path, want_status, want_body) in [
             ("/metrics", "200", "logmill_lines_read_total 42"),
             ("/healthz", "200", "ok"),
@@ -253,6 +285,14 @@ mod tests {
             assert!(response.starts_with(&format!("HTTP/1.1 {want_status}")), "{response}");
             assert!(response.contains(want_body), "{response}");
         }
+        // A failing check turns /healthz into a 503 that says why.
+        t.health_check("publishing", Arc::new(|| Err("stuck for 90 s".into())));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+        assert!(response.contains("publishing: stuck for 90 s"), "{response}");
         cancel.cancel();
         server.await.unwrap();
     }

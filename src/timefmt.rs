@@ -188,6 +188,12 @@ pub fn format_rfc3339_micros(ns: i64, out: &mut String) {
     );
 }
 
+/// Now, in nanoseconds since the Unix epoch (0 on a clock before 1970).
+pub(crate) fn now_ns() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

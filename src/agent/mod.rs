@@ -4,10 +4,30 @@
 
 pub mod classify;
 pub mod filter;
+pub(crate) mod ship;
+pub(crate) mod sink;
+pub(crate) mod source;
 
-/// The validated `[agent]` switches of classification and the include/exclude filters.
+/// Where the agent's collectors write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CollectTo {
+    /// Line protocol on the `metrics` topic.
+    Nsq,
+    /// Straight to InfluxDB (`[influx]`).
+    Influx,
+    Off,
+}
+
+/// The validated `[agent]` settings: what is published, classification switches, filters and
+/// declared sources.
 #[derive(Debug, Clone)]
 pub struct AgentRules {
+    pub send_logs: bool,
+    pub send_metrics: bool,
+    pub collect: CollectTo,
+    /// `/healthz` fails once a read has waited this long for NSQ.
+    pub publish_stall: std::time::Duration,
+    pub(crate) sources: source::Sources,
     /// Drop [`classify::Kind::Other`] records (the old plugin's behaviour) instead of shipping
     /// them to `logs`.
     pub drop_other: bool,

@@ -20,7 +20,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
@@ -52,20 +52,7 @@ impl Batch {
     /// `body` cut at line boundaries into pieces of at most `max_bytes` (a single longer line
     /// is a piece of its own): NSQ messages have a size limit (`nsq.max_msg_bytes`).
     pub fn split(&self, max_bytes: usize) -> Vec<Bytes> {
-        let mut pieces = Vec::new();
-        let mut start = 0;
-        let mut end = 0;
-        for line_end in memchr::memchr_iter(b'\n', &self.body).map(|i| i + 1) {
-            if line_end - start > max_bytes && end > start {
-                pieces.push(self.body.slice(start..end));
-                start = end;
-            }
-            end = line_end;
-        }
-        if end > start {
-            pieces.push(self.body.slice(start..end));
-        }
-        pieces
+        crate::metrics::line_protocol::split_lines(self.body.clone(), max_bytes)
     }
 }
 
@@ -186,7 +173,7 @@ impl Collector {
     /// Runs every input on its schedule until `cancel` fires (or `out` is closed), sending each
     /// cycle's points as one batch per input. Spawn it; it returns once every input has stopped.
     pub async fn run(self, out: mpsc::Sender<Batch>, cancel: CancellationToken) {
-        let schedule = Schedule::new(now_ns(), self.interval, self.round_interval);
+        let schedule = Schedule::new(crate::timefmt::now_ns(), self.interval, self.round_interval);
         tracing::info!(
             inputs = %self.input_names().join(","),
             interval_ms = self.interval.as_millis() as u64,
@@ -229,7 +216,7 @@ impl Collector {
         if two_samples {
             tokio::time::sleep(once_sample_gap).await;
         }
-        let timestamp_ns = now_ns();
+        let timestamp_ns = crate::timefmt::now_ns();
         for (name, _, gathered) in gather_all(ready, &ctx, |_| true).await {
             let Some(gathered) = gathered else {
                 timed_out(name, &mut report);
@@ -319,11 +306,6 @@ fn finish_cycle(
     let batch =
         (written > 0).then(|| Batch { input: name, timestamp_ns, body: body.freeze(), points: written });
     (batch, problems)
-}
-
-fn now_ns() -> i64 {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// The ticks of every input: `start + k × interval`, with `start` on a multiple of the
@@ -458,11 +440,13 @@ impl InputRun {
             };
             input = primed.0;
         }
-        let mut k = self.schedule.next_after(now_ns(), None);
+        let mut k = self.schedule.next_after(crate::timefmt::now_ns(), None);
         let mut overrun_logged = false;
         loop {
             let tick_ns = self.schedule.tick_ns(k);
-            let wait = Duration::from_nanos(u64::try_from(tick_ns.saturating_sub(now_ns())).unwrap_or(0));
+            let wait = Duration::from_nanos(
+                u64::try_from(tick_ns.saturating_sub(crate::timefmt::now_ns())).unwrap_or(0),
+            );
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -480,7 +464,7 @@ impl InputRun {
                     sent = out.send(batch) => if sent.is_err() { return },
                 }
             }
-            let next = self.schedule.next_after(now_ns(), Some(k));
+            let next = self.schedule.next_after(crate::timefmt::now_ns(), Some(k));
             let missed = next - k - 1;
             if missed > 0 {
                 self.counters.missed.add(missed);
@@ -548,15 +532,5 @@ mod tests {
         let (started, ended) = log.update(&[]);
         assert!(started.is_empty());
         assert_eq!(ended, ["bad_json"]);
-    }
-
-    #[test]
-    fn batch_split_at_lines() {
-        let body = Bytes::from_static(b"aaaa\nbb\ncccccccc\nd\n");
-        let batch = Batch { input: "cpu", timestamp_ns: 0, body, points: 4 };
-        let pieces = batch.split(8);
-        let texts: Vec<&[u8]> = pieces.iter().map(|b| b.as_ref()).collect();
-        assert_eq!(texts, [&b"aaaa\nbb\n"[..], b"cccccccc\n", b"d\n"]);
-        assert_eq!(batch.split(1000).len(), 1);
     }
 }

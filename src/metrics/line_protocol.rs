@@ -22,7 +22,7 @@
 
 use std::fmt::Write as _;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::point::{FieldValue, Point};
 
@@ -373,6 +373,23 @@ pub(crate) fn write_plain_decimal(out: &mut BytesMut, text: &[u8]) -> bool {
     out.put_u8(b'.');
     out.extend_from_slice(if frac.is_empty() { b"0" } else { frac });
     true
+}
+
+/// Cuts line protocol into messages of whole lines, each at most `max` bytes (a single line
+/// longer than that, impossible for the points logmill writes, goes alone).
+pub(crate) fn split_lines(mut lines: Bytes, max: usize) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    while lines.len() > max {
+        let cut = memchr::memrchr(b'\n', &lines[..max])
+            .map(|i| i + 1)
+            .or_else(|| memchr::memchr(b'\n', &lines).map(|i| i + 1))
+            .unwrap_or(lines.len());
+        out.push(lines.split_to(cut));
+    }
+    if !lines.is_empty() {
+        out.push(lines);
+    }
+    out
 }
 
 /// Encodes `point` as one line, through [`LineBuilder`].
@@ -1559,5 +1576,27 @@ mod tests {
             direct.extend_from_slice(b" f=1i\n");
             proptest::prop_assert_eq!(via_builder, direct);
         }
+    }
+
+    #[test]
+    fn metrics_messages_stay_within_the_limit_and_keep_lines_whole() {
+        let lines = Bytes::from_static(b"a v=1\nbb v=2\nccc v=3\ndddd v=4\n");
+        let parts = split_lines(lines.clone(), 13);
+        assert_eq!(parts.concat(), lines.to_vec());
+        assert!(parts.iter().all(|p| p.len() <= 13 && p.ends_with(b"\n")), "{parts:?}");
+        assert_eq!(parts.len(), 3);
+        assert_eq!(split_lines(Bytes::new(), 13), Vec::<Bytes>::new());
+        // A line longer than the limit goes alone.
+        let parts = split_lines(Bytes::from_static(b"x v=1\nyyyyyyyyyyyyyyyyyy v=2\nz v=3\n"), 10);
+        assert_eq!(parts.len(), 3, "{parts:?}");
+    }
+
+    #[test]
+    fn split_lines_keeps_lines_whole_within_the_limit() {
+        let body = Bytes::from_static(b"aaaa\nbb\ncccccccc\nd\n");
+        let pieces = split_lines(body.clone(), 8);
+        let texts: Vec<&[u8]> = pieces.iter().map(|b| b.as_ref()).collect();
+        assert_eq!(texts, [&b"aaaa\nbb\n"[..], b"cccccccc\n", b"d\n"]);
+        assert_eq!(split_lines(body.clone(), 1000).len(), 1);
     }
 }

@@ -1,5 +1,6 @@
 //! The commands of the one binary. Wiring only: the work is in the modules they call.
 
+pub mod agent;
 pub mod collect;
 pub mod inspect;
 pub mod replay;

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use flate2::read::MultiGzDecoder;
 use tokio::runtime::Handle;
@@ -959,7 +959,7 @@ impl Engine {
                     source: t.source,
                     fingerprint: t.fingerprint,
                     len: t.read_offset,
-                    at_ns: now_ns(),
+                    at_ns: crate::timefmt::now_ns(),
                 });
             }
             self.dirty = true;
@@ -977,7 +977,7 @@ impl Engine {
     fn scan(&mut self) {
         self.last_scan = Instant::now();
         self.metrics.rescans.add(1);
-        let now = now_ns();
+        let now = crate::timefmt::now_ns();
         let mut seen: BTreeSet<PathBuf> = BTreeSet::new();
         let mut matched: Vec<PathBuf> = self.globs.iter().flat_map(discover::expand).collect();
         matched.sort();
@@ -1249,7 +1249,7 @@ impl Engine {
     }
 
     fn expire_finished(&mut self) {
-        let limit = now_ns() - FINISHED_TTL.as_nanos() as i64;
+        let limit = crate::timefmt::now_ns() - FINISHED_TTL.as_nanos() as i64;
         self.finished.retain(|f| f.at_ns >= limit);
         if self.finished.len() > FINISHED_MAX {
             let excess = self.finished.len() - FINISHED_MAX;
@@ -1367,7 +1367,7 @@ impl Engine {
                 gz: t.gz,
             })
             .collect();
-        let c = Checkpoint::new(now_ns(), files, self.finished.clone());
+        let c = Checkpoint::new(crate::timefmt::now_ns(), files, self.finished.clone());
         self.last_checkpoint_write = Instant::now();
         match checkpoint::write_atomic(&self.settings.state_dir, &checkpoint::encode(&c)) {
             Ok(()) => {
@@ -1447,10 +1447,6 @@ fn key_of(m: &Metadata) -> FileKey {
 
 fn mtime_ns(m: &Metadata) -> i64 {
     m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec())
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 fn path_bytes(p: &Path) -> Vec<u8> {
