@@ -16,6 +16,9 @@
 //!   one file's decoding (format pick, reassembly, line cap, origin) with the resume point a
 //!   checkpoint records. Pure.
 //! - [`pipeline`]: the per-line path every role shares (classify, compat points, aggregate).
+//! - [`derive`]: what a consumer derives from one NSQ message (`metrics` line protocol
+//!   validated, stamped and passed through; `deis_router_*` points and router lines in `logs`
+//!   as `router_requests` samples; `app_log_lines` counts, levels). Pure.
 //! - [`influx`]: the InfluxDB writer. [`influx::api`] (pure) builds requests and classifies
 //!   answers; [`influx::writer`] batches, gzips, retries, fails over and acknowledges.
 //! - [`nsq`]: NSQ. [`nsq::protocol`] frames, commands, error codes and names (pure);
@@ -38,6 +41,7 @@
 pub mod access;
 pub mod backoff;
 pub mod config;
+pub mod derive;
 mod errors;
 pub mod influx;
 pub mod metrics;
