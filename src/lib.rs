@@ -41,6 +41,7 @@
 pub mod access;
 pub mod backoff;
 pub mod config;
+pub mod consume;
 pub mod derive;
 mod errors;
 pub mod influx;

@@ -1,0 +1,7 @@
+//! The consumer's tasks: messages held while their windows are open, TOUCHed before they time
+//! out, acknowledged from InfluxDB's outcomes.
+//!
+//! - [`ledger`]: which held message waits for which submission and window generation, and
+//!   the decisions (finish, requeue) that follow. Pure.
+
+pub(crate) mod ledger;
