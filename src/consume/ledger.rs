@@ -103,7 +103,7 @@ pub(crate) struct Ledger<A> {
     next_gen: GenKey,
     subs: HashMap<SubmissionId, Submission>,
     next_sub: SubmissionId,
-    decided: Vec<(A, Verdict)>,
+    decided: Vec<(A, TopicKind, Verdict)>,
     held: [usize; 2],
     /// Held messages with a window not yet flushed whole, per topic.
     open_held: [usize; 2],
@@ -204,16 +204,26 @@ impl<A> Ledger<A> {
         }
     }
 
-    /// A submission the messages `msgs` wait for (their points, their dead letters).
+    /// A new submission, waited for by no one yet (see [`Ledger::wait_on`]).
+    pub(crate) fn open_submission(&mut self, now: Duration) -> SubmissionId {
+        self.new_submission(Vec::new(), now)
+    }
+
+    /// The message waits for the submission (its points, its dead letters).
+    pub(crate) fn wait_on(&mut self, id: SubmissionId, msg: MsgKey) {
+        let (Some(sub), Some(m)) = (self.subs.get_mut(&id), self.msgs.get_mut(&msg)) else { return };
+        m.waits += 1;
+        sub.waiters.push(Waiter::Msg(msg));
+    }
+
+    /// A submission the messages `msgs` wait for.
+    #[cfg(test)]
     pub(crate) fn submitted_for(&mut self, msgs: &[MsgKey], now: Duration) -> SubmissionId {
-        let mut waiters = Vec::with_capacity(msgs.len());
+        let id = self.open_submission(now);
         for &k in msgs {
-            if let Some(m) = self.msgs.get_mut(&k) {
-                m.waits += 1;
-                waiters.push(Waiter::Msg(k));
-            }
+            self.wait_on(id, k);
         }
-        self.new_submission(waiters, now)
+        id
     }
 
     /// Points flushed from `lane`'s windows, submitted (or, with no points, `None`): each
@@ -304,7 +314,7 @@ impl<A> Ledger<A> {
         }
         if let Some(m) = self.remove(k) {
             let verdict = if m.failed { Verdict::Requeue } else { Verdict::Finish };
-            self.decided.push((m.ack, verdict));
+            self.decided.push((m.ack, m.topic, verdict));
         }
     }
 
@@ -346,7 +356,7 @@ impl<A> Ledger<A> {
     }
 
     /// The decisions made since the last call.
-    pub(crate) fn take_decisions(&mut self) -> Vec<(A, Verdict)> {
+    pub(crate) fn take_decisions(&mut self) -> Vec<(A, TopicKind, Verdict)> {
         std::mem::take(&mut self.decided)
     }
 

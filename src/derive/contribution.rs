@@ -145,12 +145,6 @@ impl Contribution {
             + self.logs.len() * 2
     }
 
-    /// The windows the message contributes to.
-    pub(crate) fn windows(&self) -> impl Iterator<Item = (Lane, i64)> + '_ {
-        let r = self.requests.iter().map(|g| (Lane::Requests, g.window_start));
-        r.chain(self.logs.iter().map(|g| (Lane::Logs, g.window_start)))
-    }
-
     /// Adds a sample of `series` in the window starting at `window_start`.
     pub(crate) fn add_request(&mut self, series: SeriesRef<'_>, window_start: i64, s: &RequestSample) {
         let status = series.status.to_be_bytes();

@@ -8,6 +8,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 /// The levels the tag takes.
+#[cfg(test)]
 pub(crate) const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "fatal"];
 
 /// Finds levels in log text.

@@ -15,7 +15,7 @@ fn nsq() -> HoldLimits {
 }
 
 fn decisions(l: &mut Ledger<&'static str>) -> Vec<(&'static str, Verdict)> {
-    let mut d = l.take_decisions();
+    let mut d: Vec<_> = l.take_decisions().into_iter().map(|(a, _, v)| (a, v)).collect();
     d.sort();
     d
 }
