@@ -2,15 +2,18 @@
 //! messages, and a [`Delivery`] is their acknowledgement handle (FIN, REQ, TOUCH on the
 //! connection it came from).
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::core::{Ack, Inbound};
 use super::ledger::HoldLimits;
 use crate::derive::TopicKind;
-use crate::nsq::consumer::{Consumer, Delivery};
+use crate::nsq::consumer::{fixed_addresses, Consumer, Delivery};
 
 impl Ack for Delivery {
     fn finish(self) -> impl Future<Output = ()> + Send + 'static {
@@ -57,4 +60,34 @@ pub async fn forward(
             break;
         }
     }
+}
+
+/// The nsqd to consume from: the fixed addresses together with what nsqlookupd discovery
+/// finds (when there is discovery), as one set that follows discovery's changes.
+pub fn nsqd_addresses(
+    fixed: &[String],
+    discovered: Option<watch::Receiver<BTreeSet<String>>>,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> watch::Receiver<BTreeSet<String>> {
+    let fixed: BTreeSet<String> = fixed.iter().cloned().collect();
+    let Some(mut discovered) = discovered else { return fixed_addresses(fixed) };
+    let union = move |d: &BTreeSet<String>| fixed.union(d).cloned().collect::<BTreeSet<String>>();
+    let (tx, rx) = watch::channel(union(&discovered.borrow_and_update()));
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                changed = discovered.changed() => {
+                    if changed.is_err() {
+                        // Discovery ended: the set stays as it was.
+                        return;
+                    }
+                    tx.send_replace(union(&discovered.borrow_and_update()));
+                }
+                _ = tx.closed() => return,
+                _ = cancel.cancelled() => return,
+            }
+        }
+    });
+    rx
 }

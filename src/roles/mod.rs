@@ -1,4 +1,5 @@
 //! The commands of the one binary. Wiring only: the work is in the modules they call.
 
+pub mod consume;
 pub mod inspect;
 pub mod replay;
