@@ -24,11 +24,15 @@
 //!
 //! Submissions are retried by the writer. When the oldest unanswered one is older than
 //! `influx_stall`, every held message whose contributions are still only in open windows is
-//! taken out of them (retracted) and requeued with `requeue_delay` and the source's backoff:
-//! nothing of it was written, so its redelivery counts once. Messages whose windows were
-//! already flushed wait for their points; only past 90 % of the source's longest hold are they
-//! requeued regardless (then their aggregates may count twice: counted in
-//! `logmill_consume_held_expired_total`).
+//! taken out of them (retracted) and requeued: nothing of it was written, so its redelivery
+//! counts once. While the stall lasts, windows are not flushed early nor by the wall clock
+//! (that would only seal what a retraction could take back), and the REQ delay doubles with
+//! every `influx_stall` the outage lasts, from `requeue_delay` up to 16 times it, so that an
+//! outage costs a bounded churn and a recovery waits at most that long. (The source's own
+//! handler backoff is not used: its probe would need a FIN to recover, and a held message is
+//! finished only when its window closes.) Messages whose windows were already flushed wait
+//! for their points; only past 90 % of the source's longest hold are they requeued regardless
+//! (then their aggregates may count twice: counted in `logmill_consume_held_expired_total`).
 //!
 //! # Stopping
 //!
@@ -397,7 +401,7 @@ struct Core<A> {
     next_telemetry: Option<Instant>,
     counters: Counters,
     summary: CoreSummary,
-    /// Messages to requeue with the source's backoff (InfluxDB failing), and the delay.
+    /// Messages to requeue (InfluxDB failing, held too long), and the delay.
     requeues: Vec<(A, Duration)>,
 }
 
@@ -505,6 +509,14 @@ impl<A: Ack> Core<A> {
             self.settle().await;
         }
         self.counters.held.iter().for_each(|g| g.set(0));
+        // The counters as they end, and whatever else is still queued, to the output task
+        // (which writes them unless the role stops the writer first).
+        self.write_telemetry();
+        while let Some(job) = self.jobs.pop_front() {
+            if jobs.send(job).await.is_err() {
+                break;
+            }
+        }
         self.summary
     }
 
@@ -525,7 +537,7 @@ impl<A: Ack> Core<A> {
             }
         }
         for (ack, delay) in std::mem::take(&mut self.requeues) {
-            ack.requeue(delay, true).await;
+            ack.requeue(delay, false).await;
         }
     }
 
@@ -725,7 +737,10 @@ impl<A: Ack> Core<A> {
         for touch in touches {
             touch.await;
         }
-        if self.closing.is_none() && self.last_inbound.elapsed() >= self.settings.idle_flush {
+        let stall = self.ledger.oldest_submission().map(|at| now.saturating_sub(at)).unwrap_or_default();
+        self.stalled = stall >= self.settings.influx_stall;
+        if self.closing.is_none() && !self.stalled && self.last_inbound.elapsed() >= self.settings.idle_flush
+        {
             // Quiet input: windows close by the wall clock (a live stream's current window
             // still waits for its lateness; a backlog's old windows close now).
             let wall = wall_clock_ns();
@@ -734,12 +749,8 @@ impl<A: Ack> Core<A> {
             self.logs.advance_to(wall);
             self.collect_flushes(Lane::Logs);
         }
-        self.stalled = self
-            .ledger
-            .oldest_submission()
-            .is_some_and(|at| now.saturating_sub(at) >= self.settings.influx_stall);
         if self.stalled {
-            self.retract_and_requeue();
+            self.retract_and_requeue(stall);
         } else if let Some(oldest) = self.ledger.oldest_open() {
             let limit = match self.ledger.min_max_hold() {
                 Some(max) => self.settings.max_hold.min(max / 2),
@@ -764,8 +775,9 @@ impl<A: Ack> Core<A> {
         self.counters.series[1].set(self.logs.live_series() as u64);
     }
 
-    /// InfluxDB is failing: what is only in open windows goes back to NSQ.
-    fn retract_and_requeue(&mut self) {
+    /// InfluxDB has answered nothing for `stall`: what is only in open windows goes back to
+    /// NSQ, later the longer the outage.
+    fn retract_and_requeue(&mut self, stall: Duration) {
         let taken = self.ledger.take_retractable();
         if taken.is_empty() {
             return;
@@ -778,7 +790,8 @@ impl<A: Ack> Core<A> {
         self.counters.retracted.add(taken.len() as u64);
         self.counters.requeued("influx_stalled", taken.len() as u64);
         self.summary.requeued += taken.len() as u64;
-        let delay = self.settings.requeue_delay;
+        let periods = (stall.as_secs_f64() / self.settings.influx_stall.as_secs_f64().max(1e-3)) as u32;
+        let delay = self.settings.requeue_delay * (1u32 << periods.saturating_sub(1).min(4));
         for (ack, contribution) in taken {
             if let Some(c) = contribution {
                 self.retract(&c);

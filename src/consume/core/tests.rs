@@ -265,11 +265,11 @@ async fn when_influxdb_stalls_open_contributions_are_taken_back_and_requeued() {
     h.send("open", line(112, "bar", 0) + &line(113, "bar", 1), 1, nsq_limits(), None).await;
     unanswered.push(h.next(Duration::from_secs(1)).await);
     // Nothing answered for the stall bound (10 s): `closer` (window 110, open) and `open`
-    // go back to NSQ with backoff; `sealed` waits for its window's point.
+    // go back to NSQ; `sealed` waits for its window's point.
     tokio::time::sleep(Duration::from_secs(11)).await;
     h.settle().await;
-    assert_eq!(h.events_of("open").last(), Some(&Event::Requeued { backoff: true }));
-    assert_eq!(h.events_of("closer").last(), Some(&Event::Requeued { backoff: true }));
+    assert_eq!(h.events_of("open").last(), Some(&Event::Requeued { backoff: false }));
+    assert_eq!(h.events_of("closer").last(), Some(&Event::Requeued { backoff: false }));
     assert!(h.events_of("sealed").is_empty(), "{:?}", h.events_of("sealed"));
     // InfluxDB is back: what was submitted lands (the requeued messages' own points too,
     // which their redelivery writes again over themselves).
