@@ -30,7 +30,7 @@ pub enum Output {
 
 /// A submission to [`Output::Test`].
 #[cfg(test)]
-pub(crate) struct TestSubmission {
+pub struct TestSubmission {
     pub(crate) body: Bytes,
     pub(crate) points: usize,
     pub(crate) answer: tokio::sync::oneshot::Sender<Outcome>,

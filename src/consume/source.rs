@@ -20,13 +20,11 @@ impl Ack for Delivery {
         Delivery::finish(self)
     }
 
-    fn requeue(self, delay: Duration, backoff: bool) -> impl Future<Output = ()> + Send + 'static {
-        async move {
-            if backoff {
-                Delivery::requeue(self, delay).await;
-            } else {
-                self.requeue_without_backoff(delay).await;
-            }
+    async fn requeue(self, delay: Duration, backoff: bool) {
+        if backoff {
+            Delivery::requeue(self, delay).await;
+        } else {
+            self.requeue_without_backoff(delay).await;
         }
     }
 

@@ -1,5 +1,6 @@
 //! What one message adds to the aggregates, kept while the message is held so that it can be
-//! taken back ([`Contribution::retract`]) when the message must go back to NSQ unwritten.
+//! taken back ([`RequestGroup::retract`], [`LogGroup::retract`]) when the message must go back to
+//! NSQ unwritten.
 //!
 //! Samples are grouped per series and window: a group holds the counts summed and the times
 //! as they came (the sketch and the buckets take values back one by one), so a held message

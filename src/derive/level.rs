@@ -67,7 +67,7 @@ fn bunyan(n: u64) -> Option<&'static str> {
     })
 }
 
-/// A level word, in any case, folded into [`LEVELS`].
+/// A level word, in any case, folded into trace, debug, info, warn, error or fatal.
 pub(crate) fn normalize(word: &str) -> Option<&'static str> {
     let word = word.trim();
     if word.len() > 13 {

@@ -129,12 +129,6 @@ impl Harness {
         tokio::time::timeout(within, self.submissions.recv()).await.expect("a submission").expect("open")
     }
 
-    async fn nothing_for(&mut self, d: Duration) {
-        if let Ok(Some(s)) = tokio::time::timeout(d, self.submissions.recv()).await {
-            panic!("unexpected submission: {}", String::from_utf8_lossy(&s.body));
-        }
-    }
-
     /// What became of `name`, touches left out.
     fn events_of(&self, name: &str) -> Vec<Event> {
         let events = self.events.lock().unwrap();
