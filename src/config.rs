@@ -164,7 +164,9 @@ pub struct RawNsq {
     /// logger) or `consumer` (telegraf), which would steal their messages.
     #[serde(default = "default_channel")]
     pub channel: String,
-    /// Messages the consumer has in flight at once, across all nsqd (spread as RDY).
+    /// Messages the consumer has in flight at once, across all nsqd (spread as RDY). The
+    /// consumer holds messages until their aggregate windows are written, so its throughput is
+    /// about this many messages per write's latency.
     #[serde(default = "default_nsq_max_in_flight")]
     pub max_in_flight: u32,
     /// Milliseconds a consumed message may stay unfinished before nsqd redelivers it
@@ -709,8 +711,9 @@ pub struct RawConsume {
     /// per message that had some. Empty: none.
     #[serde(default)]
     pub dead_letter_topic: String,
-    /// Flush every window early when a topic's held messages reach this percentage of what
-    /// nsqd lets be in flight (`nsq.max_in_flight`, capped by each nsqd's `--max-rdy-count`).
+    /// Flush every window early when a topic's messages held in open windows reach this
+    /// percentage of what nsqd lets be in flight (`nsq.max_in_flight`, capped by each nsqd's
+    /// `--max-rdy-count`); the rest of the room takes what arrives while the flush is written.
     #[serde(default = "default_high_water_percent")]
     pub high_water_percent: u8,
     /// Values kept so that held messages can be taken back out of open windows (about two per
@@ -744,7 +747,7 @@ impl Default for RawConsume {
 }
 
 fn default_high_water_percent() -> u8 {
-    80
+    50
 }
 fn default_max_held_values() -> usize {
     // 16 MiB of f64s: about half a million access lines held.
@@ -1090,7 +1093,7 @@ mod tests {
     #[test]
     fn nsq_client_keys() {
         let raw = RawConfig::from_toml("x", "").unwrap();
-        assert_eq!(raw.nsq.max_in_flight, 200);
+        assert_eq!(raw.nsq.max_in_flight, 2500);
         assert_eq!(raw.nsq.heartbeat_interval_ms, 30_000);
         assert_eq!(raw.nsq.publish_batch_max_messages, 200);
         assert!(!raw.nsq.tls);
@@ -1101,7 +1104,7 @@ mod tests {
         assert_eq!(p.connection.msg_timeout, Some(Duration::from_secs(60)));
         assert!(p.connection.auth_secret.is_none() && p.connection.tls.is_none());
         let c = nsq.consumer("logs");
-        assert_eq!((c.topic.as_str(), c.channel.as_str(), c.max_in_flight), ("logs", "logmill", 200));
+        assert_eq!((c.topic.as_str(), c.channel.as_str(), c.max_in_flight), ("logs", "logmill", 2500));
 
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");

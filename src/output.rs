@@ -52,6 +52,16 @@ impl Output {
     /// the output is full (the back-pressure on the caller); the returned [`Pending`] resolves
     /// to what became of them.
     pub(crate) async fn submit(&self, body: Bytes, points: usize) -> Result<Pending, OutputError> {
+        self.submit_with(body, points, false).await
+    }
+
+    /// [`Output::submit`], sent without waiting to be batched with more (InfluxDB's writer
+    /// sends it as soon as it can): someone waits on its answer.
+    pub(crate) async fn submit_urgent(&self, body: Bytes, points: usize) -> Result<Pending, OutputError> {
+        self.submit_with(body, points, true).await
+    }
+
+    async fn submit_with(&self, body: Bytes, points: usize, urgent: bool) -> Result<Pending, OutputError> {
         let pending = match self {
             Output::Stdout => {
                 let mut stdout = std::io::stdout().lock();
@@ -59,6 +69,7 @@ impl Output {
                 stdout.flush()?;
                 Inner::Ready(Some(Outcome::written(points as u64)))
             }
+            Output::Influx(writer) if urgent => Inner::Influx(writer.submit_urgent(body, points).await?),
             Output::Influx(writer) => Inner::Influx(writer.submit(body, points).await?),
             Output::Nsq { producer, topic } => Inner::Nsq(producer.submit(topic, body).await?, points as u64),
             #[cfg(test)]

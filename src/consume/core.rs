@@ -14,11 +14,13 @@
 //! A message whose lines fall in open aggregate windows stays unacknowledged until those
 //! windows are flushed and written. Windows close by event time (the watermark), or by the
 //! wall clock once input has been quiet for `idle_flush`. They are flushed early, whole, when
-//! holding would stall the source: when a topic's held messages reach `high_water` of what
-//! the source lets be in flight (nsqd stops delivering at `max_in_flight`, itself capped by
-//! `--max-rdy-count`), when the values kept for retractions pass `max_held_values` (memory),
-//! or when the oldest message of an open window has been held `max_hold` (or half of nsqd's
-//! `--max-msg-timeout`).
+//! holding would stall the source: when a topic's messages in open windows reach `high_water`
+//! of what the source lets be in flight (nsqd stops delivering at `max_in_flight`, itself
+//! capped by `--max-rdy-count`), when the values kept for retractions pass `max_held_values`
+//! (memory), or when the oldest message of an open window has been held `max_hold` (or half of
+//! nsqd's `--max-msg-timeout`). A flush's points are sent at once, not batched: every message
+//! of its windows waits on that answer, and a consumer's throughput is what it may hold in
+//! flight over that latency.
 //!
 //! # When InfluxDB fails
 //!
@@ -71,9 +73,6 @@ const BATCH_BYTES: usize = 256 * 1024;
 const MAX_QUEUED_BYTES: usize = 8 << 20;
 /// Messages taken from the inbound channel in one go before other events are looked at.
 const BURST: usize = 64;
-/// A burst of early flushes is pointless when most held messages already wait for InfluxDB:
-/// flush early only when at least this share of the source's capacity is in open windows.
-const MIN_OPEN_SHARE: f64 = 0.25;
 
 /// Acknowledging a message to its source. The futures own what they need, so that the core
 /// can await them after letting go of its state.
@@ -639,7 +638,9 @@ impl<A: Ack> Core<A> {
     fn end_batch(&mut self) {
         let batch = std::mem::take(&mut self.batch);
         if let Some(id) = batch.id {
-            self.queue(Job::Points { id: Some(id), body: batch.bytes.freeze(), points: batch.points });
+            // Batched with what follows: under load it fills a batch by itself, and otherwise
+            // its messages wait for their windows anyway.
+            self.queue(Job::Points { id: Some(id), body: batch.bytes.freeze(), points: batch.points, urgent: false });
         }
     }
 
@@ -678,7 +679,9 @@ impl<A: Ack> Core<A> {
         self.counters.aggregate_points[lane as usize].add(written as u64);
         let now = self.now();
         if let Some(id) = self.ledger.flushed(lane, &windows, written > 0, now) {
-            self.queue(Job::Points { id: Some(id), body: body.freeze(), points: written });
+            // Every message of these windows is held until this is answered: no batching
+            // delay (what a consumer can have in flight over that latency is its throughput).
+            self.queue(Job::Points { id: Some(id), body: body.freeze(), points: written, urgent: true });
         }
     }
 
@@ -698,12 +701,12 @@ impl<A: Ack> Core<A> {
             // Flushing now would only seal contributions that a retraction could take back.
             return;
         }
+        // Counted are the messages in open windows only: those already flushed wait for
+        // InfluxDB, and flushing again would free none of them. So in flight stays below
+        // `high_water × capacity` plus what arrives over one write's latency.
         let t = topic_index(topic);
         if let Some(cap) = self.capacity[t].filter(|&c| c > 0) {
-            let cap = f64::from(cap);
-            let held = self.ledger.held(topic) as f64;
-            let open = self.ledger.open_held(topic) as f64;
-            if held >= self.settings.high_water * cap && open >= MIN_OPEN_SHARE * cap {
+            if self.ledger.open_held(topic) as f64 >= self.settings.high_water * f64::from(cap) {
                 self.flush_all(Some("held_messages"));
                 return;
             }
@@ -850,7 +853,7 @@ impl<A: Ack> Core<A> {
             }
         }
         if n > 0 {
-            self.queue(Job::Points { id: None, body: body.freeze(), points: n });
+            self.queue(Job::Points { id: None, body: body.freeze(), points: n, urgent: false });
         }
     }
 }

@@ -71,12 +71,9 @@ impl DeadLetter {
 
 /// Work for the task.
 pub(crate) enum Job {
-    /// Line protocol for InfluxDB; `id` when someone waits for the answer.
-    Points {
-        id: Option<SubmissionId>,
-        body: Bytes,
-        points: usize,
-    },
+    /// Line protocol for InfluxDB; `id` when someone waits for the answer; `urgent` to be
+    /// sent at once rather than batched with what follows.
+    Points { id: Option<SubmissionId>, body: Bytes, points: usize, urgent: bool },
     Dead {
         id: SubmissionId,
         letter: DeadLetter,
@@ -125,9 +122,11 @@ pub(crate) async fn run(
             }
             job = jobs.recv(), if open => match job {
                 None => open = false,
-                Some(Job::Points { id, body, points }) => {
+                Some(Job::Points { id, body, points, urgent }) => {
                     let started = Instant::now();
-                    match output.submit(body, points).await {
+                    let submitted =
+                        if urgent { output.submit_urgent(body, points).await } else { output.submit(body, points).await };
+                    match submitted {
                         Ok(pending) => {
                             waiting.spawn(async move {
                                 let outcome = pending.await;

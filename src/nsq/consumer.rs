@@ -122,7 +122,9 @@ impl Default for ConsumerSettings {
             topic: "logs".into(),
             channel: "logmill".into(),
             connection: ConnectionSettings::default(),
-            max_in_flight: 200,
+            // nsqd's own --max-rdy-count: `logmill consume` holds messages while their
+            // aggregate windows are open, and what it can hold bounds its throughput.
+            max_in_flight: 2500,
             max_attempts: 0,
             reconnect_backoff_initial: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(10),
