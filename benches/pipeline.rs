@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use logmill::access::rules::{Registry, DEIS_ROUTER};
 use logmill::access::{router, AccessRecord, Classified, KeyGuard, LineOrigin};
 use logmill::config::{RawConfig, Settings};
-use logmill::metrics::aggregate::{AggregateSettings, Aggregator};
+use logmill::metrics::aggregate::{AggregateSettings, Aggregator, RequestSample, SeriesRef};
 use logmill::metrics::compat::CompatEncoder;
 use logmill::pipeline::{LineParser, LineProcessor};
 use logmill::roles::replay::{replay, FormatChoice, ReplayOptions};
@@ -156,8 +156,9 @@ fn benches(c: &mut Criterion) {
         b.iter_batched_ref(
             || Aggregator::new(aggregate.clone()),
             |aggregator| {
-                for (record, _) in &records {
-                    aggregator.observe(record, HOST);
+                for (record, origin) in &records {
+                    let sample = RequestSample::of_line(record, origin.point_timestamp(record.time_ns));
+                    aggregator.observe(SeriesRef::of_line(record, HOST), &sample);
                 }
                 aggregator.flush_all();
                 black_box(aggregator.take_ready());

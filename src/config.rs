@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::access::rules::{Registry, RulesError};
 use crate::agent::filter::{Filters, Globs};
 use crate::agent::{AgentRules, CollectTo};
+use crate::consume::CoreSettings;
+use crate::derive::level::LevelDetector;
+use crate::derive::DeriveSettings;
 use crate::host::{
     CollectSettings, CpuOptions, DiskOptions, Glob, HostInput, KubeletSettings, NsqStatsSettings, Roots,
 };
@@ -79,6 +82,8 @@ pub struct RawConfig {
     pub multiline: Vec<RawMultiline>,
     #[serde(default)]
     pub collect: RawCollect,
+    #[serde(default)]
+    pub consume: RawConsume,
 }
 
 fn default_max_line_bytes() -> usize {
@@ -187,7 +192,9 @@ pub struct RawNsq {
     /// logger) or `consumer` (telegraf), which would steal their messages.
     #[serde(default = "default_channel")]
     pub channel: String,
-    /// Messages the consumer has in flight at once, across all nsqd (spread as RDY).
+    /// Messages the consumer has in flight at once, across all nsqd (spread as RDY). The
+    /// consumer holds messages until their aggregate windows are written, so its throughput is
+    /// about this many messages per write's latency.
     #[serde(default = "default_nsq_max_in_flight")]
     pub max_in_flight: u32,
     /// Milliseconds a consumed message may stay unfinished before nsqd redelivers it
@@ -1456,6 +1463,159 @@ impl RawCollect {
     }
 }
 
+/// `logmill consume`: how messages are held, aggregated and acknowledged.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsume {
+    /// This replica's name: the `consumer` tag of the points it aggregates, so that replicas
+    /// never write the same key. Must differ between replicas. Default: the machine's host
+    /// name (a pod's name in Kubernetes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Write the `deis_router_*` points of the `metrics` topic to InfluxDB as they come (the
+    /// old dashboards read them); false: only aggregate them into `router_requests`.
+    #[serde(default = "default_true")]
+    pub write_router_points: bool,
+    /// A regex finding an app log line's level when the line is not JSON with a `level`,
+    /// `severity`, `lvl` or `loglevel` key: its `level` group, else its first group that
+    /// matched. Levels are folded into trace, debug, info, warn, error, fatal. Empty: JSON only.
+    #[serde(default)]
+    pub level_regex: String,
+    /// Append invalid input (lines that are not line protocol, `logs` messages that are not
+    /// JSON) to this file, one JSON object per line. Empty: none.
+    #[serde(default)]
+    pub dead_letter_file: String,
+    /// Publish invalid input to this NSQ topic (through `nsq.nsqd_tcp_addresses`), one message
+    /// per message that had some. Empty: none.
+    #[serde(default)]
+    pub dead_letter_topic: String,
+    /// Flush every window early when a topic's messages held in open windows reach this
+    /// percentage of what nsqd lets be in flight (`nsq.max_in_flight`, capped by each nsqd's
+    /// `--max-rdy-count`); the rest of the room takes what arrives while the flush is written.
+    #[serde(default = "default_high_water_percent")]
+    pub high_water_percent: u8,
+    /// Values kept so that held messages can be taken back out of open windows (about two per
+    /// access line, 8 bytes each); past this, every window is flushed early.
+    #[serde(default = "default_max_held_values")]
+    pub max_held_values: usize,
+    /// Longest a message in an open window is held before every window is flushed early (at
+    /// most half of nsqd's `--max-msg-timeout` is used).
+    #[serde(default = "default_max_hold_secs")]
+    pub max_hold_secs: u64,
+    /// When InfluxDB has answered no submission for this long, held messages that are only in
+    /// open windows are taken out of them and requeued.
+    #[serde(default = "default_influx_stall_secs")]
+    pub influx_stall_secs: u64,
+    /// The REQ delay of those requeues (the consumer also backs off).
+    #[serde(default = "default_requeue_delay_ms")]
+    pub requeue_delay_ms: u64,
+    /// With no message for this long, windows close by the wall clock instead of event time.
+    #[serde(default = "default_idle_flush_ms")]
+    pub idle_flush_ms: u64,
+}
+
+impl Default for RawConsume {
+    fn default() -> Self {
+        // The defaults of every field are those of an empty table.
+        toml::from_str("").unwrap_or_else(|e| unreachable!("empty [consume] must parse: {e}"))
+    }
+}
+
+fn default_high_water_percent() -> u8 {
+    50
+}
+fn default_max_held_values() -> usize {
+    // 16 MiB of f64s: about half a million access lines held.
+    2 << 20
+}
+fn default_max_hold_secs() -> u64 {
+    60
+}
+fn default_influx_stall_secs() -> u64 {
+    60
+}
+fn default_requeue_delay_ms() -> u64 {
+    5000
+}
+fn default_idle_flush_ms() -> u64 {
+    1000
+}
+
+/// `logmill consume`'s validated settings.
+#[derive(Debug, Clone)]
+pub struct ConsumeSettings {
+    /// The `consumer` tag.
+    pub instance: String,
+    pub core: CoreSettings,
+    pub dead_letter_file: Option<PathBuf>,
+    pub dead_letter_topic: Option<String>,
+}
+
+impl RawConsume {
+    fn validate(
+        &self,
+        aggregate: &AggregateSettings,
+        host: &str,
+        telemetry_interval: Option<Duration>,
+    ) -> Result<ConsumeSettings, ConfigError> {
+        let instance = match &self.instance {
+            Some(i) => i.clone(),
+            None => machine_host_name(),
+        };
+        if instance.is_empty() || instance.contains(['\n', '\r']) {
+            return Err(invalid("consume.instance", "must be a non-empty name"));
+        }
+        if !(1..=100).contains(&self.high_water_percent) {
+            return Err(invalid("consume.high_water_percent", "must be between 1 and 100"));
+        }
+        let levels = match self.level_regex.as_str() {
+            "" => None,
+            r => Some(regex::Regex::new(r).map_err(|e| invalid("consume.level_regex", e.to_string()))?),
+        };
+        let dead_letter_topic = Some(self.dead_letter_topic.clone()).filter(|t| !t.is_empty());
+        if let Some(t) = &dead_letter_topic {
+            if !valid_nsq_name(t) {
+                return Err(invalid(
+                    "consume.dead_letter_topic",
+                    format!("`{t}` is not a valid NSQ topic name"),
+                ));
+            }
+        }
+        let positive = |key: &'static str, v: u64| {
+            if v == 0 {
+                Err(invalid(key, "must be greater than 0"))
+            } else {
+                Ok(v)
+            }
+        };
+        let core = CoreSettings {
+            derive: DeriveSettings {
+                window_ns: aggregate.window_ns,
+                write_router_points: self.write_router_points,
+                levels: LevelDetector::new(levels),
+            },
+            aggregate: AggregateSettings { consumer: instance.clone(), ..aggregate.clone() },
+            high_water: f64::from(self.high_water_percent) / 100.0,
+            max_held_values: positive("consume.max_held_values", self.max_held_values as u64)? as usize,
+            max_hold: Duration::from_secs(positive("consume.max_hold_secs", self.max_hold_secs)?),
+            influx_stall: Duration::from_secs(positive("consume.influx_stall_secs", self.influx_stall_secs)?),
+            requeue_delay: Duration::from_millis(self.requeue_delay_ms),
+            idle_flush: Duration::from_millis(positive("consume.idle_flush_ms", self.idle_flush_ms)?),
+            telemetry_interval,
+            telemetry_host: host.to_owned(),
+            // Set by the role from `nsq.drain_timeout_ms`, the time nsqd's connections give.
+            shutdown_grace: Duration::ZERO,
+        };
+        Ok(ConsumeSettings {
+            instance,
+            core,
+            dead_letter_file: Some(PathBuf::from(&self.dead_letter_file))
+                .filter(|_| !self.dead_letter_file.is_empty()),
+            dead_letter_topic,
+        })
+    }
+}
+
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -1479,6 +1639,8 @@ pub struct Settings {
     pub tail: TailSettings,
     /// How often the `logmill_*` points are written; `None`: never.
     pub telemetry_interval: Option<Duration>,
+    /// `logmill consume`'s settings.
+    pub consume: ConsumeSettings,
 }
 
 impl RawConfig {
@@ -1602,17 +1764,21 @@ impl RawConfig {
             addr => Some(addr.parse().map_err(|e| invalid("telemetry.listen", format!("`{addr}`: {e}")))?),
         };
         let nsq = self.nsq.validate(&host)?;
+        let aggregate = AggregateSettings {
+            window_ns: a.window_secs as i64 * 1_000_000_000,
+            lateness_ns: a.lateness_secs as i64 * 1_000_000_000,
+            max_series,
+            consumer: "local".into(),
+            sequence_base: 0,
+        };
+        let telemetry_interval =
+            (self.telemetry.interval_secs > 0).then(|| Duration::from_secs(self.telemetry.interval_secs));
+        let consume = self.consume.validate(&aggregate, &host, telemetry_interval)?;
         Ok(Settings {
             host,
             max_line_bytes: self.max_line_bytes,
             parsers: Registry::load(self.parsers.dir.as_deref())?,
-            aggregate: AggregateSettings {
-                window_ns: a.window_secs as i64 * 1_000_000_000,
-                lateness_ns: a.lateness_secs as i64 * 1_000_000_000,
-                max_series,
-                consumer: "local".into(),
-                sequence_base: 0,
-            },
+            aggregate,
             telemetry_listen,
             nsq,
             influx: self.influx.validate()?,
@@ -1621,8 +1787,8 @@ impl RawConfig {
             agent: self.agent.validate()?,
             multiline: validate_multiline(&self.multiline)?,
             tail: self.tail.validate()?,
-            telemetry_interval: (self.telemetry.interval_secs > 0)
-                .then(|| Duration::from_secs(self.telemetry.interval_secs)),
+            telemetry_interval,
+            consume,
         })
     }
 
@@ -1756,7 +1922,7 @@ mod tests {
     #[test]
     fn nsq_client_keys() {
         let raw = RawConfig::from_toml("x", "").unwrap();
-        assert_eq!(raw.nsq.max_in_flight, 200);
+        assert_eq!(raw.nsq.max_in_flight, 2500);
         assert_eq!(raw.nsq.heartbeat_interval_ms, 30_000);
         assert_eq!(raw.nsq.publish_batch_max_messages, 200);
         assert!(!raw.nsq.tls);
@@ -1767,7 +1933,7 @@ mod tests {
         assert_eq!(p.connection.msg_timeout, Some(Duration::from_secs(60)));
         assert!(p.connection.auth_secret.is_none() && p.connection.tls.is_none());
         let c = nsq.consumer("logs");
-        assert_eq!((c.topic.as_str(), c.channel.as_str(), c.max_in_flight), ("logs", "logmill", 200));
+        assert_eq!((c.topic.as_str(), c.channel.as_str(), c.max_in_flight), ("logs", "logmill", 2500));
 
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");

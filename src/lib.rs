@@ -28,11 +28,19 @@
 //! - [`wire`]: the `logs` topic's JSON, exactly as the old fluentd plugin sent it, and its
 //!   reader for the consumer ([`wire::log_record`]). Pure.
 //! - [`pipeline`]: the per-line path every role shares (classify, compat points, aggregate).
+//! - [`mod@derive`]: what a consumer derives from one NSQ message (`metrics` line protocol
+//!   validated, stamped and passed through; `deis_router_*` points and router lines in `logs`
+//!   as `router_requests` samples; `app_log_lines` counts, levels). Pure.
 //! - [`influx`]: the InfluxDB writer. [`influx::api`] (pure) builds requests and classifies
 //!   answers; [`influx::writer`] batches, gzips, retries, fails over and acknowledges.
 //! - [`nsq`]: NSQ. [`nsq::protocol`] frames, commands, error codes and names (pure);
 //!   [`nsq::connection`], [`nsq::producer`], [`nsq::consumer`] the client, [`nsq::lookupd`]
 //!   discovery, [`nsq::http`] nsqd's HTTP API; [`nsq::NsqSettings`] the validated settings.
+//! - [`consume`]: the consumer's tasks: a processing core independent of the source (NSQ
+//!   deliveries, or an in-memory queue) that holds messages while their windows are open,
+//!   touches them, and finishes or requeues them from InfluxDB's outcomes ([`consume::core`]);
+//!   the pure bookkeeping behind it (`consume::ledger`); the output task
+//!   ([`consume::submit`]); NSQ as a source ([`consume::source`]).
 //! - [`output`]: the one output boundary, `submit(body, points)` → each submission's
 //!   [`output::Outcome`] (stdout, InfluxDB, an NSQ topic).
 //! - [`host`]: host and kubelet collectors with Telegraf's series names and types: pure
@@ -44,7 +52,8 @@
 //! - [`telemetry`]: the service's own `logmill_*` counters, Prometheus `/metrics`, `/healthz`,
 //!   and the same counters as points.
 //! - [`shutdown`]: cancellation token, task tracker, drain order.
-//! - [`roles`]: the commands, wiring only ([`roles::replay`], [`roles::inspect`]).
+//! - [`roles`]: the commands, wiring only ([`roles::replay`], [`roles::consume`],
+//!   [`roles::inspect`]).
 //!
 //! These docs are for logmill's developers: build them with `cargo doc --document-private-items`
 //! (links to private items are intended).
@@ -54,6 +63,8 @@ pub mod access;
 pub mod agent;
 pub mod backoff;
 pub mod config;
+pub mod consume;
+pub mod derive;
 mod errors;
 pub mod host;
 pub mod influx;

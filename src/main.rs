@@ -7,9 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use logmill::config::RawConfig;
 use logmill::roles::agent;
-use logmill::roles::collect;
-use logmill::roles::inspect;
 use logmill::roles::replay::{self, Destination, FormatChoice, ReplayOptions};
+use logmill::roles::{collect, consume, inspect};
 
 /// logmill turns a Kubernetes (Deis Workflow / Hephy) cluster's logs into metrics.
 ///
@@ -134,6 +133,41 @@ enum Command {
         #[arg(long)]
         influx_db: Option<String>,
     },
+    /// Consume NSQ `metrics` and `logs` into InfluxDB: pass line protocol through (stamping
+    /// points that have no time with their message's), aggregate `deis_router_*` points into
+    /// `router_requests` and log records into `app_log_lines`, dead-letter what is invalid.
+    ///
+    /// A message is finished only once everything derived from it is stored; messages stay in
+    /// flight (touched) while their window is open. SIGTERM stops reading, flushes, waits for
+    /// InfluxDB and exits 0.
+    Consume {
+        /// nsqd TCP address to consume from (repeat; combines with --lookupd)
+        /// [default: `nsq.nsqd_tcp_addresses`, $NSQD_TCP_ADDRESSES, $DEIS_NSQD_ADDRS].
+        #[arg(long = "nsqd", value_name = "HOST:PORT")]
+        nsqd: Vec<String>,
+        /// nsqlookupd HTTP address to discover nsqd from (repeat)
+        /// [default: `nsq.lookupd_http_addresses`, $NSQLOOKUPD_HTTP_ADDRESSES]. Without --nsqd,
+        /// discovery alone.
+        #[arg(long = "lookupd", value_name = "HOST:PORT")]
+        lookupd: Vec<String>,
+        /// Channel on both topics [default: `nsq.channel`, logmill]; never `consume` (the Deis
+        /// logger's) nor `consumer` (telegraf's).
+        #[arg(long)]
+        channel: Option<String>,
+        /// InfluxDB base URL (repeat for failover) [default: `influx.urls`, $INFLUXDB_URLS].
+        #[arg(long = "influx-url")]
+        influx_urls: Vec<String>,
+        /// InfluxDB 1.x database [default: `influx.database`, kubernetes].
+        #[arg(long)]
+        influx_db: Option<String>,
+        /// This replica's name, the `consumer` tag of its aggregates; must differ between
+        /// replicas [default: `consume.instance`, this machine's host name].
+        #[arg(long)]
+        instance: Option<String>,
+        /// Address of /metrics and /healthz [default: `telemetry.listen`, 0.0.0.0:9273].
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Validate a configuration (file, environment) and print the effective settings.
     CheckConfig {
         /// The file to check [default: --config].
@@ -245,6 +279,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let settings = raw.validate().context("invalid settings")?;
             collect::run(settings, collect::CollectOptions { once }, output)
+        }
+        Command::Consume { nsqd, lookupd, channel, influx_urls, influx_db, instance, listen } => {
+            let mut raw = load_config(cli.config.as_ref())?;
+            if !lookupd.is_empty() {
+                raw.nsq.lookupd_http_addresses = lookupd;
+                if nsqd.is_empty() {
+                    // Discovery was asked for on the command line: no default nsqd besides.
+                    raw.nsq.nsqd_tcp_addresses.clear();
+                }
+            }
+            if !nsqd.is_empty() {
+                raw.nsq.nsqd_tcp_addresses = nsqd;
+            }
+            if let Some(channel) = channel {
+                raw.nsq.channel = channel;
+            }
+            if !influx_urls.is_empty() {
+                raw.influx.urls = influx_urls;
+            }
+            if let Some(db) = influx_db {
+                raw.influx.database = db;
+            }
+            if instance.is_some() {
+                raw.consume.instance = instance;
+            }
+            if let Some(listen) = listen {
+                raw.telemetry.listen = listen;
+            }
+            let settings = raw.validate().context("invalid settings")?;
+            consume::run(settings)
         }
         Command::CheckConfig { file } => {
             let raw = load_config(file.as_ref().or(cli.config.as_ref()))?;

@@ -23,6 +23,17 @@ pub enum Output {
     /// Published to an NSQ topic (the `metrics` topic of the old stack), one message per
     /// submission; `written` means nsqd answered `OK`.
     Nsq { producer: Producer, topic: String },
+    /// Unit tests: each submission is handed to the test, which answers it when it likes.
+    #[cfg(test)]
+    Test(tokio::sync::mpsc::UnboundedSender<TestSubmission>),
+}
+
+/// A submission to [`Output::Test`].
+#[cfg(test)]
+pub struct TestSubmission {
+    pub(crate) body: Bytes,
+    pub(crate) points: usize,
+    pub(crate) answer: tokio::sync::oneshot::Sender<Outcome>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +52,16 @@ impl Output {
     /// the output is full (the back-pressure on the caller); the returned [`Pending`] resolves
     /// to what became of them.
     pub(crate) async fn submit(&self, body: Bytes, points: usize) -> Result<Pending, OutputError> {
+        self.submit_with(body, points, false).await
+    }
+
+    /// [`Output::submit`], sent without waiting to be batched with more (InfluxDB's writer
+    /// sends it as soon as it can): someone waits on its answer.
+    pub(crate) async fn submit_urgent(&self, body: Bytes, points: usize) -> Result<Pending, OutputError> {
+        self.submit_with(body, points, true).await
+    }
+
+    async fn submit_with(&self, body: Bytes, points: usize, urgent: bool) -> Result<Pending, OutputError> {
         let pending = match self {
             Output::Stdout => {
                 let mut stdout = std::io::stdout().lock();
@@ -48,8 +69,16 @@ impl Output {
                 stdout.flush()?;
                 Inner::Ready(Some(Outcome::written(points as u64)))
             }
+            Output::Influx(writer) if urgent => Inner::Influx(writer.submit_urgent(body, points).await?),
             Output::Influx(writer) => Inner::Influx(writer.submit(body, points).await?),
             Output::Nsq { producer, topic } => Inner::Nsq(producer.submit(topic, body).await?, points as u64),
+            #[cfg(test)]
+            Output::Test(tx) => {
+                let (answer, rx) = tokio::sync::oneshot::channel();
+                // A test that dropped its receiver answers nothing: aborted.
+                let _ = tx.send(TestSubmission { body, points, answer });
+                Inner::Test(rx, points as u64)
+            }
         };
         Ok(Pending(pending))
     }
@@ -62,6 +91,8 @@ enum Inner {
     Ready(Option<Outcome>),
     Influx(writer::Pending),
     Nsq(PublishAck, u64),
+    #[cfg(test)]
+    Test(tokio::sync::oneshot::Receiver<Outcome>, u64),
 }
 
 impl Future for Pending {
@@ -77,6 +108,8 @@ impl Future for Pending {
                 Err(PublishError::Stopped) => Outcome::aborted(*points),
                 Err(e) => Outcome::rejected(*points, e.to_string()),
             }),
+            #[cfg(test)]
+            Inner::Test(rx, points) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Outcome::aborted(*points))),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::access::router::RouterParser;
 use crate::access::rules::{Definition, Parsed, RuleValue, DEIS_ROUTER};
 use crate::access::{AccessRecord, Classified, KeyGuard, LineOrigin, Reject};
-use crate::metrics::aggregate::{AggregateSettings, AggregateStats, Aggregator};
+use crate::metrics::aggregate::{AggregateSettings, AggregateStats, Aggregator, RequestSample, SeriesRef};
 use crate::metrics::compat::CompatEncoder;
 use crate::metrics::line_protocol::{encode_point, LineBuilder};
 
@@ -60,8 +60,9 @@ impl LineParser {
 enum Outcome<'l> {
     /// Not a line of this format (nginx's error lines among access lines).
     Other,
-    /// Parsed; the record feeds the aggregate when the format has one.
-    Parsed(Option<AccessRecord<'l>>),
+    /// Parsed; the record feeds the aggregate when the format has one, with the timestamp of
+    /// its compat points as its event time (what a consumer of those points sees).
+    Parsed(Option<(AccessRecord<'l>, i64)>),
     Rejected(Reject),
 }
 
@@ -141,7 +142,7 @@ impl LineProcessor {
                     match compat.write(&record, host, ts, out) {
                         Ok(()) => {
                             counts.compat_points += 3;
-                            Outcome::Parsed(Some(record))
+                            Outcome::Parsed(Some((record, ts)))
                         }
                         Err(_) => Outcome::Rejected(Reject::Unencodable),
                     }
@@ -154,7 +155,7 @@ impl LineProcessor {
                 Ok(Some(parsed)) => {
                     let written = definition.access_record(&parsed).transpose().and_then(|record| {
                         let ts = keys.stamp(origin.point_timestamp(parsed.time_ns));
-                        Ok((record, write_rule_points(definition, &parsed, host, ts, out)?))
+                        Ok((record.map(|r| (r, ts)), write_rule_points(definition, &parsed, host, ts, out)?))
                     });
                     match written {
                         Ok((record, n)) => {
@@ -171,8 +172,9 @@ impl LineProcessor {
             Outcome::Rejected(reason) => counts.rejected[reason as usize] += 1,
             Outcome::Parsed(record) => {
                 counts.access += 1;
-                if let (Some(record), Some(aggregator)) = (record, aggregator) {
-                    aggregator.observe(&record, host);
+                if let (Some((record, ts)), Some(aggregator)) = (record, aggregator) {
+                    aggregator
+                        .observe(SeriesRef::of_line(&record, host), &RequestSample::of_line(&record, ts));
                 }
             }
         }

@@ -568,3 +568,26 @@ async fn a_split_batch_counts_each_part_as_it_ended() {
     assert_eq!(counter(&metrics, "logmill_influx_points_written_total"), 2, "{metrics}");
     assert_eq!(counter(&metrics, "logmill_influx_points_rejected_total"), 1, "{metrics}");
 }
+
+/// An urgent submission (a consumer's window whose messages wait on it) goes out at once: not
+/// after the flush interval, and not waiting for the batch to fill.
+#[tokio::test]
+async fn an_urgent_submission_is_not_held_for_the_batch() {
+    let influx = Influxd::start().await;
+    // A flush interval no test waits for: only urgency can send these.
+    let r = start(settings(&[influx.url()], "urgent", |raw| raw.flush_interval_ms = 3_600_000));
+    // The flush timer's first tick comes at once: spend it.
+    let first = r.writer.submit(Bytes::from_static(b"m,t=first v=0 1\n"), 1).await.unwrap();
+    assert_eq!(first.await, Outcome::written(1));
+    let lazy = r.writer.submit(Bytes::from_static(b"m,t=a v=1 1\n"), 1).await.unwrap();
+    let urgent = r.writer.submit_urgent(Bytes::from_static(b"m,t=b v=2 2\n"), 1).await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(30), async { (lazy.await, urgent.await) }).await;
+    let (lazy, urgent) = answered.expect("answered long before the flush interval");
+    // The lazy one shared the urgent one's batch.
+    assert_eq!((lazy, urgent), (Outcome::written(1), Outcome::written(1)));
+    assert_eq!(influx.scalar("urgent", "SELECT count(\"v\") FROM \"m\"").await, 3.0);
+    drop(r.writer);
+    r.cancel.cancel();
+    r.tracker.close();
+    r.tracker.wait().await;
+}

@@ -22,6 +22,9 @@ pub(crate) enum Method {
     Trace,
     /// Anything else, including `-` and the bytes of a TLS handshake sent to a plain port.
     Other,
+    /// Not known: compat points of the old fluentd, which carried no `method` tag. Never
+    /// parsed from a line.
+    Unknown,
 }
 
 impl Method {
@@ -54,6 +57,16 @@ impl Method {
             Self::Connect => "CONNECT",
             Self::Trace => "TRACE",
             Self::Other => "OTHER",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// The method a `method` tag names (what [`Method::as_str`] wrote); anything else is
+    /// `OTHER`, so that another producer's tags cannot create series either.
+    pub(crate) fn of_tag(tag: &str) -> Self {
+        match tag {
+            "unknown" => Self::Unknown,
+            _ => Self::of_request(tag.as_bytes()),
         }
     }
 }

@@ -171,6 +171,9 @@ pub enum WriterError {
 struct Submission {
     body: Bytes,
     points: usize,
+    /// Sent without waiting for the batch to fill or the flush interval: someone is held
+    /// until it is answered.
+    urgent: bool,
     ack: oneshot::Sender<Outcome>,
     _budget: OwnedSemaphorePermit,
 }
@@ -281,13 +284,24 @@ impl InfluxWriter {
     /// Hands over complete lines of line protocol (`points` of them, each ending in `\n`).
     /// Waits while the buffer is full: that wait is the back-pressure on the caller.
     pub async fn submit(&self, body: Bytes, points: usize) -> Result<Pending, WriterError> {
+        self.submit_with(body, points, false).await
+    }
+
+    /// [`InfluxWriter::submit`], and the batch holding it is sent as soon as a request slot
+    /// is free rather than when it fills or the flush interval passes: for points whose
+    /// answer something waits on (a consumer holding messages until their window is written).
+    pub async fn submit_urgent(&self, body: Bytes, points: usize) -> Result<Pending, WriterError> {
+        self.submit_with(body, points, true).await
+    }
+
+    async fn submit_with(&self, body: Bytes, points: usize, urgent: bool) -> Result<Pending, WriterError> {
         // A body larger than the whole budget takes all of it, alone.
         let permits = body.len().clamp(1, self.budget_bytes) as u32;
         let budget =
             self.budget.clone().acquire_many_owned(permits).await.map_err(|_| WriterError::Closed)?;
         let (ack, rx) = oneshot::channel();
         self.tx
-            .send(Submission { body, points, ack, _budget: budget })
+            .send(Submission { body, points, urgent, ack, _budget: budget })
             .await
             .map_err(|_| WriterError::Closed)?;
         Ok(Pending(rx, points as u64))
@@ -306,17 +320,18 @@ impl Task {
         let settings = &self.sender.settings;
         let mut batch: Vec<Submission> = Vec::new();
         let (mut batch_points, mut batch_bytes) = (0usize, 0usize);
+        let mut batch_urgent = false;
         let mut in_flight = JoinSet::new();
         let mut tick = tokio::time::interval(settings.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut open = true;
         while open || !batch.is_empty() || !in_flight.is_empty() {
             let full = batch_points >= settings.batch_max_points || batch_bytes >= settings.batch_max_bytes;
-            let due = full || (!open && !batch.is_empty());
+            let due = full || batch_urgent || (!open && !batch.is_empty());
             if due && in_flight.len() < settings.max_in_flight {
                 let sender = self.sender.clone();
                 let taken = std::mem::take(&mut batch);
-                (batch_points, batch_bytes) = (0, 0);
+                (batch_points, batch_bytes, batch_urgent) = (0, 0, false);
                 in_flight.spawn(async move { sender.send(taken).await });
                 continue;
             }
@@ -330,6 +345,7 @@ impl Task {
                     Some(s) => {
                         batch_points += s.points;
                         batch_bytes += s.body.len();
+                        batch_urgent |= s.urgent;
                         batch.push(s);
                     }
                     None => open = false,
@@ -337,7 +353,7 @@ impl Task {
                 _ = tick.tick(), if !batch.is_empty() && in_flight.len() < settings.max_in_flight => {
                     let sender = self.sender.clone();
                     let taken = std::mem::take(&mut batch);
-                    (batch_points, batch_bytes) = (0, 0);
+                    (batch_points, batch_bytes, batch_urgent) = (0, 0, false);
                     in_flight.spawn(async move { sender.send(taken).await });
                 }
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}

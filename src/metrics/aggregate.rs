@@ -1,19 +1,18 @@
 //! `router_requests`: access lines aggregated per event-time window and series.
 //!
-//! A series is (window, app, status, method, host). Windows close when the newest event time
-//! seen (the watermark) passes their end plus the allowed lateness; a line for a window that
-//! already closed opens it again as a new series, flushed later under a new sequence number,
-//! so a written point is never overwritten and `sum("count")` stays exact. Live series are
-//! bounded: past `max_series` the least recently used one is flushed early (and counted),
-//! never dropped.
-
-use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
-
-use lru::LruCache;
+//! A series is (window, app, status, method, host); the windows, their closing, late lines and
+//! the bound on live series are [`super::window`]'s. The one input is [`RequestSample`], an
+//! owned value that replay builds from a parsed line ([`RequestSample::of_line`]) and the
+//! consumer from each compat point it receives ([`RequestSample::of_compat`]), side by side
+//! here so that the two cannot drift: the same lines give the same fields either way.
+//!
+//! The event time of a sample is the timestamp of the line's compat points (the runtime's
+//! time of the record, or the access second plus the line's offset): the only time a consumer
+//! that sees the points has, so replay windows by it too.
 
 use super::point::{FieldValue, Point};
 use super::sketch::Sketch;
+use super::window::{SeriesState, WindowSettings, WindowStats, Windows};
 use crate::access::{AccessRecord, Method};
 
 pub(crate) const MEASUREMENT: &str = "router_requests";
@@ -29,7 +28,7 @@ pub struct AggregateSettings {
     pub(crate) window_ns: i64,
     /// How far behind the watermark a window stays open for stragglers.
     pub(crate) lateness_ns: i64,
-    pub(crate) max_series: NonZeroUsize,
+    pub(crate) max_series: std::num::NonZeroUsize,
     /// The `consumer` tag: the instance that aggregated (`local` for replay and run).
     pub(crate) consumer: String,
     /// First flush sequence number. Replays use 0 so that replaying a file again writes the
@@ -38,14 +37,108 @@ pub struct AggregateSettings {
     pub(crate) sequence_base: u64,
 }
 
+impl AggregateSettings {
+    pub(crate) fn windows(&self) -> WindowSettings {
+        WindowSettings {
+            window_ns: self.window_ns,
+            lateness_ns: self.lateness_ns,
+            max_series: self.max_series,
+            sequence_base: self.sequence_base,
+        }
+    }
+}
+
 /// Counters of what the aggregator did, for telemetry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct AggregateStats {
+    /// Requests counted (access lines, or `deis_router_response_time_ms` points).
     pub(crate) lines: u64,
     pub(crate) points: u64,
     pub(crate) evictions: u64,
-    /// Lines whose window had already been flushed.
+    /// Samples whose window had already been flushed.
     pub(crate) late_lines: u64,
+}
+
+/// What one access line, or one of its compat points, adds to its `router_requests` series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestSample {
+    /// Event time: the timestamp of the line's compat points.
+    pub(crate) time_ns: i64,
+    /// Requests counted: 1 for a line, and for its `deis_router_response_time_ms` point.
+    pub(crate) requests: u64,
+    pub(crate) bytes_sent: u64,
+    /// Seconds.
+    pub(crate) request_time: Option<f64>,
+    /// Seconds in upstreams, every attempt of a retried request summed; `None` for `-`.
+    pub(crate) upstream_time: Option<f64>,
+}
+
+/// The series a sample belongs to, besides its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesRef<'a> {
+    pub(crate) app: &'a str,
+    /// The router pod's node.
+    pub(crate) host: &'a str,
+    pub(crate) status: u16,
+    pub(crate) method: Method,
+}
+
+impl<'a> SeriesRef<'a> {
+    /// A parsed line's series, `host` being the router pod's node.
+    pub fn of_line(record: &AccessRecord<'a>, host: &'a str) -> Self {
+        Self { app: record.app, host, status: record.status, method: record.method }
+    }
+}
+
+/// One compat point as a consumer reads it (design.md § Schema).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum CompatValue {
+    /// `deis_router_request_time_ms` `value`.
+    RequestTime(f64),
+    /// `deis_router_response_time_ms`: `value`, and `upstream_total` when present. logmill's
+    /// points (they carry a `method` tag) say the upstream time in `upstream_total`, whose
+    /// absence means `-`; the old fluentd's have only `value` (Ruby's `to_f` of the field,
+    /// 0.0 for `-`), which is then the best there is.
+    ResponseTime { value: f64, upstream_total: Option<f64>, from_logmill: bool },
+    /// `deis_router_bytes_sent` `value`.
+    BytesSent(f64),
+}
+
+impl RequestSample {
+    /// A whole access line, stamped `time_ns` (its compat points' timestamp): what replay and
+    /// the agent's pipeline aggregate.
+    pub fn of_line(record: &AccessRecord<'_>, time_ns: i64) -> Self {
+        Self {
+            time_ns,
+            requests: 1,
+            bytes_sent: record.bytes_sent,
+            request_time: Some(record.request_time),
+            upstream_time: record.upstream_time_total(),
+        }
+    }
+
+    /// One compat point stamped `time_ns`: what a consumer aggregates. The three points of a
+    /// line add up to [`RequestSample::of_line`] of it: the count and the upstream time come
+    /// with `deis_router_response_time_ms`, the request time and the bytes with their own
+    /// measurements. `None` for a byte count that is not a whole number of bytes.
+    pub(crate) fn of_compat(value: CompatValue, time_ns: i64) -> Option<Self> {
+        let mut s = Self { time_ns, requests: 0, bytes_sent: 0, request_time: None, upstream_time: None };
+        match value {
+            CompatValue::RequestTime(v) => s.request_time = Some(v),
+            CompatValue::ResponseTime { value, upstream_total, from_logmill } => {
+                s.requests = 1;
+                s.upstream_time = if from_logmill { upstream_total } else { Some(value) };
+            }
+            CompatValue::BytesSent(v) => {
+                // Written as a float (`211.0`); exact up to 2^53 bytes.
+                if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < u64::MAX as f64) {
+                    return None;
+                }
+                s.bytes_sent = v as u64;
+            }
+        }
+        Some(s)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +149,10 @@ struct Distribution {
     sketch: Sketch,
 }
 
+fn bucket_of(v: f64) -> usize {
+    BUCKET_BOUNDS.iter().position(|&b| v <= b).unwrap_or(BUCKET_BOUNDS.len())
+}
+
 impl Distribution {
     fn insert(&mut self, v: f64) {
         // A value line protocol cannot carry would make InfluxDB refuse the whole point.
@@ -64,9 +161,26 @@ impl Distribution {
         }
         self.sum = (self.sum + v).min(f64::MAX);
         self.max = self.max.max(v);
-        let bucket = BUCKET_BOUNDS.iter().position(|&b| v <= b).unwrap_or(BUCKET_BOUNDS.len());
-        self.buckets[bucket] += 1;
+        self.buckets[bucket_of(v)] += 1;
         self.sketch.insert(v);
+    }
+
+    /// Takes back a value inserted before. The sum, buckets and percentiles no longer count
+    /// it; the max may still be it (a max cannot be taken back without every value), which
+    /// the max of maxes a dashboard reads does not mind: a retracted value comes back with the
+    /// redelivered message, in this series or another consumer's.
+    fn remove(&mut self, v: f64) {
+        if !v.is_finite() {
+            return;
+        }
+        self.sum -= v;
+        let b = &mut self.buckets[bucket_of(v)];
+        *b = b.saturating_sub(1);
+        self.sketch.remove(v);
+    }
+
+    fn count(&self) -> u64 {
+        self.sketch.count()
     }
 
     fn write_fields(&self, prefix: &str, fields: &mut Vec<(String, FieldValue)>) {
@@ -86,207 +200,160 @@ impl Distribution {
     }
 }
 
-#[derive(Debug)]
-struct Series {
-    window_start: i64,
-    app: Box<str>,
-    host: Box<str>,
-    status: u16,
-    method: Method,
+/// One `router_requests` series' counts.
+#[derive(Debug, Default)]
+pub(crate) struct RequestSeries {
     count: u64,
     bytes_sent: u64,
     request_time: Distribution,
     upstream_time: Distribution,
 }
 
-/// A fast hash for series keys (the FxHash mix, 8 bytes at a time). The keys are built from
-/// the router's own configuration (app names) and closed sets (status, method), not from what
-/// a client can choose freely, so a keyed hash's flood resistance buys nothing here, while
-/// SipHash was a visible share of the per-line cost.
-#[derive(Default, Clone, Copy)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let word = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+impl RequestSeries {
+    fn add(&mut self, s: &RequestSample) {
+        self.count += s.requests;
+        self.bytes_sent = self.bytes_sent.saturating_add(s.bytes_sent);
+        if let Some(t) = s.request_time {
+            self.request_time.insert(t);
         }
-        for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        if let Some(t) = s.upstream_time {
+            self.upstream_time.insert(t);
         }
     }
 
-    fn finish(&self) -> u64 {
-        self.0
+    fn take_back(&mut self, s: &RequestSample) {
+        self.count = self.count.saturating_sub(s.requests);
+        self.bytes_sent = self.bytes_sent.saturating_sub(s.bytes_sent);
+        if let Some(t) = s.request_time {
+            self.request_time.remove(t);
+        }
+        if let Some(t) = s.upstream_time {
+            self.upstream_time.remove(t);
+        }
     }
 }
 
-type KeyHash = std::hash::BuildHasherDefault<KeyHasher>;
+impl SeriesState for RequestSeries {
+    fn is_empty(&self) -> bool {
+        self.count == 0
+            && self.bytes_sent == 0
+            && self.request_time.count() == 0
+            && self.upstream_time.count() == 0
+    }
+
+    fn write_fields(&self, fields: &mut Vec<(String, FieldValue)>) {
+        fields.push(("count".to_owned(), FieldValue::Int(self.count.min(i64::MAX as u64) as i64)));
+        fields.push(("bytes_sent".to_owned(), FieldValue::Int(self.bytes_sent.min(i64::MAX as u64) as i64)));
+        self.request_time.write_fields("request_time", fields);
+        self.upstream_time.write_fields("upstream_time", fields);
+    }
+}
 
 pub struct Aggregator {
-    settings: AggregateSettings,
-    series: LruCache<Box<[u8]>, Series, KeyHash>,
-    /// Live series per window start, to find due windows without scanning every series.
-    open_windows: BTreeMap<i64, usize>,
-    /// Newest window start flushed so far: lines at or before it are late.
-    closed_through: Option<i64>,
-    watermark_ns: i64,
-    sequence: u64,
+    windows: Windows<RequestSeries>,
+    consumer: String,
     key: Vec<u8>,
-    ready: Vec<Point>,
-    stats: AggregateStats,
+    lines: u64,
+    late_lines: u64,
 }
 
 impl Aggregator {
     pub fn new(settings: AggregateSettings) -> Self {
         Self {
-            series: LruCache::with_hasher(settings.max_series, KeyHash::default()),
-            open_windows: BTreeMap::new(),
-            closed_through: None,
-            watermark_ns: i64::MIN,
-            sequence: settings.sequence_base,
+            windows: Windows::new(MEASUREMENT, settings.windows()),
+            consumer: settings.consumer,
             key: Vec::with_capacity(64),
-            ready: Vec::new(),
-            stats: AggregateStats::default(),
-            settings,
+            lines: 0,
+            late_lines: 0,
         }
     }
 
     pub(crate) fn stats(&self) -> AggregateStats {
-        self.stats
+        let WindowStats { points, evictions } = self.windows.stats();
+        AggregateStats { lines: self.lines, points, evictions, late_lines: self.late_lines }
     }
 
     pub fn live_series(&self) -> usize {
-        self.series.len()
+        self.windows.live_series()
     }
 
-    /// Adds one access line; `host` is the router pod's node.
-    pub fn observe(&mut self, record: &AccessRecord<'_>, host: &str) {
-        self.stats.lines += 1;
-        let window_start = record.time_ns - record.time_ns.rem_euclid(self.settings.window_ns);
-        if self.closed_through.is_some_and(|c| window_start <= c) {
-            self.stats.late_lines += 1;
-        }
-        // The key is built in a reused buffer so that a hit allocates nothing.
+    /// The start of the window holding `time_ns`.
+    pub(crate) fn window_start(&self, time_ns: i64) -> i64 {
+        self.windows.window_start(time_ns)
+    }
+
+    /// Whether any series of the window starting at `window_start` is live.
+    pub(crate) fn is_open(&self, window_start: i64) -> bool {
+        self.windows.is_open(window_start)
+    }
+
+    /// Builds the key of `series` in `window_start` in the reused buffer, so that a hit
+    /// allocates nothing.
+    fn build_key(&mut self, window_start: i64, series: &SeriesRef<'_>) {
         self.key.clear();
-        self.key.extend_from_slice(&window_start.to_be_bytes());
-        self.key.extend_from_slice(&record.status.to_be_bytes());
-        self.key.push(record.method as u8);
-        self.key.extend_from_slice(record.app.as_bytes());
+        self.key.extend_from_slice(&Windows::<RequestSeries>::key_prefix(window_start));
+        self.key.extend_from_slice(&series.status.to_be_bytes());
+        self.key.push(series.method as u8);
+        self.key.extend_from_slice(series.app.as_bytes());
         self.key.push(0);
-        self.key.extend_from_slice(host.as_bytes());
-        let series = match self.series.get_mut(self.key.as_slice()) {
-            Some(series) => series,
-            None => {
-                let fresh = Series {
-                    window_start,
-                    app: record.app.into(),
-                    host: host.into(),
-                    status: record.status,
-                    method: record.method,
-                    count: 0,
-                    bytes_sent: 0,
-                    request_time: Distribution::default(),
-                    upstream_time: Distribution::default(),
-                };
-                *self.open_windows.entry(window_start).or_default() += 1;
-                if let Some((_, evicted)) = self.series.push(self.key.as_slice().into(), fresh) {
-                    self.stats.evictions += 1;
-                    self.close_series(evicted);
-                    self.sequence += 1;
-                }
-                // Cannot fail: the entry was inserted under this key just above, as the most
-                // recently used, and nothing has touched the cache since.
-                self.series.get_mut(self.key.as_slice()).expect("series just inserted")
-            }
+        self.key.extend_from_slice(series.host.as_bytes());
+    }
+
+    /// Adds a sample to its series.
+    pub fn observe(&mut self, series: SeriesRef<'_>, sample: &RequestSample) {
+        self.lines += sample.requests;
+        let window_start = self.windows.window_start(sample.time_ns);
+        if self.windows.is_late(window_start) {
+            self.late_lines += 1;
+        }
+        self.build_key(window_start, &series);
+        let consumer = &self.consumer;
+        let tags = || {
+            vec![
+                ("app".to_owned(), series.app.to_owned()),
+                ("status_code".to_owned(), crate::access::StatusText::new(series.status).as_str().to_owned()),
+                ("method".to_owned(), series.method.as_str().to_owned()),
+                ("host".to_owned(), series.host.to_owned()),
+                ("consumer".to_owned(), consumer.clone()),
+            ]
         };
-        series.count += 1;
-        series.bytes_sent = series.bytes_sent.saturating_add(record.bytes_sent);
-        series.request_time.insert(record.request_time);
-        if let Some(t) = record.upstream_time_total() {
-            series.upstream_time.insert(t);
-        }
-        if record.time_ns > self.watermark_ns {
-            self.advance_to(record.time_ns);
-        }
+        self.windows.series(window_start, &self.key, tags).add(sample);
+        self.windows.advance_to(sample.time_ns);
+    }
+
+    /// Takes back a sample observed before, while its series is still live (not flushed);
+    /// returns whether it was. A series left empty is dropped.
+    pub(crate) fn retract(&mut self, series: SeriesRef<'_>, sample: &RequestSample) -> bool {
+        let window_start = self.windows.window_start(sample.time_ns);
+        self.build_key(window_start, &series);
+        let Some(state) = self.windows.peek_mut(&self.key) else { return false };
+        state.take_back(sample);
+        self.lines = self.lines.saturating_sub(sample.requests);
+        self.windows.remove_if_empty(&self.key);
+        true
     }
 
     /// Moves the watermark (event time) forward and flushes every window that is due. A
     /// consumer whose input has gone quiet calls this with the wall clock.
     pub(crate) fn advance_to(&mut self, watermark_ns: i64) {
-        self.watermark_ns = self.watermark_ns.max(watermark_ns);
-        let span = self.settings.window_ns.saturating_add(self.settings.lateness_ns);
-        let due = |start: i64| start.saturating_add(span) <= self.watermark_ns;
-        match self.open_windows.first_key_value() {
-            Some((&first, _)) if due(first) => {}
-            _ => return,
-        }
-        let cutoff = self.watermark_ns.saturating_sub(span);
-        self.flush_where(|start| start <= cutoff);
+        self.windows.advance_to(watermark_ns);
     }
 
     /// Flushes every live series (end of input, shutdown).
     pub fn flush_all(&mut self) {
-        self.flush_where(|_| true);
+        self.windows.flush_all();
     }
 
     /// Takes the points flushed so far.
     pub fn take_ready(&mut self) -> Vec<Point> {
-        std::mem::take(&mut self.ready)
-    }
-
-    fn flush_where(&mut self, due: impl Fn(i64) -> bool) {
-        let keys: Vec<Box<[u8]>> =
-            self.series.iter().filter(|(_, s)| due(s.window_start)).map(|(k, _)| k.clone()).collect();
-        if keys.is_empty() {
-            return;
-        }
-        // Least recently used first, so the output follows the input's order.
-        for key in keys.iter().rev() {
-            if let Some(series) = self.series.pop(key) {
-                let start = series.window_start;
-                self.closed_through = Some(self.closed_through.map_or(start, |c| c.max(start)));
-                self.close_series(series);
-            }
-        }
-        self.sequence += 1;
-    }
-
-    fn close_series(&mut self, s: Series) {
-        if let Some(n) = self.open_windows.get_mut(&s.window_start) {
-            *n -= 1;
-            if *n == 0 {
-                self.open_windows.remove(&s.window_start);
-            }
-        }
-        self.stats.points += 1;
-        let mut fields = Vec::with_capacity(40);
-        fields.push(("count".to_owned(), FieldValue::Int(s.count.min(i64::MAX as u64) as i64)));
-        fields.push(("bytes_sent".to_owned(), FieldValue::Int(s.bytes_sent.min(i64::MAX as u64) as i64)));
-        s.request_time.write_fields("request_time", &mut fields);
-        s.upstream_time.write_fields("upstream_time", &mut fields);
-        let offset = (self.sequence % self.settings.window_ns as u64) as i64;
-        self.ready.push(Point {
-            measurement: MEASUREMENT.to_owned(),
-            tags: vec![
-                ("app".to_owned(), s.app.into()),
-                ("status_code".to_owned(), crate::access::StatusText::new(s.status).as_str().to_owned()),
-                ("method".to_owned(), s.method.as_str().to_owned()),
-                ("host".to_owned(), s.host.into()),
-                ("consumer".to_owned(), self.settings.consumer.clone()),
-            ],
-            fields,
-            timestamp_ns: Some(s.window_start + offset),
-        });
+        self.windows.take_ready()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::num::NonZeroUsize;
 
     const SEC: i64 = 1_000_000_000;
 
@@ -314,6 +381,10 @@ mod tests {
         }
     }
 
+    fn see(a: &mut Aggregator, r: &AccessRecord<'_>) {
+        a.observe(SeriesRef::of_line(r, "n1"), &RequestSample::of_line(r, r.time_ns));
+    }
+
     fn int(p: &Point, k: &str) -> i64 {
         match p.field_value(k) {
             Some(FieldValue::Int(v)) => *v,
@@ -331,12 +402,12 @@ mod tests {
     #[test]
     fn one_window_by_hand() {
         let mut a = Aggregator::new(settings(100));
-        a.observe(&rec(100, "foo", 200, 0.004, b"0.003"), "n1");
-        a.observe(&rec(101, "foo", 200, 0.030, b"0.010, 0.015"), "n1");
-        a.observe(&rec(109, "foo", 200, 0.300, b"-"), "n1");
-        a.observe(&rec(105, "bar", 404, 0.001, b"-"), "n1");
+        see(&mut a, &rec(100, "foo", 200, 0.004, b"0.003"));
+        see(&mut a, &rec(101, "foo", 200, 0.030, b"0.010, 0.015"));
+        see(&mut a, &rec(109, "foo", 200, 0.300, b"-"));
+        see(&mut a, &rec(105, "bar", 404, 0.001, b"-"));
         assert!(a.take_ready().is_empty(), "window 100..110 is open until 115");
-        a.observe(&rec(115, "foo", 200, 0.001, b"0.001"), "n1");
+        see(&mut a, &rec(115, "foo", 200, 0.001, b"0.001"));
         let mut points = a.take_ready();
         assert_eq!(points.len(), 2);
         points.sort_by(|x, y| x.tag_value("app").cmp(&y.tag_value("app")));
@@ -372,8 +443,8 @@ mod tests {
         let mut a = Aggregator::new(settings(100));
         let mut big = rec(100, "foo", 200, 1e308, b"1e308, 1e308");
         big.bytes_sent = u64::MAX;
-        a.observe(&big, "n1");
-        a.observe(&big, "n1");
+        see(&mut a, &big);
+        see(&mut a, &big);
         a.flush_all();
         let points = a.take_ready();
         let mut out = bytes::BytesMut::new();
@@ -386,11 +457,11 @@ mod tests {
     #[test]
     fn late_lines_get_new_keys() {
         let mut a = Aggregator::new(settings(100));
-        a.observe(&rec(100, "foo", 200, 0.1, b"-"), "n1");
-        a.observe(&rec(120, "foo", 200, 0.1, b"-"), "n1");
+        see(&mut a, &rec(100, "foo", 200, 0.1, b"-"));
+        see(&mut a, &rec(120, "foo", 200, 0.1, b"-"));
         let first = a.take_ready();
         assert_eq!(first.len(), 1);
-        a.observe(&rec(101, "foo", 200, 0.1, b"-"), "n1");
+        see(&mut a, &rec(101, "foo", 200, 0.1, b"-"));
         assert_eq!(a.stats().late_lines, 1);
         a.flush_all();
         let rest = a.take_ready();
@@ -405,7 +476,7 @@ mod tests {
     fn eviction_flushes_and_counts() {
         let mut a = Aggregator::new(settings(2));
         for app in ["a", "b", "c", "a"] {
-            a.observe(&rec(100, app, 200, 0.1, b"-"), "n1");
+            see(&mut a, &rec(100, app, 200, 0.1, b"-"));
         }
         assert_eq!(a.stats().evictions, 2);
         assert!(a.live_series() <= 2);
@@ -418,5 +489,100 @@ mod tests {
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), points.len(), "no two points share a key");
+    }
+
+    /// The three compat points of a line, as the consumer reads them back.
+    fn compat_samples(r: &AccessRecord<'_>, logmill: bool) -> [RequestSample; 3] {
+        let t = r.time_ns;
+        let response = CompatValue::ResponseTime {
+            value: r.upstream_time_compat(),
+            upstream_total: if logmill { r.upstream_time_total() } else { None },
+            from_logmill: logmill,
+        };
+        [
+            RequestSample::of_compat(CompatValue::RequestTime(r.request_time), t).unwrap(),
+            RequestSample::of_compat(response, t).unwrap(),
+            RequestSample::of_compat(CompatValue::BytesSent(r.bytes_sent as f64), t).unwrap(),
+        ]
+    }
+
+    fn lines() -> Vec<AccessRecord<'static>> {
+        vec![
+            rec(100, "foo", 200, 0.004, b"0.003"),
+            rec(101, "foo", 200, 0.030, b"0.010, 0.015"),
+            rec(109, "foo", 200, 0.300, b"-"),
+            rec(105, "bar", 404, 0.001, b"-"),
+            rec(112, "foo", 200, 7.5, b"0.5 : 7"),
+        ]
+    }
+
+    #[test]
+    fn a_lines_three_compat_points_add_up_to_the_line() {
+        let mut whole = Aggregator::new(settings(100));
+        let mut parts = Aggregator::new(settings(100));
+        for r in lines() {
+            see(&mut whole, &r);
+            let [a, b, c] = compat_samples(&r, true);
+            // In another order than written: a consumer may see them so.
+            for s in [c, a, b] {
+                parts.observe(SeriesRef::of_line(&r, "n1"), &s);
+            }
+        }
+        whole.flush_all();
+        parts.flush_all();
+        assert_eq!(whole.take_ready(), parts.take_ready());
+        assert_eq!(whole.stats(), parts.stats());
+    }
+
+    #[test]
+    fn old_fluentd_points_read_the_upstream_time_from_value() {
+        // `-` was 0.0 and a retry its first attempt's time (Ruby's to_f): that is all there is.
+        let r = rec(100, "foo", 200, 0.030, b"0.010, 0.015");
+        let [_, response, _] = compat_samples(&r, false);
+        assert_eq!(response.upstream_time, Some(0.010));
+        let r = rec(100, "foo", 200, 0.030, b"-");
+        let [_, response, _] = compat_samples(&r, false);
+        assert_eq!(response.upstream_time, Some(0.0));
+        // logmill's: `upstream_total`, absent for `-`.
+        let [_, response, _] = compat_samples(&r, true);
+        assert_eq!(response.upstream_time, None);
+        for bad in [-1.0, 0.5, f64::NAN, f64::INFINITY] {
+            assert_eq!(RequestSample::of_compat(CompatValue::BytesSent(bad), 0), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn retraction_restores_what_was_before_but_the_max() {
+        let mut a = Aggregator::new(settings(100));
+        let mut b = Aggregator::new(settings(100));
+        let all = lines();
+        let (kept, retracted) = all.split_at(3);
+        for r in kept {
+            see(&mut a, r);
+            see(&mut b, r);
+        }
+        // bar (one line) and a second foo line: taken back again.
+        for r in retracted.iter().filter(|r| r.time_ns < 110 * SEC) {
+            see(&mut b, r);
+            assert!(b.retract(SeriesRef::of_line(r, "n1"), &RequestSample::of_line(r, r.time_ns)));
+        }
+        assert_eq!(b.live_series(), 1, "bar's series is empty and gone");
+        a.flush_all();
+        b.flush_all();
+        let (a, b) = (a.take_ready(), b.take_ready());
+        assert_eq!(a.len(), 1);
+        assert_eq!(b.len(), 1);
+        for field in ["count", "bytes_sent", "request_time_bucket_le_0.005", "upstream_time_bucket_le_0.025"]
+        {
+            assert_eq!(int(&a[0], field), int(&b[0], field), "{field}");
+        }
+        assert!((float(&a[0], "request_time_sum") - float(&b[0], "request_time_sum")).abs() < 1e-12);
+        assert!(!b[0].fields.iter().any(|(k, v)| k.ends_with("_p50") && *v == FieldValue::Float(0.0)));
+        // Not live any more: nothing to take back.
+        let r = &all[0];
+        let mut c = Aggregator::new(settings(100));
+        see(&mut c, r);
+        c.flush_all();
+        assert!(!c.retract(SeriesRef::of_line(r, "n1"), &RequestSample::of_line(r, r.time_ns)));
     }
 }

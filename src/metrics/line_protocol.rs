@@ -20,6 +20,7 @@
 //! The parser reads a backslash as an escape only before a byte that is special where it
 //! stands, and as a literal backslash otherwise, which is how 1.x reads measurements and tags.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -570,9 +571,9 @@ fn scan_name(line: &[u8], mut i: usize, equals: bool) -> (usize, bool) {
     (i, escaped)
 }
 
-fn name_string(raw: &[u8], escaped: bool, equals: bool) -> Result<String, ParseError> {
+fn name_string(raw: &[u8], escaped: bool, equals: bool) -> Result<Cow<'_, str>, ParseError> {
     if !escaped {
-        return std::str::from_utf8(raw).map(str::to_owned).map_err(|_| ParseError::InvalidUtf8);
+        return std::str::from_utf8(raw).map(Cow::Borrowed).map_err(|_| ParseError::InvalidUtf8);
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -588,7 +589,54 @@ fn name_string(raw: &[u8], escaped: bool, equals: bool) -> Result<String, ParseE
             }
         }
     }
-    String::from_utf8(out).map_err(|_| ParseError::InvalidUtf8)
+    String::from_utf8(out).map(Cow::Owned).map_err(|_| ParseError::InvalidUtf8)
+}
+
+/// A field value as parsed, a string borrowed from the line unless it held escapes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum FieldView<'a> {
+    Float(f64),
+    Int(i64),
+    UInt(u64),
+    Bool(bool),
+    Str(Cow<'a, str>),
+}
+
+impl FieldView<'_> {
+    fn into_owned(self) -> FieldValue {
+        match self {
+            FieldView::Float(v) => FieldValue::Float(v),
+            FieldView::Int(v) => FieldValue::Int(v),
+            FieldView::UInt(v) => FieldValue::UInt(v),
+            FieldView::Bool(v) => FieldValue::Bool(v),
+            FieldView::Str(v) => FieldValue::Str(v.into_owned()),
+        }
+    }
+}
+
+/// One parsed line, borrowing from it: what a consumer validates and reads without
+/// allocating (names and values are copied only when they hold escapes). The vectors are
+/// reused from line to line by [`parse_line_into`].
+#[derive(Debug, Default)]
+pub(crate) struct LineView<'a> {
+    pub(crate) measurement: Cow<'a, str>,
+    pub(crate) tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    pub(crate) fields: Vec<(Cow<'a, str>, FieldView<'a>)>,
+    pub(crate) timestamp_ns: Option<i64>,
+    /// Where the measurement and tag set end in the line (the series key, as written).
+    pub(crate) key_end: usize,
+}
+
+impl<'a> LineView<'a> {
+    /// The value of tag `key`, if the line has it.
+    pub(crate) fn tag(&self, key: &str) -> Option<&str> {
+        self.tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_ref())
+    }
+
+    /// The value of field `key`, if the line has it.
+    pub(crate) fn field(&self, key: &str) -> Option<&FieldView<'a>> {
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
 }
 
 /// Parses one line (without its `\n`; a trailing `\r` is tolerated) into an owned point.
@@ -596,17 +644,32 @@ fn name_string(raw: &[u8], escaped: bool, equals: bool) -> Result<String, ParseE
 /// Accepts what InfluxDB 1.x accepts, with two differences: `u` integers are accepted (1.x
 /// OSS rejects them) and duplicate tag keys are not checked. Tags keep their order in the line.
 pub(crate) fn parse_line(line: &[u8]) -> Result<Point, ParseError> {
+    let mut view = LineView::default();
+    parse_line_into(line, &mut view)?;
+    Ok(Point {
+        measurement: view.measurement.into_owned(),
+        tags: view.tags.into_iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect(),
+        fields: view.fields.into_iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect(),
+        timestamp_ns: view.timestamp_ns,
+    })
+}
+
+/// [`parse_line`] into a borrowed view, reusing its vectors. On error the view holds
+/// whatever was read before the error.
+pub(crate) fn parse_line_into<'a>(line: &'a [u8], view: &mut LineView<'a>) -> Result<(), ParseError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    view.tags.clear();
+    view.fields.clear();
+    view.timestamp_ns = None;
 
     let mut i = skip_blank(line, 0);
     if matches!(line.get(i), None | Some(b',')) {
         return Err(ParseError::MissingMeasurement);
     }
     let (end, escaped) = scan_name(line, i, false);
-    let measurement = name_string(&line[i..end], escaped, false)?;
+    view.measurement = name_string(&line[i..end], escaped, false)?;
     i = end;
 
-    let mut tags = Vec::new();
     while line.get(i) == Some(&b',') {
         i += 1;
         let (key_end, escaped) = scan_name(line, i, true);
@@ -620,9 +683,10 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<Point, ParseError> {
             return Err(ParseError::BadTag);
         }
         let value = name_string(&line[i..value_end], escaped, true)?;
-        tags.push((key, value));
+        view.tags.push((key, value));
         i = value_end;
     }
+    view.key_end = i;
 
     // Here `i` is at the space before the fields, or at the end.
     i = skip_blank(line, i);
@@ -630,7 +694,6 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<Point, ParseError> {
         return Err(ParseError::MissingFields);
     }
 
-    let mut fields = Vec::new();
     loop {
         let (key_end, escaped) = scan_name(line, i, true);
         if key_end == i || line.get(key_end) != Some(&b'=') {
@@ -638,7 +701,7 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<Point, ParseError> {
         }
         let key = name_string(&line[i..key_end], escaped, true)?;
         let (value, value_end) = parse_field_value(line, key_end + 1)?;
-        fields.push((key, value));
+        view.fields.push((key, value));
         i = value_end;
         if line.get(i) == Some(&b',') {
             i += 1;
@@ -648,7 +711,7 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<Point, ParseError> {
     }
 
     i = skip_blank(line, i);
-    let timestamp_ns = if i < line.len() {
+    if i < line.len() {
         let start = i;
         if line[i] == b'-' {
             i += 1;
@@ -666,12 +729,9 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<Point, ParseError> {
         if line[i..].iter().any(|&b| b != b' ') {
             return Err(ParseError::TrailingGarbage);
         }
-        Some(ts)
-    } else {
-        None
-    };
-
-    Ok(Point { measurement, tags, fields, timestamp_ns })
+        view.timestamp_ns = Some(ts);
+    }
+    Ok(())
 }
 
 /// Parses a request body: one result per line, numbered from 1. Skips empty and blank lines and
@@ -690,7 +750,7 @@ pub fn parse_lines(body: &[u8]) -> impl Iterator<Item = (usize, Result<Point, Pa
 
 /// Parses the value starting at `i`; returns it and the index just past it, which holds `,`,
 /// a space, or is the end.
-fn parse_field_value(line: &[u8], i: usize) -> Result<(FieldValue, usize), ParseError> {
+fn parse_field_value(line: &[u8], i: usize) -> Result<(FieldView<'_>, usize), ParseError> {
     match line.get(i) {
         Some(b'"') => parse_string(line, i + 1),
         Some(b'0'..=b'9' | b'.' | b'-') => {
@@ -710,7 +770,7 @@ fn value_end(line: &[u8], i: usize) -> usize {
 }
 
 /// `start` is just past the opening quote.
-fn parse_string(line: &[u8], start: usize) -> Result<(FieldValue, usize), ParseError> {
+fn parse_string(line: &[u8], start: usize) -> Result<(FieldView<'_>, usize), ParseError> {
     let mut i = start;
     let mut escaped = false;
     loop {
@@ -742,18 +802,18 @@ fn parse_string(line: &[u8], start: usize) -> Result<(FieldValue, usize), ParseE
                 }
             }
         }
-        String::from_utf8(out).map_err(|_| ParseError::InvalidUtf8)?
+        Cow::Owned(String::from_utf8(out).map_err(|_| ParseError::InvalidUtf8)?)
     } else {
-        std::str::from_utf8(raw).map_err(|_| ParseError::InvalidUtf8)?.to_owned()
+        Cow::Borrowed(std::str::from_utf8(raw).map_err(|_| ParseError::InvalidUtf8)?)
     };
     let end = i + 1;
     match line.get(end) {
-        None | Some(b',' | b' ') => Ok((FieldValue::Str(value), end)),
+        None | Some(b',' | b' ') => Ok((FieldView::Str(value), end)),
         Some(_) => Err(ParseError::BadFieldValue),
     }
 }
 
-fn parse_number(token: &[u8]) -> Result<FieldValue, ParseError> {
+fn parse_number(token: &[u8]) -> Result<FieldView<'static>, ParseError> {
     let bad = ParseError::BadFieldValue;
     match token.split_last() {
         Some((b'i', digits)) => {
@@ -761,13 +821,13 @@ fn parse_number(token: &[u8]) -> Result<FieldValue, ParseError> {
             if unsigned.is_empty() || !unsigned.iter().all(u8::is_ascii_digit) {
                 return Err(bad);
             }
-            parse_ascii(digits).map(FieldValue::Int).ok_or(bad)
+            parse_ascii(digits).map(FieldView::Int).ok_or(bad)
         }
         Some((b'u', digits)) => {
             if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
                 return Err(bad);
             }
-            parse_ascii(digits).map(FieldValue::UInt).ok_or(bad)
+            parse_ascii(digits).map(FieldView::UInt).ok_or(bad)
         }
         _ => {
             // Only the characters InfluxDB's scanner allows, so Rust's parser cannot accept
@@ -788,17 +848,17 @@ fn parse_number(token: &[u8]) -> Result<FieldValue, ParseError> {
             // Rust's parser rounds an out-of-range value to infinity where Go's reports a range
             // error; reject it as InfluxDB does.
             match parse_ascii::<f64>(token) {
-                Some(v) if v.is_finite() => Ok(FieldValue::Float(v)),
+                Some(v) if v.is_finite() => Ok(FieldView::Float(v)),
                 _ => Err(bad),
             }
         }
     }
 }
 
-fn parse_bool(token: &[u8]) -> Result<FieldValue, ParseError> {
+fn parse_bool(token: &[u8]) -> Result<FieldView<'static>, ParseError> {
     match token {
-        b"t" | b"T" | b"true" | b"True" | b"TRUE" => Ok(FieldValue::Bool(true)),
-        b"f" | b"F" | b"false" | b"False" | b"FALSE" => Ok(FieldValue::Bool(false)),
+        b"t" | b"T" | b"true" | b"True" | b"TRUE" => Ok(FieldView::Bool(true)),
+        b"f" | b"F" | b"false" | b"False" | b"FALSE" => Ok(FieldView::Bool(false)),
         _ => Err(ParseError::BadFieldValue),
     }
 }
@@ -1246,6 +1306,25 @@ mod tests {
         for (line, expected) in cases {
             assert_eq!(parse_line(line), Err(*expected), "{}", String::from_utf8_lossy(line));
         }
+    }
+
+    #[test]
+    fn the_view_borrows_unescaped_text_and_marks_the_series_key() {
+        let line = br#"cpu\ load,host=a\,b,region=eu value=0.5,msg="hi" 42"#;
+        let mut view = LineView::default();
+        parse_line_into(line, &mut view).unwrap();
+        assert_eq!(&line[..view.key_end], br#"cpu\ load,host=a\,b,region=eu"#);
+        assert!(matches!(view.measurement, Cow::Owned(_)), "escaped: copied");
+        assert_eq!(view.measurement, "cpu load");
+        assert_eq!(view.tag("host"), Some("a,b"));
+        assert!(matches!(view.tags[1].1, Cow::Borrowed("eu")));
+        assert_eq!(view.field("value"), Some(&FieldView::Float(0.5)));
+        assert!(matches!(view.field("msg"), Some(FieldView::Str(Cow::Borrowed("hi")))));
+        assert_eq!(view.timestamp_ns, Some(42));
+        // Reused for a shorter line: nothing of the first one is left.
+        parse_line_into(b"m v=1i", &mut view).unwrap();
+        assert_eq!((view.tags.len(), view.fields.len(), view.timestamp_ns, view.key_end), (0, 1, None, 1));
+        assert_eq!(parse_line_into(b"m,t= v=1", &mut view), Err(ParseError::BadTag));
     }
 
     #[test]

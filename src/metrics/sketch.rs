@@ -61,6 +61,28 @@ impl Sketch {
         *slot = slot.saturating_add(1);
     }
 
+    /// Takes back a value inserted before: it no longer counts in any quantile. `min` and
+    /// `max` stay as they were (they cannot be recomputed without every value); quantiles are
+    /// clamped to them, so they may still answer a removed extreme.
+    pub(crate) fn remove(&mut self, v: f64) {
+        if !(v.is_finite() && v >= 0.0) || self.total == 0 {
+            return;
+        }
+        if v <= MIN_POSITIVE {
+            if self.zeros > 0 {
+                self.zeros -= 1;
+                self.total -= 1;
+            }
+            return;
+        }
+        let index = (v.min(MAX_BUCKETED).ln() / ln_gamma()).ceil() as i32;
+        let slot = usize::try_from(index - self.offset).ok().and_then(|i| self.counts.get_mut(i));
+        if let Some(slot) = slot.filter(|c| **c > 0) {
+            *slot -= 1;
+            self.total -= 1;
+        }
+    }
+
     pub(crate) fn count(&self) -> u64 {
         self.total
     }
@@ -121,6 +143,28 @@ mod tests {
         s.insert(f64::NAN);
         s.insert(-1.0);
         assert_eq!(s.count(), 5);
+    }
+
+    #[test]
+    fn removing_what_was_inserted_restores_the_quantiles() {
+        let mut s = Sketch::default();
+        for v in [0.0, 0.010, 0.020, 0.030, 0.500] {
+            s.insert(v);
+        }
+        s.remove(0.500);
+        s.remove(0.0);
+        // Left: 0.010, 0.020, 0.030. p50 is the 2nd, 0.020.
+        assert_eq!(s.count(), 3);
+        let p50 = s.quantile(0.5).unwrap();
+        assert!((p50 - 0.020).abs() <= 0.020 * ALPHA, "{p50}");
+        // A value never inserted (an empty bucket) changes nothing.
+        s.remove(7.0);
+        assert_eq!(s.count(), 3);
+        for v in [0.010, 0.020, 0.030] {
+            s.remove(v);
+        }
+        assert_eq!(s.count(), 0);
+        assert_eq!(s.quantile(0.5), None);
     }
 
     proptest! {

@@ -177,6 +177,9 @@ pub struct Negotiated {
     pub(crate) max_rdy_count: u32,
     /// The msg_timeout in force for this connection.
     pub(crate) msg_timeout: Duration,
+    /// nsqd's `--max-msg-timeout`: the longest a message may stay in flight, TOUCHes
+    /// included.
+    pub(crate) max_msg_timeout: Duration,
     /// nsqd's version (empty when it did not negotiate).
     pub(crate) version: String,
     /// The connection is TLS.
@@ -189,9 +192,12 @@ impl Negotiated {
     fn from_response(r: &IdentifyResponse) -> Negotiated {
         let max_rdy_count = u32::try_from(r.max_rdy_count).ok().filter(|&n| n > 0);
         let msg_timeout = u64::try_from(r.msg_timeout).ok().filter(|&n| n > 0);
+        let max_msg_timeout = u64::try_from(r.max_msg_timeout).ok().filter(|&n| n > 0);
         Negotiated {
             max_rdy_count: max_rdy_count.unwrap_or(DEFAULT_MAX_RDY_COUNT),
             msg_timeout: Duration::from_millis(msg_timeout.unwrap_or(60_000)),
+            // nsqd's defaults when it does not say.
+            max_msg_timeout: Duration::from_millis(max_msg_timeout.unwrap_or(900_000)),
             version: r.version.clone(),
             tls: r.tls_v1,
             authenticated: false,

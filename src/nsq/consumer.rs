@@ -122,7 +122,9 @@ impl Default for ConsumerSettings {
             topic: "logs".into(),
             channel: "logmill".into(),
             connection: ConnectionSettings::default(),
-            max_in_flight: 200,
+            // nsqd's own --max-rdy-count: `logmill consume` holds messages while their
+            // aggregate windows are open, and what it can hold bounds its throughput.
+            max_in_flight: 2500,
             max_attempts: 0,
             reconnect_backoff_initial: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(10),
@@ -214,6 +216,9 @@ struct Shared {
     signal: Notify,
     /// Message id → deliveries requeued at once without reaching the application.
     unseen_requeues: Mutex<HashMap<MessageId, u16>>,
+    /// Messages in flight at most while the connections are as they are (see
+    /// [`Consumer::capacity`]).
+    capacity: Arc<AtomicU32>,
 }
 
 impl Shared {
@@ -227,6 +232,7 @@ impl Shared {
             failures: AtomicU64::new(0),
             signal: Notify::new(),
             unseen_requeues: Mutex::new(HashMap::new()),
+            capacity: Arc::new(AtomicU32::new(0)),
         }
     }
 
@@ -329,6 +335,8 @@ pub struct Delivery {
     conn: mpsc::Sender<Cmd>,
     shared: Arc<Shared>,
     done: bool,
+    msg_timeout: Duration,
+    max_msg_timeout: Duration,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -359,6 +367,32 @@ impl Delivery {
     /// Deliveries so far, this one included.
     pub fn attempts(&self) -> u16 {
         self.message.attempts
+    }
+
+    /// How long nsqd waits for a FIN, REQ or TOUCH before redelivering (the msg_timeout
+    /// negotiated on its connection).
+    pub fn msg_timeout(&self) -> Duration {
+        self.msg_timeout
+    }
+
+    /// The longest nsqd lets the message be in flight, TOUCHes included (its
+    /// `--max-msg-timeout`).
+    pub fn max_msg_timeout(&self) -> Duration {
+        self.max_msg_timeout
+    }
+
+    /// Takes the body out, leaving the delivery as a small handle to finish, requeue or touch
+    /// the message: a consumer that holds messages for a while holds no bodies.
+    pub fn take_body(&mut self) -> Bytes {
+        std::mem::take(&mut self.message.body)
+    }
+
+    /// [`Delivery::touch`] as a future that does not borrow the delivery.
+    pub fn touch_later(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (conn, id) = (self.conn.clone(), self.message.id);
+        async move {
+            let _ = conn.send(Cmd::Touch(id)).await;
+        }
     }
 
     /// Done: FIN. A success for the backoff.
@@ -406,6 +440,7 @@ fn delay_ms(delay: Duration) -> u32 {
 pub struct Consumer {
     stop: CancellationToken,
     stopped: CancellationToken,
+    capacity: Arc<AtomicU32>,
 }
 
 impl Consumer {
@@ -430,18 +465,27 @@ impl Consumer {
         let stop = cancel.child_token();
         let stopped = CancellationToken::new();
         let shared = Arc::new(Shared::new(settings, give_up, telemetry));
+        let capacity = shared.capacity.clone();
         let supervisor = Supervisor::new(shared, addresses, Some(tx), tracker.clone(), stop.clone());
         let done = stopped.clone();
         tracker.spawn(async move {
             supervisor.run().await;
             done.cancel();
         });
-        Ok((Consumer { stop, stopped }, rx))
+        Ok((Consumer { stop, stopped, capacity }, rx))
     }
 
     /// Starts a graceful stop (CLS, drain, close).
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+
+    /// How many messages nsqd may have in flight to this consumer when it is not backing off:
+    /// `max_in_flight`, or less while the connected nsqd's `--max-rdy-count`s cap it (0 until
+    /// one is connected). A consumer that holds messages must acknowledge some before it
+    /// holds this many, or nothing more arrives.
+    pub fn capacity(&self) -> u32 {
+        self.capacity.load(Ordering::Relaxed)
     }
 
     /// Resolves once every connection is closed.
@@ -819,8 +863,10 @@ impl Supervisor {
         let max = self.shared.settings.max_in_flight;
         let ready: Vec<String> = self.conns.iter().filter(|(_, c)| c.ready).map(|(a, _)| a.clone()).collect();
         let caps: Vec<u32> = ready.iter().map(|a| self.conns.get(a).map_or(0, |c| c.max_rdy)).collect();
+        let normal = rdy_targets(max, &caps, self.offset);
+        self.shared.capacity.store(normal.iter().sum(), Ordering::Relaxed);
         let targets = match self.mode {
-            Mode::Normal => rdy_targets(max, &caps, self.offset),
+            Mode::Normal => normal,
             Mode::Waiting(_) => vec![0; ready.len()],
             Mode::Probing(_) => {
                 let mut t = vec![0; ready.len()];
@@ -883,6 +929,8 @@ struct ConnTask {
 struct Session {
     /// nsqd's `--max-rdy-count`.
     max_rdy: u32,
+    /// The negotiated msg_timeout and nsqd's max_msg_timeout, for the deliveries.
+    limits: (Duration, Duration),
     /// For deliveries to send their FIN/REQ/TOUCH back to this connection.
     cmd_tx: mpsc::Sender<Cmd>,
     in_flight: HashSet<MessageId>,
@@ -967,6 +1015,7 @@ impl ConnTask {
         let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(self.shared.settings.max_in_flight as usize + 64);
         let mut session = Session {
             max_rdy,
+            limits: (conn.negotiated().msg_timeout, conn.negotiated().max_msg_timeout),
             cmd_tx,
             in_flight: HashSet::new(),
             rdy_sent: 0,
@@ -1064,7 +1113,7 @@ impl ConnTask {
             match frame {
                 Frame::Message(m) => {
                     received += 1;
-                    let gone = self.on_message(m, conn, &session.cmd_tx, &mut session.in_flight);
+                    let gone = self.on_message(m, conn, session);
                     if gone && session.rdy_sent > 0 {
                         // Nobody receives: take no more (the supervisor stops).
                         protocol::encode_rdy(0, conn.out());
@@ -1157,13 +1206,8 @@ impl ConnTask {
 
     /// Hands a message to the application, gives it up, or requeues it at once. Returns
     /// whether the delivery receiver is gone.
-    fn on_message(
-        &self,
-        m: Message,
-        conn: &mut Connection,
-        cmd_tx: &mpsc::Sender<Cmd>,
-        in_flight: &mut HashSet<MessageId>,
-    ) -> bool {
+    fn on_message(&self, m: Message, conn: &mut Connection, session: &mut Session) -> bool {
+        let in_flight = &mut session.in_flight;
         if self.deliveries.is_closed() {
             // Before the give-up check: a message nobody can handle is not given up.
             self.requeue_unseen(m.id, conn);
@@ -1188,8 +1232,14 @@ impl ConnTask {
         }
         let id = m.id;
         in_flight.insert(id);
-        let delivery =
-            Delivery { message: m, conn: cmd_tx.clone(), shared: self.shared.clone(), done: false };
+        let delivery = Delivery {
+            message: m,
+            conn: session.cmd_tx.clone(),
+            shared: self.shared.clone(),
+            done: false,
+            msg_timeout: session.limits.0,
+            max_msg_timeout: session.limits.1,
+        };
         let (mut d, gone) = match self.deliveries.try_send(delivery) {
             Ok(()) => return false,
             // Full (should not happen: in flight stays within the channel's capacity): requeue

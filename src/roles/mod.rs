@@ -2,5 +2,6 @@
 
 pub mod agent;
 pub mod collect;
+pub mod consume;
 pub mod inspect;
 pub mod replay;
