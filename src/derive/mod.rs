@@ -8,7 +8,7 @@
 //!   point's timestamp: the count from `deis_router_response_time_ms`, the times and bytes
 //!   from their own measurements, `method=unknown` for the old fluentd's points (no `method`
 //!   tag). Invalid lines are counted by reason and kept for the dead letters.
-//! - `logs` messages ([`TopicKind::Logs`]): the compatible JSON ([`logs`]); an app's record
+//! - `logs` messages ([`TopicKind::Logs`]): the compatible JSON ([`crate::wire::log_record`]); an app's record
 //!   counts in `app_log_lines` (app, stream, level when [`level`] finds one, host), a router's
 //!   access line gives the compat points and samples the agent would have. JSON that does not
 //!   decode is counted and dead-lettered whole.
@@ -19,7 +19,6 @@
 
 pub(crate) mod contribution;
 pub mod level;
-pub mod logs;
 pub(crate) mod stamp;
 
 use std::ops::Range;
@@ -278,7 +277,7 @@ impl Deriver {
 
     fn derive_log(&mut self, body: &[u8], nsq_ts: i64, first_delivery: bool, out: &mut Derived) {
         out.tally.lines += 1;
-        let record = match logs::decode_log_record(body) {
+        let record = match crate::wire::log_record::decode_log_record(body) {
             Ok(r) => r,
             Err(_) => {
                 bump(&mut out.tally.invalid, "bad_json");
