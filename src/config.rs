@@ -1055,10 +1055,8 @@ impl RawTail {
         if self.paths.is_empty() {
             return Err(invalid("tail.paths", "at least one path glob"));
         }
-        if !self.paths.iter().all(|p| Path::new(p).is_absolute()) {
-            return Err(invalid("tail.paths", "globs must be absolute paths"));
-        }
-        let mut s = TailSettings::new(self.paths.clone(), self.state_dir.clone());
+        let paths = self.paths.iter().map(|p| absolute(p)).collect();
+        let mut s = TailSettings::new(paths, absolute(&self.state_dir.to_string_lossy()).into());
         s.start_at = match self.start_at.as_str() {
             "beginning" => StartAt::Beginning,
             "end" => StartAt::End,
@@ -1131,7 +1129,7 @@ impl RawAgent {
         }
         let mut declared = Vec::with_capacity(self.sources.len());
         for s in &self.sources {
-            let path = crate::host::glob::Glob::new(&s.path)
+            let path = crate::host::glob::Glob::new(&absolute(&s.path))
                 .map_err(|e| invalid("agent.sources.path", e.to_string()))?;
             if [&s.namespace, &s.pod, &s.container].iter().any(|v| v.is_empty()) {
                 return Err(invalid(
@@ -1795,6 +1793,18 @@ impl RawConfig {
     /// The effective configuration as TOML, for `check-config`.
     pub(crate) fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// A relative path taken from the current directory (a repository's config tailing its own
+/// files); an absolute one as it is.
+fn absolute(path: &str) -> String {
+    if Path::new(path).is_absolute() {
+        return path.to_owned();
+    }
+    match std::env::current_dir() {
+        Ok(dir) => dir.join(path).to_string_lossy().into_owned(),
+        Err(_) => path.to_owned(),
     }
 }
 

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use logmill::config::RawConfig;
 use logmill::roles::agent;
 use logmill::roles::replay::{self, Destination, FormatChoice, ReplayOptions};
+use logmill::roles::run::{self as run_role, RunOptions};
 use logmill::roles::{collect, consume, inspect};
 
 /// logmill turns a Kubernetes (Deis Workflow / Hephy) cluster's logs into metrics.
@@ -126,6 +127,31 @@ enum Command {
         /// machine's host name].
         #[arg(long)]
         host: Option<String>,
+        /// InfluxDB base URL (repeat for failover) [default: `influx.urls`, $INFLUXDB_URLS].
+        #[arg(long = "influx-url")]
+        influx_urls: Vec<String>,
+        /// InfluxDB 1.x database [default: `influx.database`, kubernetes].
+        #[arg(long)]
+        influx_db: Option<String>,
+    },
+    /// The agent and the consumer in one process, with no server: follow the files of
+    /// `tail.paths`, derive what `consume` would (compat points, `router_requests`,
+    /// `app_log_lines`), and write line protocol to stdout (or InfluxDB with --output influx).
+    ///
+    /// An in-memory queue stands in for NSQ. With --once, every file is read from its start
+    /// (checkpoints in a temporary directory) and the run ends at the end of the files, once
+    /// everything is written; `testdata/run.toml` tails the repository's test data.
+    Run {
+        /// Stop at the end of the files.
+        #[arg(long)]
+        once: bool,
+        /// Path globs of the files to follow [default: `tail.paths`].
+        #[arg(long, num_args = 1..)]
+        paths: Vec<String>,
+        /// Where the points go: line protocol on stdout, or InfluxDB (the `[influx]` settings,
+        /// or the --influx-* flags).
+        #[arg(long, value_enum, default_value = "stdout")]
+        output: Destination,
         /// InfluxDB base URL (repeat for failover) [default: `influx.urls`, $INFLUXDB_URLS].
         #[arg(long = "influx-url")]
         influx_urls: Vec<String>,
@@ -279,6 +305,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let settings = raw.validate().context("invalid settings")?;
             collect::run(settings, collect::CollectOptions { once }, output)
+        }
+        Command::Run { once, paths, output, influx_urls, influx_db } => {
+            let mut raw = load_config(cli.config.as_ref())?;
+            if !paths.is_empty() {
+                raw.tail.paths = paths;
+            }
+            if !influx_urls.is_empty() {
+                raw.influx.urls = influx_urls;
+            }
+            if let Some(db) = influx_db {
+                raw.influx.database = db;
+            }
+            let settings = raw.validate().context("invalid settings")?;
+            run_role::run(settings, RunOptions { once, output })
         }
         Command::Consume { nsqd, lookupd, channel, influx_urls, influx_db, instance, listen } => {
             let mut raw = load_config(cli.config.as_ref())?;

@@ -44,7 +44,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
@@ -172,12 +172,6 @@ pub struct CoreSummary {
     pub requeued: u64,
     /// Requeued at shutdown because they could not be made durable in time.
     pub requeued_at_stop: u64,
-}
-
-fn wall_clock_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 fn topic_index(t: TopicKind) -> usize {
@@ -751,7 +745,7 @@ impl<A: Ack> Core<A> {
         {
             // Quiet input: windows close by the wall clock (a live stream's current window
             // still waits for its lateness; a backlog's old windows close now).
-            let wall = wall_clock_ns();
+            let wall = crate::timefmt::now_ns();
             self.requests.advance_to(wall);
             self.collect_flushes(Lane::Requests);
             self.logs.advance_to(wall);
@@ -849,7 +843,7 @@ impl<A: Ack> Core<A> {
     fn write_telemetry(&mut self) {
         let Some(interval) = self.settings.telemetry_interval else { return };
         self.next_telemetry = Some(Instant::now() + interval);
-        let points = self.counters.telemetry.points(&self.settings.telemetry_host, wall_clock_ns());
+        let points = self.counters.telemetry.points(&self.settings.telemetry_host, crate::timefmt::now_ns());
         let mut body = BytesMut::new();
         let mut n = 0;
         for p in &points {

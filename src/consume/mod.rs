@@ -6,6 +6,7 @@
 
 pub mod core;
 pub(crate) mod ledger;
+pub(crate) mod memory;
 pub mod source;
 pub mod submit;
 

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::classify::Classifier;
-use crate::agent::sink::{AgentSink, SinkSettings};
+use crate::agent::sink::{AgentSink, Publish, SinkSettings};
 use crate::agent::CollectTo;
 use crate::config::Settings;
 use crate::host::Collector;
@@ -27,7 +27,7 @@ use crate::metrics::line_protocol::{encode_point, split_lines};
 use crate::nsq::producer::Producer;
 use crate::output::Output;
 use crate::shutdown::Shutdown;
-use crate::tail::{Exclude, Tailer};
+use crate::tail::{Exclude, TailHandle, Tailer};
 use crate::telemetry::Telemetry;
 
 /// How long the last acknowledgements, the checkpoint and the producer's drain may take after
@@ -53,71 +53,14 @@ pub fn run(settings: Settings) -> anyhow::Result<ExitCode> {
             ),
             None => None,
         };
-        let agent = &settings.agent;
-        let sink_settings = SinkSettings {
-            host: settings.host.clone(),
-            log_topic: settings.nsq.log_topic.clone(),
-            metric_topic: settings.nsq.metric_topic.clone(),
-            send_logs: agent.send_logs,
-            send_metrics: agent.send_metrics,
-            max_msg_bytes: settings.nsq.producer.max_message_bytes,
-            batch_max_messages: settings.nsq.producer.batch_max_messages,
-            batch_max_bytes: settings.nsq.producer.batch_max_bytes,
-            drop_router_non_access_lines: agent.drop_router_non_access_lines,
-        };
-        let classifier = Classifier::new(settings.parsers.clone(), agent.drop_other);
-        let (sink, acknowledger) = AgentSink::new(
-            sink_settings,
-            classifier,
-            pods,
-            agent.sources.clone(),
-            producer.clone(),
-            &telemetry,
-        );
-        let health = acknowledger.health();
-        let stall = agent.publish_stall;
-        telemetry.health_check(
-            "publishing",
-            Arc::new(move || match health.waiting() {
-                waited if waited > stall => Err(format!("a read has waited {} s for nsqd", waited.as_secs())),
-                _ => Ok(()),
-            }),
-        );
-        let mut tail = settings.tail.clone();
-        let (sources, filters) = (agent.sources.clone(), agent.filters.clone());
-        let exclude: Exclude =
-            Arc::new(move |path| sources.container_of(path).is_some_and(|c| !filters.admits(&c)));
-        tail.exclude = Some(exclude);
-        let tail = Tailer::start(tail, sink, &telemetry, &shutdown.tracker, shutdown.token.clone())
-            .context("starting the tail engine")?;
-        let acknowledging = tokio::spawn(acknowledger.run(tail));
-
-        let metrics_out = Output::Nsq { producer: producer.clone(), topic: settings.nsq.metric_topic.clone() };
-        match agent.collect {
-            CollectTo::Off => {}
-            CollectTo::Nsq => start_collectors(&settings, &telemetry, &shutdown, metrics_out.clone())?,
-            CollectTo::Influx => {
-                let influx = settings
-                    .influx
-                    .clone()
-                    .context("agent.collect = \"influx\" needs an InfluxDB URL (influx.urls, $INFLUXDB_URLS)")?;
-                let writer = InfluxWriter::start(influx, &telemetry, &shutdown.tracker, shutdown.token.clone())?;
-                start_collectors(&settings, &telemetry, &shutdown, Output::Influx(writer))?;
-            }
-        }
-        if let Some(every) = settings.telemetry_interval {
-            let (host, max) = (settings.host.clone(), settings.nsq.producer.max_message_bytes);
-            let token = shutdown.token.clone();
-            shutdown.tracker.spawn(report(telemetry.clone(), host, every, max, metrics_out, token));
-        }
-        drop(producer);
+        let node = start(&settings, producer, pods, &telemetry, &shutdown)?;
         tracing::info!(paths = ?settings.tail.globs, nsqd = ?settings.nsq.nsqd_tcp_addresses, "agent started");
 
         shutdown.token.cancelled().await;
         tracing::info!("stopping: reading stopped; draining what was published");
         // The engine drops the sink once reading stopped; the acknowledger then drains and
         // ends, dropping the last handle, upon which the engine writes its last checkpoint.
-        if tokio::time::timeout(DRAIN_GRACE, acknowledging).await.is_err() {
+        if tokio::time::timeout(DRAIN_GRACE, node.acknowledging).await.is_err() {
             tracing::warn!("acknowledgements still pending after the grace period; they are sent again after the restart");
         }
         stop_publishing.cancel();
@@ -128,6 +71,105 @@ pub fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     // A blocking read stuck on a dead mount must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The agent at work: reading, publishing, acknowledging.
+pub(crate) struct Node {
+    /// Ends once the engine dropped the sink (reading stopped) and every read handed over was
+    /// answered.
+    pub(crate) acknowledging: tokio::task::JoinHandle<()>,
+    pub(crate) tail: TailHandle,
+}
+
+/// Starts the tail engine, the sink publishing through `publisher`, its acknowledger, the
+/// collectors and the telemetry points; they stop when `shutdown.token` fires (the
+/// acknowledger once it has drained).
+pub(crate) fn start<P: Publish + Clone + Sync>(
+    settings: &Settings,
+    publisher: P,
+    pods: Option<PodMetadata>,
+    telemetry: &Telemetry,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Node> {
+    let agent = &settings.agent;
+    let sink_settings = SinkSettings {
+        host: settings.host.clone(),
+        log_topic: settings.nsq.log_topic.clone(),
+        metric_topic: settings.nsq.metric_topic.clone(),
+        send_logs: agent.send_logs,
+        send_metrics: agent.send_metrics,
+        max_msg_bytes: settings.nsq.producer.max_message_bytes,
+        batch_max_messages: settings.nsq.producer.batch_max_messages,
+        batch_max_bytes: settings.nsq.producer.batch_max_bytes,
+        drop_router_non_access_lines: agent.drop_router_non_access_lines,
+    };
+    let classifier = Classifier::new(settings.parsers.clone(), agent.drop_other);
+    let (sink, acknowledger) =
+        AgentSink::new(sink_settings, classifier, pods, agent.sources.clone(), publisher.clone(), telemetry);
+    let health = acknowledger.health();
+    let stall = agent.publish_stall;
+    telemetry.health_check(
+        "publishing",
+        Arc::new(move || match health.waiting() {
+            waited if waited > stall => Err(format!("a read has waited {} s for nsqd", waited.as_secs())),
+            _ => Ok(()),
+        }),
+    );
+    let mut tail = settings.tail.clone();
+    let (sources, filters) = (agent.sources.clone(), agent.filters.clone());
+    let exclude: Exclude =
+        Arc::new(move |path| sources.container_of(path).is_some_and(|c| !filters.admits(&c)));
+    tail.exclude = Some(exclude);
+    let tail = Tailer::start(tail, sink, telemetry, &shutdown.tracker, shutdown.token.clone())
+        .context("starting the tail engine")?;
+    let acknowledging = tokio::spawn(acknowledger.run(tail.clone()));
+
+    let metrics = Lines::Topic(publisher, settings.nsq.metric_topic.clone());
+    match agent.collect {
+        CollectTo::Off => {}
+        CollectTo::Nsq => start_collectors(settings, telemetry, shutdown, metrics.clone())?,
+        CollectTo::Influx => {
+            let influx = settings
+                .influx
+                .clone()
+                .context("agent.collect = \"influx\" needs an InfluxDB URL (influx.urls, $INFLUXDB_URLS)")?;
+            let writer = InfluxWriter::start(influx, telemetry, &shutdown.tracker, shutdown.token.clone())?;
+            start_collectors(settings, telemetry, shutdown, Lines::<P>::Output(Output::Influx(writer)))?;
+        }
+    }
+    if let Some(every) = settings.telemetry_interval {
+        let (host, max) = (settings.host.clone(), settings.nsq.producer.max_message_bytes);
+        let token = shutdown.token.clone();
+        shutdown.tracker.spawn(report(telemetry.clone(), host, every, max, metrics, token));
+    }
+    Ok(Node { acknowledging, tail })
+}
+
+/// Where line protocol of the collectors and the telemetry goes: the `metrics` topic, or
+/// InfluxDB directly. Fire and forget: a lost cycle is not a lost log line.
+#[derive(Clone)]
+enum Lines<P> {
+    Topic(P, String),
+    Output(Output),
+}
+
+impl<P: Publish> Lines<P> {
+    /// `false` once the destination is gone.
+    async fn send(&self, body: Bytes, max_msg_bytes: usize) -> bool {
+        for body in split_lines(body, max_msg_bytes) {
+            let sent = match self {
+                Lines::Topic(publisher, topic) => publisher.submit(topic, vec![body]).await.is_ok(),
+                Lines::Output(output) => {
+                    let points = memchr::memchr_iter(b'\n', &body).count();
+                    output.submit(body, points).await.is_ok()
+                }
+            };
+            if !sent {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 /// `/metrics` and `/healthz`, when `telemetry.listen` is set.
@@ -142,12 +184,12 @@ pub(crate) async fn serve_telemetry(settings: &Settings, telemetry: &Telemetry, 
     }
 }
 
-/// The host, kubelet and nsqd collectors, each cycle's batches to `output`.
-fn start_collectors(
+/// The host, kubelet and nsqd collectors, each cycle's batches to `lines`.
+fn start_collectors<P: Publish + Clone + Sync>(
     settings: &Settings,
     telemetry: &Telemetry,
     shutdown: &Shutdown,
-    output: Output,
+    lines: Lines<P>,
 ) -> anyhow::Result<()> {
     let collector = Collector::new(&settings.collect, &settings.host, telemetry)?;
     if collector.input_names().is_empty() {
@@ -158,11 +200,8 @@ fn start_collectors(
     let max = settings.nsq.producer.max_message_bytes;
     shutdown.tracker.spawn(async move {
         while let Some(batch) = rx.recv().await {
-            for body in split_lines(batch.body, max) {
-                let points = memchr::memchr_iter(b'\n', &body).count();
-                if output.submit(body, points).await.is_err() {
-                    return;
-                }
+            if !lines.send(batch.body, max).await {
+                return;
             }
         }
     });
@@ -171,12 +210,12 @@ fn start_collectors(
 
 /// The service's own counters as `logmill_*` points every `every`, like Telegraf's `internal`
 /// input.
-pub(crate) async fn report(
+async fn report<P: Publish + Sync>(
     telemetry: Telemetry,
     host: String,
     every: Duration,
     max_msg_bytes: usize,
-    output: Output,
+    lines: Lines<P>,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -186,17 +225,13 @@ pub(crate) async fn report(
             _ = tick.tick() => {}
             _ = cancel.cancelled() => return,
         }
-        let now_ns = crate::timefmt::now_ns();
         let mut buf = BytesMut::new();
-        for point in telemetry.points(&host, now_ns) {
+        for point in telemetry.points(&host, crate::timefmt::now_ns()) {
             // A counter's name and labels are logmill's own: they always encode.
             let _ = encode_point(&point, &mut buf);
         }
-        for body in split_lines(buf.freeze(), max_msg_bytes) {
-            let points = memchr::memchr_iter(b'\n', &body).count();
-            if output.submit(body, points).await.is_err() {
-                return;
-            }
+        if !lines.send(buf.freeze(), max_msg_bytes).await {
+            return;
         }
     }
 }

@@ -2,7 +2,7 @@
 //! [`crate::consume`]'s, the reading [`crate::nsq`]'s, the writing [`crate::influx`]'s.
 
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -21,12 +21,6 @@ use crate::telemetry::{self, Telemetry};
 /// How long the writer and the other tasks get to finish after the core has settled every
 /// message (what is left is telemetry, not anything a FIN waits for).
 const AFTER_CORE: Duration = Duration::from_secs(5);
-
-/// A flush sequence base of this process: its start in nanoseconds, so that a restart's
-/// aggregate points (window start + sequence) do not reuse the keys of the run before.
-fn sequence_base() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-}
 
 /// Runs until SIGTERM/SIGINT, then stops reading, flushes every window, waits for InfluxDB's
 /// answers, acknowledges, and exits 0.
@@ -62,7 +56,8 @@ pub fn run(settings: Settings) -> anyhow::Result<ExitCode> {
             (None, None) => DeadLetterSink::None,
         };
         let mut core_settings = c.core.clone();
-        core_settings.aggregate.sequence_base = sequence_base();
+        // A restart's aggregate points (window start + sequence) must not reuse the last run's keys.
+        core_settings.aggregate.sequence_base = crate::timefmt::now_ns().max(0) as u64;
         core_settings.shutdown_grace = nsq.consumer.drain_timeout;
         let (core, done) = consume::start::<Delivery>(
             core_settings,

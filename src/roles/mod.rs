@@ -5,3 +5,4 @@ pub mod collect;
 pub mod consume;
 pub mod inspect;
 pub mod replay;
+pub mod run;
