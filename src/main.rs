@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use logmill::config::RawConfig;
 use logmill::roles::agent;
-use logmill::roles::replay::{self, Destination, FormatChoice, ReplayOptions};
+use logmill::roles::replay::{self, AsContainer, Destination, FormatChoice, ReplayOptions, ReplayOutput};
 use logmill::roles::run::{self as run_role, RunOptions};
 use logmill::roles::{collect, consume, inspect};
 
@@ -65,6 +65,8 @@ enum Command {
     },
     /// Push finished log files through the same code as the agent and write both point families
     /// as line protocol to stdout (or InfluxDB with --output influx); a summary goes to stderr.
+    /// With --output nsq, publish them to NSQ as the agent would (app records to `logs`,
+    /// router points to `metrics`), as the container named by the file or the flags.
     ///
     /// Files are read once to their end, in the order given (one router's log and its rotations,
     /// oldest first). Docker json-file and CRI wrapping is decoded and partial lines are joined.
@@ -86,10 +88,26 @@ enum Command {
         /// A directory of extra `*.toml` log-format definitions [default: `parsers.dir`].
         #[arg(long)]
         parsers_dir: Option<PathBuf>,
-        /// Where the points go: line protocol on stdout, or InfluxDB (the `[influx]` settings,
-        /// or the --influx-* flags). With `influx`, exits 1 unless every point was answered.
+        /// Where the points go: line protocol on stdout, InfluxDB (the `[influx]` settings, or
+        /// the --influx-* flags), or NSQ (`[nsq]`, or --nsqd). With `influx` or `nsq`, exits 1
+        /// unless everything was acknowledged.
         #[arg(long, value_enum, default_value = "stdout")]
-        output: Destination,
+        output: ReplayOutput,
+        /// With --output nsq: nsqd TCP address (repeat for several) [default:
+        /// `nsq.nsqd_tcp_addresses`, $DEIS_NSQD_ADDRS, $NSQD_TCP_ADDRESSES].
+        #[arg(long)]
+        nsqd: Vec<String>,
+        /// With --output nsq: the namespace the files' records come from (with --pod and
+        /// --container) [default: from each file's name, kubelet's
+        /// `<pod>_<namespace>_<container>-<id>.log`].
+        #[arg(long)]
+        namespace: Option<String>,
+        /// With --output nsq: the pod.
+        #[arg(long)]
+        pod: Option<String>,
+        /// With --output nsq: the container (`deis-router` for router access lines).
+        #[arg(long)]
+        container: Option<String>,
         /// InfluxDB base URL (repeat for failover) [default: `influx.urls`, $INFLUXDB_URLS].
         #[arg(long = "influx-url")]
         influx_urls: Vec<String>,
@@ -261,6 +279,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             parser,
             parsers_dir,
             output,
+            nsqd,
+            namespace,
+            pod,
+            container,
             influx_urls,
             influx_db,
             influx_rp,
@@ -289,8 +311,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(user) = influx_user {
                 raw.influx.username = user;
             }
+            if !nsqd.is_empty() {
+                raw.nsq.nsqd_tcp_addresses = nsqd;
+            }
             let settings = raw.validate().context("invalid settings")?;
-            replay::run(settings, ReplayOptions { files, format, parser }, output)
+            let options = ReplayOptions { files, format, parser };
+            match output {
+                ReplayOutput::Stdout => replay::run(settings, options, Destination::Stdout),
+                ReplayOutput::Influx => replay::run(settings, options, Destination::Influx),
+                ReplayOutput::Nsq => {
+                    replay::to_nsq(settings, options, AsContainer { namespace, pod, container })
+                }
+            }
         }
         Command::Collect { once, output, host, influx_urls, influx_db } => {
             let mut raw = load_config(cli.config.as_ref())?;

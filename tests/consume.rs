@@ -602,6 +602,33 @@ async fn two_consumers_two_nsqd_exact_counts_and_replays_fields() {
     assert!(finished > 0.0, "telemetry points");
 }
 
+/// The agent's own publishing (`logmill replay --output nsq`: the router's file through the
+/// agent's classification and sink) to both nsqd, then consumed: every count and every
+/// `router_requests` field equal to replay's and to the independent reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_by_the_agents_code_with_replay_output_nsq() {
+    let Some(mut cluster) =
+        Cluster::start("published_by_the_agents_code_with_replay_output_nsq", NsqdOptions::default()).await
+    else {
+        return;
+    };
+    let data = data(3000);
+    two_consumers(&mut cluster, &ConsumerConfig::default()).await;
+    let mut command = tokio::process::Command::new(LOGMILL);
+    command.args(["replay", "--output", "nsq", "--host", HOST]);
+    for n in &cluster.nsqd {
+        command.args(["--nsqd", &n.tcp_addr().to_string()]);
+    }
+    command
+        .args(["--namespace", "deis", "--pod", "deis-router-1", "--container", "deis-router"])
+        .arg(&data.log);
+    let out = command.env("LOGMILL_LOG", "warn").output().await.unwrap();
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "replay --output nsq: {}\n{summary}", out.status);
+    assert!(summary.contains(&format!("points to metrics {}", 3 * data.lines.len())), "{summary}");
+    finish_router_run(&mut cluster, &data, 0.0, "replay --output nsq").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn influxdb_stopped_for_30_s_in_the_middle() {
     let Some(mut cluster) =

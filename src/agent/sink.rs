@@ -20,7 +20,7 @@ use crate::access::{KeyGuard, Reject};
 use crate::kube::{ContainerRef, Lookup, PodKey, PodMetadata};
 use crate::nsq::producer::{Producer, PublishError};
 use crate::pipeline::LineCounts;
-use crate::tail::{FileId, Record, RecordSink, Resume, TailHandle};
+use crate::tail::{FileId, Record, RecordSink, Resume};
 use crate::telemetry::{Counter, Gauge, Telemetry};
 
 /// The answer to one publish: `Ok` once the messages are stored downstream.
@@ -375,7 +375,9 @@ pub(crate) struct Acknowledger {
 }
 
 impl Acknowledger {
-    pub(crate) async fn run(mut self, tail: TailHandle) {
+    /// `acked` is told each read whose messages were all acknowledged (the tail engine's
+    /// [`crate::tail::TailHandle::acked`]).
+    pub(crate) async fn run(mut self, mut acked: impl FnMut(FileId, Resume) + Send) {
         while let Some(chunk) = self.rx.recv().await {
             let c = &self.counters;
             c.oldest_waiting_ms.store(chunk.since_ms, Ordering::Relaxed);
@@ -398,7 +400,7 @@ impl Acknowledger {
                 tracing::info!("publishing stopped; later reads are sent again after the restart");
                 break;
             }
-            tail.acked(chunk.file, chunk.resume);
+            acked(chunk.file, chunk.resume);
         }
     }
 

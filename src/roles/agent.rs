@@ -122,7 +122,8 @@ pub(crate) fn start<P: Publish + Clone + Sync>(
     tail.exclude = Some(exclude);
     let tail = Tailer::start(tail, sink, telemetry, &shutdown.tracker, shutdown.token.clone())
         .context("starting the tail engine")?;
-    let acknowledging = tokio::spawn(acknowledger.run(tail.clone()));
+    let handle = tail.clone();
+    let acknowledging = tokio::spawn(acknowledger.run(move |file, resume| handle.acked(file, resume)));
 
     let metrics = Lines::Topic(publisher, settings.nsq.metric_topic.clone());
     match agent.collect {

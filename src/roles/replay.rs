@@ -5,6 +5,8 @@ use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,13 +14,20 @@ use bytes::{Bytes, BytesMut};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::KeyGuard;
+use crate::agent::classify::Classifier;
+use crate::agent::sink::{AgentSink, SinkSettings};
+use crate::agent::source::{DeclaredSource, Sources};
 use crate::config::Settings;
+use crate::host::glob::Glob;
 use crate::influx::writer::InfluxWriter;
+use crate::kube::ContainerRef;
+use crate::nsq::producer::Producer;
 use crate::output::{DeliverySummary, Output, OutputError};
 use crate::pipeline::{LineCounts, LineParser, LineProcessor};
 use crate::shutdown::Shutdown;
 use crate::tail::container::Wrapping;
 use crate::tail::decoder::{DecodeCounts, FileDecoder, Record, Resume};
+use crate::tail::{FileId, RecordSink};
 use crate::telemetry::Telemetry;
 
 /// Read size: large enough that a read costs little per line, small enough to stay in cache.
@@ -65,6 +74,18 @@ pub enum Destination {
     Stdout,
     /// InfluxDB, with the `[influx]` settings.
     Influx,
+}
+
+/// Where `replay` writes: [`Destination`]s, or NSQ as the agent would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplayOutput {
+    /// Line protocol on stdout.
+    Stdout,
+    /// InfluxDB, with the `[influx]` settings.
+    Influx,
+    /// NSQ topics `logs` and `metrics` (`[nsq]`, --nsqd), through the agent's classification
+    /// and publishing.
+    Nsq,
 }
 
 /// What a replay did.
@@ -286,6 +307,154 @@ pub fn run(settings: Settings, options: ReplayOptions, destination: Destination)
     Ok(if summary.interrupted {
         ExitCode::from(130)
     } else if !delivery.complete() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The container `replay --output nsq` ships files as, from `--namespace`, `--pod` and
+/// `--container`; without them, each file's name says (kubelet's layout).
+#[derive(Debug, Clone, Default)]
+pub struct AsContainer {
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+}
+
+/// `logmill replay --output nsq`: the files through the agent's classification and
+/// publishing (its [`AgentSink`]) as if they were containers' logs, to `nsq.nsqd_tcp_addresses`;
+/// ends once nsqd acknowledged every message (exit 1 if some were refused or not answered).
+pub fn to_nsq(
+    settings: Settings,
+    options: ReplayOptions,
+    as_container: AsContainer,
+) -> anyhow::Result<ExitCode> {
+    let sources = match as_container {
+        AsContainer { namespace: None, pod: None, container: None } => Sources::default(),
+        AsContainer { namespace: Some(namespace), pod: Some(pod), container: Some(container) } => {
+            let container = ContainerRef {
+                pod,
+                namespace,
+                container,
+                container_id: String::new(),
+                pod_uid: None,
+                cut: false,
+            };
+            let path = Glob::new("*").context("the match-all pattern")?;
+            Sources { declared: vec![DeclaredSource { path, container }] }
+        }
+        _ => anyhow::bail!("--namespace, --pod and --container go together"),
+    };
+    let wrapping = match options.format {
+        FormatChoice::Auto => None,
+        FormatChoice::Raw => Some(Wrapping::Raw),
+        FormatChoice::Docker => Some(Wrapping::Docker),
+        FormatChoice::Cri => Some(Wrapping::Cri),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let shutdown = Shutdown::new();
+    let telemetry = Telemetry::default();
+    let started = Instant::now();
+    let (bytes, unanswered, interrupted) = runtime.block_on(async {
+        shutdown.cancel_on_signals();
+        let stop_publishing = CancellationToken::new();
+        let producer = Producer::start(
+            settings.nsq.producer.clone(),
+            &telemetry,
+            &shutdown.tracker,
+            stop_publishing.clone(),
+        );
+        let agent = &settings.agent;
+        let sink_settings = SinkSettings {
+            host: settings.host.clone(),
+            log_topic: settings.nsq.log_topic.clone(),
+            metric_topic: settings.nsq.metric_topic.clone(),
+            send_logs: agent.send_logs,
+            send_metrics: agent.send_metrics,
+            max_msg_bytes: settings.nsq.producer.max_message_bytes,
+            batch_max_messages: settings.nsq.producer.batch_max_messages,
+            batch_max_bytes: settings.nsq.producer.batch_max_bytes,
+            drop_router_non_access_lines: agent.drop_router_non_access_lines,
+        };
+        let classifier = Classifier::new(settings.parsers.clone(), agent.drop_other);
+        let (mut sink, acknowledger) =
+            AgentSink::new(sink_settings, classifier, None, sources, producer, &telemetry);
+        let acked = Arc::new(AtomicU64::new(0));
+        let counted = acked.clone();
+        let acknowledging = tokio::spawn(acknowledger.run(move |_, _| {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }));
+        let (mut bytes, mut reads, mut chunk) = (0u64, 0u64, vec![0u8; CHUNK_BYTES]);
+        let mut interrupted = false;
+        'files: for (n, path) in options.files.iter().enumerate() {
+            let file = FileId(n as u64 + 1);
+            let mut input = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+            sink.opened(file, path);
+            let mut decoder = FileDecoder::new(wrapping, settings.tail.max_line_bytes, Resume::default());
+            loop {
+                if shutdown.token.is_cancelled() {
+                    interrupted = true;
+                    break 'files;
+                }
+                let n = match tokio::task::block_in_place(|| input.read(&mut chunk)) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+                };
+                bytes += n as u64;
+                decoder.push(&chunk[..n], |r, keys| sink.record(file, r, keys));
+                sink.flushed(file, decoder.resume()).await;
+                reads += 1;
+            }
+            decoder.finish(|r, keys| sink.record(file, r, keys));
+            sink.flushed(file, decoder.resume()).await;
+            reads += 1;
+            sink.closed(file);
+        }
+        // The acknowledger ends once every read handed over is answered.
+        drop(sink);
+        let _ = acknowledging.await;
+        stop_publishing.cancel();
+        shutdown.token.cancel();
+        shutdown.drain(Duration::from_secs(5)).await;
+        anyhow::Ok((bytes, reads.saturating_sub(acked.load(Ordering::Relaxed)), interrupted))
+    })?;
+    let value = |name: &str, labels: &[(&str, &str)]| telemetry.value(name, labels).unwrap_or(0);
+    let refused = value("logmill_publish_refused_total", &[]);
+    eprintln!(
+        "logmill replay: {} file(s), {bytes} bytes in {:.3} s to nsqd {:?}{}",
+        options.files.len(),
+        started.elapsed().as_secs_f64(),
+        settings.nsq.nsqd_tcp_addresses,
+        if interrupted { ", INTERRUPTED" } else { "" }
+    );
+    eprintln!("  records to logs   {}", value("logmill_records_shipped_total", &[]));
+    eprintln!("  access lines      {}", value("logmill_access_lines_total", &[]));
+    eprintln!("  points to metrics {}", value("logmill_points_shipped_total", &[]));
+    eprintln!("  records dropped   {}", value("logmill_records_dropped_total", &[]));
+    for r in crate::access::Reject::ALL {
+        let n = value("logmill_lines_rejected_total", &[("reason", r.as_str())]);
+        if n > 0 {
+            eprintln!("  rejected          {n} ({})", r.as_str());
+        }
+    }
+    for topic in ["logs", "metrics"] {
+        eprintln!(
+            "  messages acknowledged ({topic}) {}",
+            value("logmill_messages_published_total", &[("topic", topic)])
+        );
+    }
+    if refused > 0 {
+        eprintln!("  messages refused  {refused}");
+    }
+    if unanswered > 0 {
+        eprintln!("  reads unanswered  {unanswered} (nsqd did not acknowledge them in time)");
+    }
+    Ok(if interrupted {
+        ExitCode::from(130)
+    } else if refused > 0 || unanswered > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
