@@ -23,8 +23,10 @@
 //!   labels and uid from the Kubernetes API ([`kube::PodMetadata`]: an LRU cache with TTLs in
 //!   front of background fetches; a lookup never blocks).
 //! - [`agent`]: the agent's per-container decisions: include/exclude filters
-//!   ([`agent::filter`]) and the old fluentd plugin's classification ([`agent::classify`]).
-//!   Pure.
+//!   ([`agent::filter`]) and the old fluentd plugin's classification ([`agent::classify`]),
+//!   pure; which container a file is (`agent::source`), what its records become on NSQ
+//!   (`agent::ship`, pure), and the engine's sink that publishes them and hands back
+//!   acknowledged marks (`agent::sink`).
 //! - [`wire`]: the `logs` topic's JSON, exactly as the old fluentd plugin sent it, and its
 //!   reader for the consumer ([`wire::log_record`]). Pure.
 //! - [`pipeline`]: the per-line path every role shares (classify, compat points, aggregate).
@@ -40,7 +42,8 @@
 //!   deliveries, or an in-memory queue) that holds messages while their windows are open,
 //!   touches them, and finishes or requeues them from InfluxDB's outcomes ([`consume::core`]);
 //!   the pure bookkeeping behind it (`consume::ledger`); the output task
-//!   ([`consume::submit`]); NSQ as a source ([`consume::source`]).
+//!   ([`consume::submit`]); NSQ as a source ([`consume::source`]), or `logmill run`'s
+//!   in-memory queue (`consume::memory`).
 //! - [`output`]: the one output boundary, `submit(body, points)` → each submission's
 //!   [`output::Outcome`] (stdout, InfluxDB, an NSQ topic).
 //! - [`host`]: host and kubelet collectors with Telegraf's series names and types: pure
@@ -52,8 +55,8 @@
 //! - [`telemetry`]: the service's own `logmill_*` counters, Prometheus `/metrics`, `/healthz`,
 //!   and the same counters as points.
 //! - [`shutdown`]: cancellation token, task tracker, drain order.
-//! - [`roles`]: the commands, wiring only ([`roles::replay`], [`roles::consume`],
-//!   [`roles::inspect`]).
+//! - [`roles`]: the commands, wiring only ([`roles::agent`], [`roles::consume`],
+//!   [`roles::run`], [`roles::collect`], [`roles::replay`], [`roles::inspect`]).
 //!
 //! These docs are for logmill's developers: build them with `cargo doc --document-private-items`
 //! (links to private items are intended).
