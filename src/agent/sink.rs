@@ -66,6 +66,24 @@ pub(crate) struct SinkSettings {
     pub(crate) drop_router_non_access_lines: bool,
 }
 
+impl SinkSettings {
+    /// From the agent's validated settings.
+    pub(crate) fn new(settings: &crate::config::Settings) -> Self {
+        let (agent, producer) = (&settings.agent, &settings.nsq.producer);
+        Self {
+            host: settings.host.clone(),
+            log_topic: settings.nsq.log_topic.clone(),
+            metric_topic: settings.nsq.metric_topic.clone(),
+            send_logs: agent.send_logs,
+            send_metrics: agent.send_metrics,
+            max_msg_bytes: producer.max_message_bytes,
+            batch_max_messages: producer.batch_max_messages,
+            batch_max_bytes: producer.batch_max_bytes,
+            drop_router_non_access_lines: agent.drop_router_non_access_lines,
+        }
+    }
+}
+
 /// The messages of one read, on their way: acknowledged to the engine once all are.
 struct Chunk {
     file: FileId,

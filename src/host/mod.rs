@@ -223,13 +223,7 @@ pub(crate) fn encode_points(
             line.tag(key, value);
         }
         for (key, value) in &point.fields {
-            match value {
-                FieldValue::Float(v) => line.field_f64(key, *v),
-                FieldValue::Int(v) => line.field_i64(key, *v),
-                FieldValue::UInt(v) => line.field_u64(key, *v),
-                FieldValue::Bool(v) => line.field_bool(key, *v),
-                FieldValue::Str(v) => line.field_str(key, v),
-            };
+            line.field(key, value);
         }
         match line.finish(Some(timestamp_ns)) {
             Ok(()) => written += 1,

@@ -227,6 +227,17 @@ impl<'a> LineBuilder<'a> {
     }
 
     /// Adds a string field, quoted, with `"` and `\` escaped.
+    /// A field of any type.
+    pub(crate) fn field(&mut self, key: &str, value: &FieldValue) -> &mut Self {
+        match value {
+            FieldValue::Float(v) => self.field_f64(key, *v),
+            FieldValue::Int(v) => self.field_i64(key, *v),
+            FieldValue::UInt(v) => self.field_u64(key, *v),
+            FieldValue::Bool(v) => self.field_bool(key, *v),
+            FieldValue::Str(v) => self.field_str(key, v),
+        }
+    }
+
     pub(crate) fn field_str(&mut self, key: &str, v: &str) -> &mut Self {
         if self.field_key(key) {
             self.out.put_u8(b'"');
@@ -400,13 +411,7 @@ pub(crate) fn encode_point(point: &Point, out: &mut BytesMut) -> Result<(), Enco
         line.tag(key, value);
     }
     for (key, value) in &point.fields {
-        match value {
-            FieldValue::Float(v) => line.field_f64(key, *v),
-            FieldValue::Int(v) => line.field_i64(key, *v),
-            FieldValue::UInt(v) => line.field_u64(key, *v),
-            FieldValue::Bool(v) => line.field_bool(key, *v),
-            FieldValue::Str(v) => line.field_str(key, v),
-        };
+        line.field(key, value);
     }
     line.finish(point.timestamp_ns)
 }

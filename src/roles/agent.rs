@@ -92,17 +92,7 @@ pub(crate) fn start<P: Publish + Clone + Sync>(
     shutdown: &Shutdown,
 ) -> anyhow::Result<Node> {
     let agent = &settings.agent;
-    let sink_settings = SinkSettings {
-        host: settings.host.clone(),
-        log_topic: settings.nsq.log_topic.clone(),
-        metric_topic: settings.nsq.metric_topic.clone(),
-        send_logs: agent.send_logs,
-        send_metrics: agent.send_metrics,
-        max_msg_bytes: settings.nsq.producer.max_message_bytes,
-        batch_max_messages: settings.nsq.producer.batch_max_messages,
-        batch_max_bytes: settings.nsq.producer.batch_max_bytes,
-        drop_router_non_access_lines: agent.drop_router_non_access_lines,
-    };
+    let sink_settings = SinkSettings::new(settings);
     let classifier = Classifier::new(settings.parsers.clone(), agent.drop_other);
     let (sink, acknowledger) =
         AgentSink::new(sink_settings, classifier, pods, agent.sources.clone(), publisher.clone(), telemetry);

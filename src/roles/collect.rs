@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::sync::mpsc;
 
 use crate::config::Settings;
@@ -42,12 +41,7 @@ pub fn run(
     options: CollectOptions,
     destination: Destination,
 ) -> anyhow::Result<ExitCode> {
-    let influx = match destination {
-        Destination::Stdout => None,
-        Destination::Influx => Some(settings.influx.clone().context(
-            "--output influx needs an InfluxDB URL (--influx-url, influx.urls or $INFLUXDB_URLS)",
-        )?),
-    };
+    let influx = destination.influx(&settings)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let shutdown = Shutdown::new();
     let telemetry = Telemetry::default();

@@ -19,7 +19,7 @@ use crate::agent::sink::{AgentSink, SinkSettings};
 use crate::agent::source::{DeclaredSource, Sources};
 use crate::config::Settings;
 use crate::host::glob::Glob;
-use crate::influx::writer::InfluxWriter;
+use crate::influx::writer::{InfluxSettings, InfluxWriter};
 use crate::kube::ContainerRef;
 use crate::nsq::producer::Producer;
 use crate::output::{DeliverySummary, Output, OutputError};
@@ -74,6 +74,19 @@ pub enum Destination {
     Stdout,
     /// InfluxDB, with the `[influx]` settings.
     Influx,
+}
+
+impl Destination {
+    /// The writer's settings when the destination is InfluxDB; an error naming the flags when
+    /// no URL was given.
+    pub(crate) fn influx(self, settings: &Settings) -> anyhow::Result<Option<InfluxSettings>> {
+        match self {
+            Destination::Stdout => Ok(None),
+            Destination::Influx => settings.influx.clone().map(Some).context(
+                "--output influx needs an InfluxDB URL (--influx-url, influx.urls or $INFLUXDB_URLS)",
+            ),
+        }
+    }
 }
 
 /// Where `replay` writes: [`Destination`]s, or NSQ as the agent would.
@@ -259,12 +272,7 @@ pub fn replay(
 /// `logmill replay`: replays the files to `destination`, prints the summary to stderr and
 /// answers the exit code (130 when interrupted, 1 when InfluxDB did not take every point).
 pub fn run(settings: Settings, options: ReplayOptions, destination: Destination) -> anyhow::Result<ExitCode> {
-    let influx = match destination {
-        Destination::Stdout => None,
-        Destination::Influx => Some(settings.influx.clone().context(
-            "--output influx needs an InfluxDB URL (--influx-url, influx.urls or $INFLUXDB_URLS)",
-        )?),
-    };
+    let influx = destination.influx(&settings)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let shutdown = Shutdown::new();
     let (summary, delivery) = runtime.block_on(async {
@@ -366,17 +374,7 @@ pub fn to_nsq(
             stop_publishing.clone(),
         );
         let agent = &settings.agent;
-        let sink_settings = SinkSettings {
-            host: settings.host.clone(),
-            log_topic: settings.nsq.log_topic.clone(),
-            metric_topic: settings.nsq.metric_topic.clone(),
-            send_logs: agent.send_logs,
-            send_metrics: agent.send_metrics,
-            max_msg_bytes: settings.nsq.producer.max_message_bytes,
-            batch_max_messages: settings.nsq.producer.batch_max_messages,
-            batch_max_bytes: settings.nsq.producer.batch_max_bytes,
-            drop_router_non_access_lines: agent.drop_router_non_access_lines,
-        };
+        let sink_settings = SinkSettings::new(&settings);
         let classifier = Classifier::new(settings.parsers.clone(), agent.drop_other);
         let (mut sink, acknowledger) =
             AgentSink::new(sink_settings, classifier, None, sources, producer, &telemetry);

@@ -44,12 +44,7 @@ pub struct RunOptions {
 
 /// `logmill run` until SIGTERM (or, with `--once`, the end of the files).
 pub fn run(mut settings: Settings, options: RunOptions) -> anyhow::Result<ExitCode> {
-    let influx = match options.output {
-        Destination::Stdout => None,
-        Destination::Influx => Some(settings.influx.clone().context(
-            "--output influx needs an InfluxDB URL (--influx-url, influx.urls or $INFLUXDB_URLS)",
-        )?),
-    };
+    let influx = options.output.influx(&settings)?;
     let scratch = if options.once {
         let dir = std::env::temp_dir().join(format!(
             "logmill-run-{}-{}",
