@@ -1129,7 +1129,7 @@ impl RawAgent {
         }
         let mut declared = Vec::with_capacity(self.sources.len());
         for s in &self.sources {
-            let path = crate::host::glob::Glob::new(&absolute(&s.path))
+            let path = crate::glob::Glob::new(&absolute(&s.path))
                 .map_err(|e| invalid("agent.sources.path", e.to_string()))?;
             if [&s.namespace, &s.pod, &s.container].iter().any(|v| v.is_empty()) {
                 return Err(invalid(

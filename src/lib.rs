@@ -51,6 +51,7 @@
 //!   and the runner that collects on the clock into batches of line protocol.
 //! - [`backoff`]: capped exponential backoff with jitter, and the one jitter source. Pure.
 //! - `errors`: the one error-chain formatter.
+//! - `glob`: the one glob matcher (`*`, `?`, `[…]`), for names, sources and path components.
 //! - [`config`]: TOML file + the old stack's environment → validated [`config::Settings`].
 //! - [`telemetry`]: the service's own `logmill_*` counters, Prometheus `/metrics`, `/healthz`,
 //!   and the same counters as points.
@@ -69,6 +70,7 @@ pub mod config;
 pub mod consume;
 pub mod derive;
 mod errors;
+mod glob;
 pub mod host;
 pub mod influx;
 pub mod kube;

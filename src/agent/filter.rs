@@ -1,7 +1,8 @@
 //! Include and exclude filters by namespace, pod and container name.
 //!
-//! Patterns are globs matched against the whole name: `*` any run of characters, `?` one
-//! character, everything else literal (`kube-*`, `deis-router`, `*-canary`). Globs rather
+//! Patterns are globs ([`crate::glob`]) matched against the whole name: `*` any run of
+//! characters, `?` one character, `[…]` a set, everything else literal (`kube-*`,
+//! `deis-router`, `*-canary`). Globs rather
 //! than regexes because names are short and operators write them that way (Fluent Bit's and
 //! Vector's name filters are globs); a whole-name match so that `web` does not also catch
 //! `foo-web-v2`.
@@ -10,49 +11,30 @@
 //! include pattern (or there is none), and none of the three names matches an exclude pattern:
 //! exclusion wins.
 
-use regex::Regex;
-
+use crate::glob::{any_matches, Glob};
 use crate::kube::ContainerRef;
 
-/// A list of globs, compiled once into one anchored regex; `None` when the list is empty.
+/// A list of globs; matching none when empty.
 #[derive(Debug, Clone, Default)]
-pub struct Globs(Option<Regex>);
+pub struct Globs(Vec<Glob>);
 
 impl Globs {
     /// Compiles globs; an empty pattern is refused (it would match nothing, silently).
     pub fn new<S: AsRef<str>>(globs: &[S]) -> Result<Self, String> {
-        if globs.is_empty() {
-            return Ok(Self(None));
-        }
-        let mut re = String::from("^(?:");
-        for (i, glob) in globs.iter().enumerate() {
-            let glob = glob.as_ref();
-            if glob.is_empty() {
-                return Err("an empty pattern matches no name".into());
-            }
-            if i > 0 {
-                re.push('|');
-            }
-            let mut literal = [0u8; 4];
-            for c in glob.chars() {
-                match c {
-                    '*' => re.push_str(".*"),
-                    '?' => re.push('.'),
-                    c => re.push_str(&regex::escape(c.encode_utf8(&mut literal))),
-                }
-            }
-        }
-        re.push_str(")$");
-        Regex::new(&re).map(|r| Self(Some(r))).map_err(|e| e.to_string())
+        globs
+            .iter()
+            .map(|g| Glob::new(g.as_ref()).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()
+            .map(Self)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_none()
+        self.0.is_empty()
     }
 
     /// Whether `name` matches one of the globs (`false` for an empty list).
     pub fn matches(&self, name: &str) -> bool {
-        self.0.as_ref().is_some_and(|r| r.is_match(name))
+        any_matches(&self.0, name)
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::host::glob::Glob;
+use crate::glob::Glob;
 use crate::kube::names::from_paths;
 use crate::kube::ContainerRef;
 

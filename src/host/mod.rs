@@ -19,7 +19,6 @@
 pub(crate) mod cpu;
 pub(crate) mod disk;
 pub(crate) mod diskio;
-pub(crate) mod glob;
 pub(crate) mod kernel;
 pub(crate) mod kubelet;
 pub(crate) mod memory;
@@ -40,9 +39,9 @@ use bytes::BytesMut;
 use crate::metrics::line_protocol::{EncodeError, LineBuilder};
 use crate::metrics::point::{FieldValue, Point};
 
+pub(crate) use crate::glob::Glob;
 pub(crate) use cpu::CpuOptions;
 pub(crate) use disk::DiskOptions;
-pub(crate) use glob::Glob;
 pub use runner::{Batch, CollectError, Collector, OnceReport};
 
 /// The host inputs, by Telegraf's plugin names.

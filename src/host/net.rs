@@ -21,8 +21,8 @@
 
 use crate::metrics::point::Point;
 
-use super::glob::{any_matches, Glob};
 use super::{int, Malformed};
+use crate::glob::{any_matches, Glob};
 
 /// One interface's counters.
 #[derive(Debug, Clone, PartialEq, Eq)]

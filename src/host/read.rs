@@ -13,11 +13,11 @@ use crate::metrics::point::Point;
 use super::cpu::{self, CpuOptions, CpuTimes};
 use super::disk::{self, DiskOptions, FsStat};
 use super::diskio::{self, DiskStats};
-use super::glob::{any_matches, Glob};
 use super::netstat::SocketCounter;
 use super::processes::{ProcessCounts, StatError};
 use super::{kernel, malformed_problem, memory, net, netstat, processes, system};
 use super::{CollectSettings, HostInput, Problem, Roots};
+use crate::glob::{any_matches, Glob};
 
 /// What the host inputs share: roots, options, and the machine's constants.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ use crate::agent::classify::Classifier;
 use crate::agent::sink::{AgentSink, SinkSettings};
 use crate::agent::source::{DeclaredSource, Sources};
 use crate::config::Settings;
-use crate::host::glob::Glob;
+use crate::glob::Glob;
 use crate::influx::writer::{InfluxSettings, InfluxWriter};
 use crate::kube::ContainerRef;
 use crate::nsq::producer::Producer;

@@ -1,9 +1,10 @@
 //! Which files to follow: path globs expanded over the directory tree, and the rotated siblings
 //! of a followed file recognised by name.
 //!
-//! The glob language is the shell's, one path component at a time: `*` (any run of characters
-//! but `/`, not matching a leading `.`) and `?` (one character); everything else is literal.
-//! That covers `/var/log/containers/*.log` and `/var/log/pods/*/*/*.log` without a glob crate.
+//! The glob language is the shell's ([`crate::glob`]), one path component at a time: `*` (any
+//! run of characters but `/`, not matching a leading `.`), `?` (one character) and `[…]` (a
+//! set); everything else is literal. That covers `/var/log/containers/*.log` and
+//! `/var/log/pods/*/*/*.log` without a glob crate.
 //! Matching is pure; [`expand`] and [`rotated_siblings`] read directories.
 
 use std::ffi::{OsStr, OsString};
@@ -79,39 +80,15 @@ impl Glob {
 }
 
 fn has_wildcard(s: &[u8]) -> bool {
-    s.iter().any(|&b| b == b'*' || b == b'?')
+    s.iter().any(|&b| b == b'*' || b == b'?' || b == b'[')
 }
 
-/// Shell matching of one component: `*` any run, `?` one byte; a leading `.` only literally.
+/// Shell matching of one component ([`crate::glob`]); a leading `.` only literally.
 pub(crate) fn matches(pattern: &[u8], name: &[u8]) -> bool {
     if name.first() == Some(&b'.') && pattern.first() != Some(&b'.') {
         return false;
     }
-    // Iterative matching with one backtrack point per `*`: linear enough for file names and
-    // no recursion for hostile patterns.
-    let (mut p, mut n) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, n));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || c == name[n] => {
-                p += 1;
-                n += 1;
-            }
-            _ => match star {
-                Some((sp, sn)) => {
-                    p = sp + 1;
-                    n = sn + 1;
-                    star = Some((sp, sn + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&b| b == b'*')
+    crate::glob::matches(pattern, name)
 }
 
 /// The paths that match `glob` now, sorted. Unreadable directories are skipped: a pod's
