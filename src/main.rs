@@ -13,11 +13,11 @@ use logmill::roles::{collect, consume, inspect};
 
 /// logmill turns a Kubernetes (Deis Workflow / Hephy) cluster's logs into metrics.
 ///
-/// It parses Deis router (nginx) access lines into the InfluxDB series the old fluentd/telegraf
-/// stack wrote (deis_router_request_time_ms, deis_router_response_time_ms,
-/// deis_router_bytes_sent: one point per access line, stamped with the line's own time) and
-/// into aggregated `router_requests` points (counts, bytes, percentiles and histograms per
-/// event-time window).
+/// On every node `logmill agent` follows the container logs and publishes them to NSQ (app
+/// logs to `logs` as the old fluentd's JSON, Deis router access lines as the
+/// deis_router_* points to `metrics`) with Telegraf's host collectors beside it; `logmill
+/// consume` writes NSQ to InfluxDB with the router_requests and app_log_lines aggregates.
+/// `logmill run` is both in one process with no server; `replay` and `collect` run parts alone.
 ///
 /// Settings come from the TOML file given with --config (every key documented in the README),
 /// then from the old stack's environment variables (NSQ_LOG_TOPIC, NSQ_METRIC_TOPIC,
