@@ -185,6 +185,15 @@ async fn reading_stops_within_the_unacknowledged_budget_and_resumes_on_acks() {
     let read = run.counter("logmill_bytes_read_total");
     assert!(read <= budget as u64, "read {read} bytes with {budget} allowed unacknowledged");
     assert!(read < file_len, "the file is larger than the budget ({file_len} bytes)");
+    // The lag gauges see the unread rest while paused (one file: the furthest behind is all).
+    let gauge = |name| run.telemetry.value(name, &[]).unwrap_or(0);
+    let end = tokio::time::Instant::now() + DEADLINE;
+    while gauge("logmill_file_lag_max_bytes") == 0 {
+        assert!(tokio::time::Instant::now() < end, "the lag gauge shows the unread bytes");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gauge("logmill_file_lag_max_bytes"), gauge("logmill_files_lag_bytes"));
+    assert!(gauge("logmill_file_lag_max_bytes") > file_len - read - 1, "most of the file is unread");
     let paused_records = run.shared.lock().records.len();
     // One round of acknowledgements lets it read about one budget more, then it pauses again.
     run.shared.ack_pending();

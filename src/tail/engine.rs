@@ -290,6 +290,7 @@ struct Metrics {
     truncated: Counter,
     undecodable: Vec<Counter>,
     lag: Gauge,
+    lag_max: Gauge,
     unacked: Gauge,
     pauses: Counter,
     checkpoint_age: Gauge,
@@ -344,6 +345,13 @@ impl Metrics {
                 })
                 .collect(),
             lag: t.gauge("logmill_files_lag_bytes", "Bytes written to live files and not read yet.", &[]),
+            // One series per file would grow without bound as pods come and go; the file
+            // furthest behind is what an alert needs (its path is in the logs).
+            lag_max: t.gauge(
+                "logmill_file_lag_max_bytes",
+                "Bytes not read yet of the live file furthest behind.",
+                &[],
+            ),
             unacked: t.gauge(
                 "logmill_tail_unacked_bytes",
                 "Bytes read and not acknowledged downstream.",
@@ -1406,6 +1414,7 @@ impl Engine {
             })
             .collect::<Vec<_>>();
         self.metrics.lag.set(files.iter().map(|f| f.lag_bytes).sum());
+        self.metrics.lag_max.set(files.iter().map(|f| f.lag_bytes).max().unwrap_or(0));
         let mut s = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
         s.files = files;
         s.last_checkpoint = self.last_checkpoint_ok;
