@@ -22,11 +22,20 @@ PER_SECOND = "* 1000 / $__interval_ms"
 STATUS_CLASSES = [("2xx", "2"), ("3xx", "3"), ("4xx", "4"), ("5xx", "5")]
 
 
-def target(query, alias=None, fmt="time_series"):
+def target(query, alias=None, fmt="time_series", hide=False):
     t = {"datasource": DS, "rawQuery": True, "query": query, "resultFormat": fmt}
     if alias:
         t["alias"] = alias
+    if hide:
+        t["hide"] = True
     return t
+
+
+def expression(math):
+    """A Grafana server-side math expression over the panel's other queries (`$A / $B`):
+    InfluxQL 1.x cannot divide one query's result by another's (a FROM of two subqueries
+    keeps only the first one's fields)."""
+    return {"datasource": {"type": "__expr__", "uid": "__expr__"}, "type": "math", "expression": math}
 
 
 class Dashboard:
@@ -184,11 +193,11 @@ def router():
             unit="reqps", interval=iv)
     d.panel("timeseries", "Error ratio (5xx)",
             "Share of requests answered 5xx: sum(count) of 5xx over sum(count) of all, per interval.",
-            [target('SELECT sum("errors") / sum("requests") FROM '
-                    f'(SELECT sum("count") AS "requests" FROM {m} WHERE {where} GROUP BY time($__interval)), '
-                    f'(SELECT sum("count") AS "errors" FROM {m} WHERE {where} AND "status_code" =~ /^5/ '
-                    'GROUP BY time($__interval)) '
-                    'WHERE $timeFilter GROUP BY time($__interval) fill(null)', "5xx ratio")],
+            [target(f'SELECT sum("count") FROM {m} WHERE {where} AND "status_code" =~ /^5/ '
+                    'GROUP BY time($__interval) fill(0)', "5xx", hide=True),
+             target(f'SELECT sum("count") FROM {m} WHERE {where} GROUP BY time($__interval) fill(null)',
+                    "requests", hide=True),
+             expression("$A / $B")],
             unit="percentunit", interval=iv, field_defaults={"min": 0, "max": 1})
     d.panel("timeseries", "Bytes sent by app", "sum(bytes_sent) per second.",
             [target(f'SELECT sum("bytes_sent") {PER_SECOND} FROM {m} WHERE {where} '
@@ -371,12 +380,11 @@ def logmill():
     d.panel("timeseries", "InfluxDB write latency",
             "Mean milliseconds from submission to InfluxDB's answer per interval "
             "(logmill_consume_write_latency_ms_total / logmill_consume_writes_total), and the last write's.",
-            [target('SELECT sum("latency") / sum("writes") FROM '
-                    '(SELECT non_negative_difference(max("value")) AS "latency" FROM '
-                    '"logmill_consume_write_latency_ms_total" WHERE $timeFilter GROUP BY time($__interval), "host"), '
-                    '(SELECT non_negative_difference(max("value")) AS "writes" FROM "logmill_consume_writes_total" '
-                    'WHERE $timeFilter GROUP BY time($__interval), "host") '
-                    'WHERE $timeFilter GROUP BY time($__interval), "host" fill(null)', "$tag_host mean"),
+            [target('SELECT non_negative_difference(max("value")) FROM "logmill_consume_write_latency_ms_total" '
+                    'WHERE $timeFilter GROUP BY time($__interval), "host" fill(null)', "$tag_host", hide=True),
+             target('SELECT non_negative_difference(max("value")) FROM "logmill_consume_writes_total" '
+                    'WHERE $timeFilter GROUP BY time($__interval), "host" fill(null)', "$tag_host", hide=True),
+             expression("$A / $B"),
              target('SELECT max("value") FROM "logmill_consume_write_latency_last_ms" WHERE $timeFilter '
                     'GROUP BY time($__interval), "host" fill(null)', "$tag_host last")], unit="ms")
     d.panel("timeseries", "InfluxDB retries and drops", "Write attempts retried (logmill_influx_retries_total) and "

@@ -107,6 +107,13 @@ impl Influxd {
     /// statement's result: a query error in a test is a bug in the test (a query against a
     /// missing database, for one, is a 200 with an `error` inside).
     pub async fn query(&self, db: &str, q: &str) -> Value {
+        self.try_query(db, q).await.unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// [`Influxd::query`] for a test that collects failures instead of stopping at the first
+    /// (every query of every dashboard, say): the error names the query and quotes influxd's
+    /// answer. Panics only when influxd cannot be reached at all.
+    pub async fn try_query(&self, db: &str, q: &str) -> Result<Value, String> {
         let mut path = String::from("/query?epoch=ns");
         if let Some((user, password)) = &self.auth {
             write!(path, "&u={}&p={}", form_encode(user), form_encode(password)).unwrap();
@@ -121,16 +128,16 @@ impl Influxd {
             Err(error) => panic!("influxd query {q:?}: {error}\n{}", self.describe()),
         };
         if status != 200 {
-            panic!("influxd query {q:?}: HTTP {status}: {text}");
+            return Err(format!("influxd query {q:?}: HTTP {status}: {text}"));
         }
         let json: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|error| panic!("influxd query {q:?}: answer is not JSON ({error}): {text}"));
+            .map_err(|error| format!("influxd query {q:?}: answer is not JSON ({error}): {text}"))?;
         let statement_error =
             json["results"].as_array().into_iter().flatten().any(|result| result.get("error").is_some());
         if json.get("error").is_some() || statement_error {
-            panic!("influxd query {q:?} failed: {text}");
+            return Err(format!("influxd query {q:?} failed: {text}"));
         }
-        json
+        Ok(json)
     }
 
     /// The single number a query such as `SELECT count("value") FROM "m"` answers, or 0 when it
