@@ -17,13 +17,18 @@
 //! value is a failure, and all of them are listed. The one exception is said aloud: queries
 //! that read only logmill's own `logmill_*` measurements, which the long-running agent and
 //! consumer write, are listed as not covered when InfluxDB has no such measurement, never passed
-//! silently. Where the binary has `logmill consume`, the test also runs one on the seeded nsqd,
-//! writing its own counters every second, so the consumer's panels are covered by real data.
+//! silently. Two sources of `logmill_*` data exist already: an agent stand-in (the real tail
+//! engine following a file, the real NSQ producer publishing to the nsqd, their counters turned
+//! into points by `Telemetry::points` and written as the agent will write them), and, where the
+//! binary has `logmill consume`, a consumer on the seeded nsqd writing its own counters every
+//! second.
 
 mod support;
 
 #[path = "support/influxd.rs"]
 mod influxd;
+#[path = "support/tail_harness.rs"]
+mod tail_harness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -34,11 +39,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use influxd::Influxd;
+use logmill::config::RawConfig;
+use logmill::influx::writer::InfluxWriter;
+use logmill::nsq::producer::{Producer, ProducerSettings};
+use logmill::tail::WatchMode;
+use logmill::telemetry::Telemetry;
 use regex::Regex;
 use serde_json::Value;
 use support::nsqd::{self, Nsqd, NsqdOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 const DB: &str = "kubernetes";
 const DASHBOARDS: [&str; 4] = ["router-compatible.json", "router.json", "nodes.json", "logmill.json"];
@@ -242,6 +254,81 @@ fn deploy_configs_validate() {
     }
 }
 
+/// The agent's telemetry, by the agent's own parts: the tail engine following a CRI log, the
+/// NSQ producer publishing to the nsqd, and logmill's InfluxDB writer, which sends the points
+/// `Telemetry::points` makes of their counters (and of its own), as the long-running roles
+/// will on their interval.
+struct AgentStandIn {
+    tail: tail_harness::Run,
+    log: tail_harness::Writer,
+    telemetry: Telemetry,
+    influx: InfluxWriter,
+    _producer: Producer,
+    cancel: CancellationToken,
+}
+
+async fn agent_stand_in(dir: &Path, nsqd: &Nsqd, influx_url: &str) -> AgentStandIn {
+    let logs = dir.join("containers");
+    std::fs::create_dir_all(&logs).unwrap();
+    let glob = logs.join("*.log");
+    let tail =
+        tail_harness::start(tail_harness::settings(&glob, &dir.join("state"), WatchMode::Notify), true);
+    let mut log = tail_harness::Writer::create(&logs.join("web-1_foo_web-0123.log"), "web");
+    log.write(200);
+    let telemetry = Telemetry::default();
+    let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+    let mut raw = RawConfig::load(None).unwrap();
+    raw.influx.urls = vec![influx_url.to_owned()];
+    raw.influx.database = DB.to_owned();
+    raw.influx.flush_interval_ms = 100;
+    let settings = raw.influx.validate().unwrap().expect("an InfluxDB URL");
+    let influx = InfluxWriter::start(settings, &telemetry, &tracker, cancel.clone()).unwrap();
+    let settings =
+        ProducerSettings { addresses: vec![nsqd.tcp_addr().to_string()], ..ProducerSettings::default() };
+    let producer = Producer::start(settings, &telemetry, &tracker, cancel.clone());
+    for i in 0..10 {
+        producer.publish("logs", Bytes::from(format!("{{\"log\":\"agent line {i}\\n\"}}"))).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tail.telemetry.value("logmill_lines_read_total", &[]) != Some(200) {
+        assert!(Instant::now() < deadline, "the tail engine did not read 200 lines:\n{}", tail.dump());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    AgentStandIn { tail, log, telemetry, influx, _producer: producer, cancel }
+}
+
+/// Line protocol of the stand-in's counters now, `host=node-1`, and the number of points.
+fn agent_points(agent: &AgentStandIn) -> (String, usize) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let escape = |s: &str| s.replace(',', "\\,").replace('=', "\\=").replace(' ', "\\ ");
+    let mut body = String::new();
+    let points: Vec<_> = agent
+        .tail
+        .telemetry
+        .points("node-1", now)
+        .into_iter()
+        .chain(agent.telemetry.points("node-1", now))
+        .collect();
+    for p in &points {
+        body.push_str(&escape(&p.measurement));
+        for (k, v) in &p.tags {
+            write!(body, ",{}={}", escape(k), escape(v)).unwrap();
+        }
+        let Some(logmill::metrics::point::FieldValue::Int(v)) = p.field_value("value") else {
+            panic!("telemetry point without an integer value: {p:?}")
+        };
+        writeln!(body, " value={v}i {now}").unwrap();
+    }
+    (body, points.len())
+}
+
+/// Sends the stand-in's counters through logmill's writer and waits for InfluxDB's answer.
+async fn send_agent_points(agent: &AgentStandIn) {
+    let (body, n) = agent_points(agent);
+    let outcome = agent.influx.submit(Bytes::from(body), n).await.expect("submit").await;
+    assert_eq!(outcome.written, n as u64, "{outcome:?}");
+}
+
 /// Serves `testdata/kubelet/summary.json` at `/stats/summary`, as a kubelet's read-only port.
 async fn kubelet_stand_in() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -414,6 +501,11 @@ async fn every_dashboard_query_returns_data() {
         }
     };
 
+    let mut agent = match &nsqd {
+        Some(nsqd) => Some(agent_stand_in(dir.path(), nsqd, &influx.url()).await),
+        None => None,
+    };
+
     // The collectors, every 5 s: three cycles always span two 10 s buckets.
     let config = dir.path().join("collect.toml");
     let mut text = format!("[telemetry]\nlisten = \"\"\n\n[collect]\ninterval_ms = 5000\n\n[collect.kubelet]\nurl = \"{kubelet}\"\n");
@@ -459,7 +551,15 @@ async fn every_dashboard_query_returns_data() {
     if consume.is_some() {
         needed.push(("logmill_consume_writes_total", "value"));
     }
+    if agent.is_some() {
+        needed.push(("logmill_lines_read_total", "value"));
+    }
     loop {
+        if let Some(agent) = &mut agent {
+            // The node goes on logging; the agent's counters go out as it will send them.
+            agent.log.write(20);
+            send_agent_points(agent).await;
+        }
         let mut waiting = Vec::new();
         for (m, f) in &needed {
             if buckets(&influx, m, f).await < 2 {
@@ -482,6 +582,10 @@ async fn every_dashboard_query_returns_data() {
     if let Some(consume) = consume {
         let (status, log) = stop(consume, &consume_log).await;
         assert!(status.success(), "consume: {status}: {log}");
+    }
+    if let Some(agent) = agent {
+        agent.cancel.cancel();
+        agent.tail.stop().await;
     }
 
     let present: BTreeSet<String> = {
