@@ -337,10 +337,16 @@ def logmill():
                       f'GROUP BY time($__interval), {tags} fill(null)', alias)
 
     d.row("Agents (per node)")
-    d.panel("timeseries", "Lines read", "Log records read from files per second (logmill_lines_read_total).",
-            [per_second("logmill_lines_read_total")], unit="cps")
-    d.panel("timeseries", "Messages published", "Messages nsqd acknowledged per second "
-            "(logmill_nsq_messages_published_total).", [per_second("logmill_nsq_messages_published_total")],
+    d.panel("timeseries", "Lines read and shipped",
+            "Log records read from files (logmill_lines_read_total), shipped to `logs` "
+            "(logmill_records_shipped_total) and router points shipped to `metrics` "
+            "(logmill_points_shipped_total), per second.",
+            [per_second("logmill_lines_read_total", alias="$tag_host read"),
+             per_second("logmill_records_shipped_total", alias="$tag_host records to logs"),
+             per_second("logmill_points_shipped_total", alias="$tag_host points to metrics")], unit="cps")
+    d.panel("timeseries", "Messages published", "NSQ messages nsqd acknowledged per second, by topic "
+            "(logmill_messages_published_total).",
+            [per_second("logmill_messages_published_total", '"host", "topic"', "$tag_host $tag_topic")],
             unit="cps")
     d.panel("timeseries", "Lag", "Bytes written to followed files and not read yet (logmill_files_lag_bytes).",
             [target('SELECT max("value") FROM "logmill_files_lag_bytes" WHERE $timeFilter '
