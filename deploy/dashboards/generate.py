@@ -348,9 +348,12 @@ def logmill():
             "(logmill_messages_published_total).",
             [per_second("logmill_messages_published_total", '"host", "topic"', "$tag_host $tag_topic")],
             unit="cps")
-    d.panel("timeseries", "Lag", "Bytes written to followed files and not read yet (logmill_files_lag_bytes).",
+    d.panel("timeseries", "Lag", "Bytes written to followed files and not read yet: all live files "
+            "(logmill_files_lag_bytes) and the file furthest behind (logmill_file_lag_max_bytes).",
             [target('SELECT max("value") FROM "logmill_files_lag_bytes" WHERE $timeFilter '
-                    'GROUP BY time($__interval), "host" fill(null)', "$tag_host")], unit="bytes")
+                    'GROUP BY time($__interval), "host" fill(null)', "$tag_host all files"),
+             target('SELECT max("value") FROM "logmill_file_lag_max_bytes" WHERE $timeFilter '
+                    'GROUP BY time($__interval), "host" fill(null)', "$tag_host worst file")], unit="bytes")
     d.panel("timeseries", "Rejected lines", "Lines rejected per second by reason (logmill_lines_rejected_total).",
             [per_second("logmill_lines_rejected_total", '"host", "reason"', "$tag_host $tag_reason")], unit="cps")
     d.panel("timeseries", "Publish retries and failures", "logmill_nsq_publish_retries_total, "
