@@ -92,17 +92,7 @@ pub(crate) fn start<P: Publish + Clone + Sync>(
     shutdown: &Shutdown,
 ) -> anyhow::Result<Node> {
     let agent = &settings.agent;
-    let sink_settings = SinkSettings {
-        host: settings.host.clone(),
-        log_topic: settings.nsq.log_topic.clone(),
-        metric_topic: settings.nsq.metric_topic.clone(),
-        send_logs: agent.send_logs,
-        send_metrics: agent.send_metrics,
-        max_msg_bytes: settings.nsq.producer.max_message_bytes,
-        batch_max_messages: settings.nsq.producer.batch_max_messages,
-        batch_max_bytes: settings.nsq.producer.batch_max_bytes,
-        drop_router_non_access_lines: agent.drop_router_non_access_lines,
-    };
+    let sink_settings = sink_settings(settings);
     let classifier = Classifier::new(settings.parsers.clone(), agent.drop_other);
     let (sink, acknowledger) =
         AgentSink::new(sink_settings, classifier, pods, agent.sources.clone(), publisher.clone(), telemetry);
@@ -144,6 +134,25 @@ pub(crate) fn start<P: Publish + Clone + Sync>(
         shutdown.tracker.spawn(report(telemetry.clone(), host, every, max, metrics, token));
     }
     Ok(Node { acknowledging, tail })
+}
+
+/// How the agent's sink publishes, from the settings (the agent's, `run`'s and `replay
+/// --output nsq`'s).
+pub(crate) fn sink_settings(settings: &Settings) -> SinkSettings {
+    let agent = &settings.agent;
+    SinkSettings {
+        host: settings.host.clone(),
+        log_topic: settings.nsq.log_topic.clone(),
+        metric_topic: settings.nsq.metric_topic.clone(),
+        send_logs: agent.send_logs,
+        send_metrics: agent.send_metrics,
+        max_msg_bytes: settings.nsq.producer.max_message_bytes,
+        batch_max_messages: settings.nsq.producer.batch_max_messages,
+        batch_max_bytes: settings.nsq.producer.batch_max_bytes,
+        drop_router_non_access_lines: agent.drop_router_non_access_lines,
+        multiline: settings.multiline.clone(),
+        max_line_bytes: settings.tail.max_line_bytes,
+    }
 }
 
 /// Where line protocol of the collectors and the telemetry goes: the `metrics` topic, or

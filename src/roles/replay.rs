@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::KeyGuard;
 use crate::agent::classify::Classifier;
-use crate::agent::sink::{AgentSink, SinkSettings};
+use crate::agent::sink::AgentSink;
 use crate::agent::source::{DeclaredSource, Sources};
 use crate::config::Settings;
 use crate::host::glob::Glob;
@@ -366,17 +366,7 @@ pub fn to_nsq(
             stop_publishing.clone(),
         );
         let agent = &settings.agent;
-        let sink_settings = SinkSettings {
-            host: settings.host.clone(),
-            log_topic: settings.nsq.log_topic.clone(),
-            metric_topic: settings.nsq.metric_topic.clone(),
-            send_logs: agent.send_logs,
-            send_metrics: agent.send_metrics,
-            max_msg_bytes: settings.nsq.producer.max_message_bytes,
-            batch_max_messages: settings.nsq.producer.batch_max_messages,
-            batch_max_bytes: settings.nsq.producer.batch_max_bytes,
-            drop_router_non_access_lines: agent.drop_router_non_access_lines,
-        };
+        let sink_settings = super::agent::sink_settings(&settings);
         let classifier = Classifier::new(settings.parsers.clone(), agent.drop_other);
         let (mut sink, acknowledger) =
             AgentSink::new(sink_settings, classifier, None, sources, producer, &telemetry);
@@ -409,6 +399,8 @@ pub fn to_nsq(
                 reads += 1;
             }
             decoder.finish(|r, keys| sink.record(file, r, keys));
+            // The file is complete: merged records still held go with its last read.
+            sink.ending(file);
             sink.flushed(file, decoder.resume()).await;
             reads += 1;
             sink.closed(file);
