@@ -2,6 +2,11 @@
 //! [`FileShipper`], published, and the file's resume point is acknowledged to the engine —
 //! so that its checkpoint may move — only once every message of the read behind it was
 //! acknowledged by NSQ (or, in `logmill run`, by the consumer's output).
+//!
+//! A container with a `[[multiline]]` rule has its lines merged into records by its shipper:
+//! the record in the making is held, so the resume point handed on stops at its start; the
+//! sink tells the engine so ([`RecordSink::held`]), which calls `flushed` again at the merge
+//! timeout even if the file gets no more writes, and before `closed` ([`RecordSink::ending`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -9,6 +14,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -20,7 +26,8 @@ use crate::access::{KeyGuard, Reject};
 use crate::kube::{ContainerRef, Lookup, PodKey, PodMetadata};
 use crate::nsq::producer::{Producer, PublishError};
 use crate::pipeline::LineCounts;
-use crate::tail::{FileId, Record, RecordSink, Resume};
+use crate::tail::multiline::MultilineRule;
+use crate::tail::{FileId, Held, Record, RecordSink, Resume};
 use crate::telemetry::{Counter, Gauge, Telemetry};
 
 /// The answer to one publish: `Ok` once the messages are stored downstream.
@@ -64,6 +71,11 @@ pub(crate) struct SinkSettings {
     pub(crate) batch_max_messages: usize,
     pub(crate) batch_max_bytes: usize,
     pub(crate) drop_router_non_access_lines: bool,
+    /// `[[multiline]]` rules: the first whose `containers` matches a container's name merges
+    /// its lines (unless a definition turns them into points).
+    pub(crate) multiline: Vec<MultilineRule>,
+    /// The tail's `max_line_bytes`: a merged record is capped at it too.
+    pub(crate) max_line_bytes: usize,
 }
 
 impl SinkSettings {
@@ -80,6 +92,8 @@ impl SinkSettings {
             batch_max_messages: producer.batch_max_messages,
             batch_max_bytes: producer.batch_max_bytes,
             drop_router_non_access_lines: agent.drop_router_non_access_lines,
+            multiline: settings.multiline.clone(),
+            max_line_bytes: settings.tail.max_line_bytes,
         }
     }
 }
@@ -119,6 +133,8 @@ pub(crate) struct AgentSink<P> {
     stopped: bool,
     /// Wall time of the current read, for `logs` records of raw files (no runtime time).
     now_ns: i64,
+    /// When the current read was handed over (merge timeouts count from it).
+    now: Option<Instant>,
 }
 
 struct SinkCounters {
@@ -132,6 +148,9 @@ struct SinkCounters {
     messages_metrics: Counter,
     refused: Counter,
     unknown_files: Counter,
+    multiline_records: Counter,
+    multiline_lines: Counter,
+    multiline_truncated: Counter,
     /// Milliseconds since the epoch at which the oldest read not yet acknowledged was handed
     /// over; 0 when none waits.
     oldest_waiting_ms: AtomicI64,
@@ -188,6 +207,21 @@ impl SinkCounters {
                 "Files matched by the paths whose name is no container's and no declared source's.",
                 &[],
             ),
+            multiline_records: t.counter(
+                "logmill_multiline_records_total",
+                "Records made by multiline merging (of one line or more), shipped as one each.",
+                &[],
+            ),
+            multiline_lines: t.counter(
+                "logmill_multiline_lines_merged_total",
+                "Lines appended to a multiline record that began on an earlier line.",
+                &[],
+            ),
+            multiline_truncated: t.counter(
+                "logmill_multiline_records_truncated_total",
+                "Multiline records cut at tail.max_line_bytes (the rest of their lines dropped).",
+                &[],
+            ),
             oldest_waiting_ms: AtomicI64::new(0),
             publish_wait: t.gauge(
                 "logmill_publish_wait_seconds",
@@ -226,6 +260,7 @@ impl<P: Publish> AgentSink<P> {
             counters: counters.clone(),
             stopped: false,
             now_ns: 0,
+            now: None,
         };
         (sink, Acknowledger { rx, counters })
     }
@@ -249,6 +284,10 @@ impl<P: Publish> AgentSink<P> {
         counters.logs.add(ship.logs - was_ship.logs);
         counters.cut.add(ship.cut - was_ship.cut);
         counters.dropped.add(ship.dropped - was_ship.dropped);
+        let (merged, was_merged) = (ship.multiline, was_ship.multiline);
+        counters.multiline_records.add(merged.records - was_merged.records);
+        counters.multiline_lines.add(merged.lines_merged - was_merged.lines_merged);
+        counters.multiline_truncated.add(merged.truncated - was_merged.truncated);
         counters.access.add(lines.access - was_lines.access);
         counters.points.add(lines.compat_points - was_lines.compat_points);
         for (i, r) in Reject::ALL.iter().enumerate() {
@@ -301,15 +340,25 @@ impl<P: Publish> RecordSink for AgentSink<P> {
         let shipper = match &container {
             Some(container) => {
                 let (class, pending) = self.classify(container);
+                let s = &self.settings;
+                let merger = MultilineRule::for_container(&s.multiline, &container.container)
+                    .map(|rule| rule.merger(s.max_line_bytes));
                 let shipper = FileShipper::new(
                     container.clone(),
                     class,
                     pending.is_none(),
-                    &self.settings.host,
-                    self.settings.drop_router_non_access_lines,
-                    self.settings.max_msg_bytes,
+                    &s.host,
+                    s.drop_router_non_access_lines,
+                    s.max_msg_bytes,
+                    merger,
                 );
-                tracing::info!(path = %source.display(), %file, kind = shipper.kind().as_str(), "following");
+                tracing::info!(
+                    path = %source.display(),
+                    %file,
+                    kind = shipper.kind().as_str(),
+                    multiline = shipper.merges(),
+                    "following"
+                );
                 self.files
                     .insert(file, FileState { shipper: Some(shipper), pending, counted: Default::default() });
                 return;
@@ -329,7 +378,8 @@ impl<P: Publish> RecordSink for AgentSink<P> {
                 if self.now_ns == 0 {
                     self.now_ns = now_ms().saturating_mul(1_000_000);
                 }
-                shipper.record(&record, keys, self.now_ns);
+                let now = *self.now.get_or_insert_with(Instant::now);
+                shipper.record(&record, keys, self.now_ns, now);
             }
             None => self.counters.dropped.add(1),
         }
@@ -337,10 +387,16 @@ impl<P: Publish> RecordSink for AgentSink<P> {
 
     async fn flushed(&mut self, file: FileId, resume: Resume) {
         self.now_ns = 0;
+        self.now = None;
         if self.stopped {
             return;
         }
         let Some(state) = self.files.get_mut(&file) else { return };
+        // Merged records whose time is up go with this read (or alone: the engine calls at
+        // their deadline).
+        if let Some(shipper) = &mut state.shipper {
+            shipper.expire(Instant::now());
+        }
         // A new pod whose metadata is on its way: wait for it, a bounded time from the first
         // lookup (the engine keeps tracking files meanwhile), then ship by what is known.
         if let (Some(key), Some(pods)) = (state.pending.take(), &self.pods) {
@@ -354,8 +410,21 @@ impl<P: Publish> RecordSink for AgentSink<P> {
             }
         }
         Self::count(&self.counters, state);
+        // Held merged records were not shipped: the point stays before them.
+        let resume = state.shipper.as_ref().map_or(resume, |s| s.resume(resume));
         let out = state.shipper.as_mut().map(FileShipper::take).unwrap_or_default();
         self.publish(file, resume, out).await;
+    }
+
+    fn held(&self, file: FileId) -> Option<Held> {
+        let shipper = self.files.get(&file)?.shipper.as_ref()?;
+        shipper.held_back().map(|(from, until)| Held { from, until })
+    }
+
+    fn ending(&mut self, file: FileId) {
+        if let Some(shipper) = self.files.get_mut(&file).and_then(|f| f.shipper.as_mut()) {
+            shipper.end();
+        }
     }
 
     fn closed(&mut self, file: FileId) {
@@ -443,7 +512,141 @@ impl SinkHealth {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
     use super::*;
+    use crate::access::rules::Registry;
+    use crate::agent::ship::tests::{java_rule, java_trace_file, log_text, next_record, whole_trace};
+    use crate::tail::decoder::FileDecoder;
+    use crate::tail::Wrapping;
+
+    /// Keeps the `log` field of every `logs` message published; nsqd's answer is `OK` at once.
+    #[derive(Clone, Default)]
+    struct Published(Arc<Mutex<Vec<String>>>);
+
+    impl Publish for Published {
+        async fn submit(&self, topic: &str, bodies: Vec<Bytes>) -> Result<Ack, PublishError> {
+            if topic == "logs" {
+                self.0.lock().unwrap().extend(bodies.iter().map(|b| log_text(b)));
+            }
+            Ok(Box::pin(async { Ok(()) }))
+        }
+    }
+
+    impl Published {
+        fn logs(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    struct Java {
+        sink: AgentSink<Published>,
+        published: Published,
+        acked: Arc<Mutex<Vec<(FileId, Resume)>>>,
+        telemetry: Telemetry,
+    }
+
+    const FILE: FileId = FileId(1);
+
+    fn java_sink(timeout: Duration) -> Java {
+        let settings = SinkSettings {
+            host: "node-1".into(),
+            log_topic: "logs".into(),
+            metric_topic: "metrics".into(),
+            send_logs: true,
+            send_metrics: true,
+            max_msg_bytes: 1 << 20,
+            batch_max_messages: 100,
+            batch_max_bytes: 1 << 20,
+            drop_router_non_access_lines: true,
+            multiline: vec![java_rule(timeout)],
+            max_line_bytes: 1 << 20,
+        };
+        let classifier = Classifier::new(Registry::builtin().expect("built-ins"), true);
+        let (published, telemetry) = (Published::default(), Telemetry::default());
+        let (mut sink, acknowledger) =
+            AgentSink::new(settings, classifier, None, Sources::default(), published.clone(), &telemetry);
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let into = acked.clone();
+        tokio::spawn(acknowledger.run(move |file, resume| into.lock().unwrap().push((file, resume))));
+        let name = format!("/var/log/containers/java-api-7d4b9_shop_java-api-{}.log", "c".repeat(64));
+        sink.opened(FILE, Path::new(&name));
+        Java { sink, published, acked, telemetry }
+    }
+
+    impl Java {
+        /// The `n`-th acknowledgement's offset, once it came.
+        async fn ack(&self, n: usize) -> u64 {
+            for _ in 0..1000 {
+                if let Some((file, resume)) = self.acked.lock().unwrap().get(n) {
+                    assert_eq!(*file, FILE);
+                    return resume.offset;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            panic!("acknowledgement {n} never came");
+        }
+
+        fn read(&mut self, d: &mut FileDecoder, bytes: &[u8]) {
+            d.push(bytes, |r, keys| self.sink.record(FILE, r, keys));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_stack_trace_holds_the_checkpoint_and_goes_whole() {
+        let timeout = Duration::from_millis(200);
+        let mut j = java_sink(timeout);
+        let (file, starts) = java_trace_file();
+        let mut d = FileDecoder::new(Some(Wrapping::Docker), 1 << 20, Resume::default());
+
+        // A read ending inside the trace: nothing published, its start acknowledged.
+        let cut = starts[3] as usize;
+        j.read(&mut d, &file[..cut]);
+        assert_eq!(j.sink.held(FILE).map(|h| h.from.offset), Some(0));
+        j.sink.flushed(FILE, d.resume()).await;
+        assert_eq!(j.ack(0).await, 0);
+        assert!(j.published.logs().is_empty());
+
+        // The rest and the next record: the trace in one message; the point at the next one.
+        j.read(&mut d, &file[cut..]);
+        j.sink.flushed(FILE, d.resume()).await;
+        assert_eq!(j.ack(1).await, starts[7]);
+        assert_eq!(j.published.logs(), [whole_trace()]);
+
+        // The file goes quiet: at the held record's deadline the engine calls again with the
+        // same point, and the record goes.
+        let held = j.sink.held(FILE).expect("the next record is held");
+        assert_eq!(held.from.offset, starts[7]);
+        assert!(held.until <= Instant::now() + timeout);
+        tokio::time::sleep_until(held.until.into()).await;
+        j.sink.flushed(FILE, d.resume()).await;
+        assert_eq!(j.ack(2).await, file.len() as u64);
+        assert_eq!(j.published.logs(), [whole_trace(), next_record()]);
+        assert_eq!(j.sink.held(FILE), None);
+
+        let count = |name| j.telemetry.value(name, &[]);
+        assert_eq!(count("logmill_multiline_records_total"), Some(2));
+        assert_eq!(count("logmill_multiline_lines_merged_total"), Some(6));
+        assert_eq!(count("logmill_multiline_records_truncated_total"), Some(0));
+        assert_eq!(count("logmill_records_shipped_total"), Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_file_that_ends_ships_what_is_held() {
+        let mut j = java_sink(Duration::from_secs(3600));
+        let (file, starts) = java_trace_file();
+        let mut d = FileDecoder::new(Some(Wrapping::Docker), 1 << 20, Resume::default());
+        j.read(&mut d, &file[..starts[7] as usize]);
+        j.sink.flushed(FILE, d.resume()).await;
+        assert_eq!(j.ack(0).await, 0);
+        // Rotated away and read to its end: the engine says so before its last flush.
+        j.sink.ending(FILE);
+        j.sink.flushed(FILE, d.resume()).await;
+        assert_eq!(j.ack(1).await, starts[7]);
+        assert_eq!(j.published.logs(), [whole_trace()]);
+        j.sink.closed(FILE);
+    }
 
     #[test]
     fn log_batches_stay_within_nsqds_limits() {

@@ -407,6 +407,8 @@ pub fn to_nsq(
                 reads += 1;
             }
             decoder.finish(|r, keys| sink.record(file, r, keys));
+            // The file is complete: merged records still held go with its last read.
+            sink.ending(file);
             sink.flushed(file, decoder.resume()).await;
             reads += 1;
             sink.closed(file);

@@ -261,6 +261,11 @@ struct Tracked {
     opened_sent: bool,
     /// The last resume handed to the sink.
     flushed: Resume,
+    /// The last mark queued: `flushed`, or the start of the oldest record the sink held back
+    /// when it was handed over if that is older (see [`RecordSink::held`]).
+    marked: Resume,
+    /// When the sink wants `flushed` again though nothing new was read (it holds records).
+    due: Option<Instant>,
     /// Handed out, not acknowledged yet, in order.
     marks: VecDeque<Mark>,
     /// What the checkpoint records.
@@ -507,6 +512,7 @@ impl Engine {
         let mut buf = vec![0u8; self.settings.read_chunk_bytes];
         while !self.cancel.is_cancelled() {
             self.maintain();
+            self.flush_due(&mut sink);
             let pass = Instant::now();
             let more = self.read_pass(&mut sink, &mut buf);
             if !more {
@@ -592,6 +598,9 @@ impl Engine {
         let ck = self.last_checkpoint_write + self.settings.checkpoint_interval;
         if self.dirty && ck < d {
             d = ck.max(now);
+        }
+        if let Some(due) = self.files.values().filter_map(|t| t.due).min() {
+            d = d.min(due.max(now));
         }
         d
     }
@@ -777,16 +786,23 @@ impl Engine {
             grow_fingerprint(t);
         }
         let resume = t.decoder.resume();
-        if resume == t.flushed {
-            // Records may have completed behind a split record that holds the resume point
-            // (a stderr line between the pieces of a stdout one): the sink still hears that
-            // they are all handed over, with the unchanged mark.
-            return Turn::Read((lines > 0).then_some(resume));
+        // The sink has this read's records: what it holds of them is known before `flushed`,
+        // so the mark (what shutdown waits for) is never past what it will acknowledge. Its
+        // acknowledgement may go further (a held record emitted by `flushed` itself).
+        let held = sink.held(id);
+        t.due = held.map(|h| h.until);
+        let mark = older(resume, held.map(|h| h.from));
+        if mark != t.marked {
+            let before = hash_before(&t.input, chunk, chunk_start, mark.offset);
+            t.marks.push_back(Mark { resume: mark, before });
+            t.marked = mark;
         }
-        let before = hash_before(&t.input, chunk, chunk_start, resume.offset);
-        t.marks.push_back(Mark { resume, before });
+        let moved = resume != t.flushed;
         t.flushed = resume;
-        Turn::Read(Some(resume))
+        // Records may have completed behind a split record that holds the resume point (a
+        // stderr line between the pieces of a stdout one): the sink still hears that they are
+        // all handed over, with the unchanged mark.
+        Turn::Read((moved || lines > 0).then_some(resume))
     }
 
     /// Awaits the sink's `flushed`, keeping everything but reading going meanwhile.
@@ -794,19 +810,51 @@ impl Engine {
         let signals = self.shared.signals.clone();
         let tick = self.settings.poll_interval;
         let rt = self.rt.clone();
-        let mut fut = pin!(sink.flushed(id, resume));
-        loop {
-            let done = rt.block_on(async {
-                tokio::select! {
-                    _ = &mut fut => true,
-                    _ = signals.wake.notified() => false,
-                    _ = tokio::time::sleep(tick) => false,
+        {
+            let mut fut = pin!(sink.flushed(id, resume));
+            loop {
+                let done = rt.block_on(async {
+                    tokio::select! {
+                        _ = &mut fut => true,
+                        _ = signals.wake.notified() => false,
+                        _ = tokio::time::sleep(tick) => false,
+                    }
+                });
+                if done {
+                    break;
                 }
-            });
-            if done {
+                self.maintain();
+            }
+        }
+        // `flushed` may have handed held records on, or begun holding others.
+        if let Some(t) = self.files.get_mut(&id) {
+            t.due = sink.held(id).map(|h| h.until);
+        }
+    }
+
+    /// Calls `flushed` for files whose sink's deadline passed (a merged record's timeout): a
+    /// held record is handed on in time even when its file gets no more writes, and while
+    /// reading is paused (held records keep the checkpoint, hence the unacknowledged bytes,
+    /// where they are).
+    fn flush_due<S: RecordSink>(&mut self, sink: &mut S) {
+        let now = Instant::now();
+        let due: Vec<FileId> = self
+            .files
+            .values()
+            .filter(|t| t.opened_sent && !t.finished && t.due.is_some_and(|d| d <= now))
+            .map(|t| t.id)
+            .collect();
+        for id in due {
+            if self.cancel.is_cancelled() {
                 return;
             }
-            self.maintain();
+            let Some(resume) = self.files.get(&id).map(|t| t.flushed) else { continue };
+            self.flush(sink, id, resume);
+            // A sink that still reports a passed deadline would have the engine call it in a
+            // loop: it is asked again after the file's next read.
+            if let Some(t) = self.files.get_mut(&id) {
+                t.due = t.due.filter(|&d| d > now);
+            }
         }
     }
 
@@ -820,15 +868,22 @@ impl Engine {
                 lines += 1;
                 sink.record(id, r, keys);
             });
+            // No more records: what the sink holds goes at the flush below.
+            sink.ending(id);
         }
         self.metrics.lines.add(lines);
         let resume = t.decoder.resume();
-        let mark = (resume != t.flushed).then(|| {
-            let before = match &t.input {
-                Input::Plain(f) => hash_before_at(f, resume.offset),
-                _ => None,
-            };
-            t.marks.push_back(Mark { resume, before });
+        let marked = older(resume, t.opened_sent.then(|| sink.held(id)).flatten().map(|h| h.from));
+        t.due = None;
+        let mark = (resume != t.flushed || marked != t.marked).then(|| {
+            if marked != t.marked {
+                let before = match &t.input {
+                    Input::Plain(f) => hash_before_at(f, marked.offset),
+                    _ => None,
+                };
+                t.marks.push_back(Mark { resume: marked, before });
+                t.marked = marked;
+            }
             t.flushed = resume;
             resume
         });
@@ -873,6 +928,8 @@ impl Engine {
             ),
             opened_sent: false,
             flushed: Resume::default(),
+            marked: Resume::default(),
+            due: None,
             marks: VecDeque::new(),
             acked: Mark { resume: Resume::default(), before: None },
             finished: false,
@@ -901,6 +958,12 @@ impl Engine {
             None => {
                 tracing::info!(path = %old.path.display(), at = old.read_offset, "truncated: reading again from 0");
                 if old.opened_sent {
+                    // Records the sink holds were read whole and cannot be read again: handed
+                    // on (their acknowledgements no longer move anything).
+                    if sink.held(id).is_some() {
+                        sink.ending(id);
+                        self.flush(sink, id, old.flushed);
+                    }
                     sink.closed(id);
                 }
             }
@@ -943,8 +1006,19 @@ impl Engine {
                 }
                 best = t.marks.pop_front();
             }
-            if let Some(m) = best {
-                t.acked = if m.resume == resume { m } else { Mark { resume, before: None } };
+            // A sink that holds records acknowledges points between the marks (a held
+            // record handed on at its deadline moves the point without a read): any point up
+            // to what was handed over counts, never past it.
+            let forward = resume.offset >= t.acked.resume.offset;
+            let ahead = resume.offset > t.acked.resume.offset && resume.offset <= t.flushed.offset;
+            if best.is_some() && forward || ahead {
+                t.acked = match best {
+                    Some(m) if m.resume == resume => m,
+                    _ => Mark {
+                        resume,
+                        before: t.input.plain().and_then(|f| hash_before_at(f, resume.offset)),
+                    },
+                };
                 self.dirty = true;
             }
             if t.finished {
@@ -1192,6 +1266,8 @@ impl Engine {
                 decoder: FileDecoder::new(self.settings.wrapping, self.settings.max_line_bytes, resume),
                 opened_sent: false,
                 flushed: resume,
+                marked: resume,
+                due: None,
                 marks: VecDeque::new(),
                 acked: mark,
                 finished: false,
@@ -1418,6 +1494,14 @@ impl Engine {
         let mut s = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
         s.files = files;
         s.last_checkpoint = self.last_checkpoint_ok;
+    }
+}
+
+/// The older of a resume point and the start of the records a sink holds.
+fn older(resume: Resume, held: Option<Resume>) -> Resume {
+    match held {
+        Some(h) if h.offset < resume.offset => h,
+        _ => resume,
     }
 }
 
@@ -1736,6 +1820,151 @@ mod tests {
         cancel.cancel();
         tracker.close();
         tracker.wait().await;
+    }
+
+    /// A sink that merges records as the agent does for a stack trace (a line starting with
+    /// `20` starts a record) and acknowledges at once what it handed on.
+    struct Merging {
+        texts: Arc<Mutex<Vec<String>>>,
+        handle: Arc<Mutex<Option<TailHandle>>>,
+        timeout: Duration,
+        mergers: HashMap<FileId, crate::tail::multiline::Merger>,
+    }
+
+    impl Merging {
+        fn emit(texts: &Arc<Mutex<Vec<String>>>) -> impl FnMut(crate::tail::Record<'_>) + '_ {
+            |r| texts.lock().unwrap().push(String::from_utf8_lossy(&r.text).into_owned())
+        }
+    }
+
+    impl RecordSink for Merging {
+        fn opened(&mut self, file: FileId, _: &Path) {
+            let start = regex::bytes::Regex::new("^20").unwrap();
+            self.mergers.insert(file, crate::tail::multiline::Merger::new(start, self.timeout, 1 << 20));
+        }
+        fn record(&mut self, file: FileId, r: crate::tail::Record<'_>, keys: &mut KeyGuard) {
+            let m = self.mergers.get_mut(&file).unwrap();
+            m.push(r, *keys, Instant::now(), Self::emit(&self.texts));
+        }
+        fn flushed(&mut self, file: FileId, resume: Resume) -> impl std::future::Future<Output = ()> + Send {
+            let m = self.mergers.get_mut(&file).unwrap();
+            m.flush_expired(Instant::now(), Self::emit(&self.texts));
+            let at = crate::tail::multiline::resume(resume, m);
+            if let Some(h) = self.handle.lock().unwrap().as_ref() {
+                h.acked(file, at);
+            }
+            async {}
+        }
+        fn held(&self, file: FileId) -> Option<crate::tail::Held> {
+            let m = self.mergers.get(&file)?;
+            Some(crate::tail::Held { from: m.oldest_start()?, until: m.next_deadline()? })
+        }
+        fn ending(&mut self, file: FileId) {
+            self.mergers.get_mut(&file).unwrap().flush(Self::emit(&self.texts));
+        }
+        fn closed(&mut self, file: FileId) {
+            self.mergers.remove(&file);
+        }
+    }
+
+    struct MergeRun {
+        h: TailHandle,
+        texts: Arc<Mutex<Vec<String>>>,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    }
+
+    fn merge_engine(dir: &Path, timeout: Duration) -> MergeRun {
+        let mut s = TailSettings::new(vec![format!("{}/*.log", dir.display())], dir.join("state"));
+        s.wrapping = Some(crate::tail::Wrapping::Raw);
+        s.poll_interval = Duration::from_millis(20);
+        s.checkpoint_interval = Duration::from_millis(20);
+        s.rotate_wait = Duration::from_millis(50);
+        let texts = Arc::new(Mutex::new(Vec::new()));
+        let handle = Arc::new(Mutex::new(None));
+        let sink = Merging { texts: texts.clone(), handle: handle.clone(), timeout, mergers: HashMap::new() };
+        let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+        let h = Tailer::start(s, sink, &Telemetry::default(), &tracker, cancel.clone()).unwrap();
+        *handle.lock().unwrap() = Some(h.clone());
+        MergeRun { h, texts, cancel, tracker }
+    }
+
+    impl MergeRun {
+        /// Cancels and waits for the engine, which ends once every mark is acknowledged (the
+        /// sink acknowledges at once; `h` keeps a handle alive).
+        async fn stop(&self) {
+            self.cancel.cancel();
+            self.tracker.close();
+            let ended = tokio::time::timeout(Duration::from_secs(10), self.tracker.wait()).await;
+            ended.expect("the engine ends: no mark waits past a held record");
+        }
+    }
+
+    fn texts(run: &MergeRun) -> Vec<String> {
+        run.texts.lock().unwrap().clone()
+    }
+
+    /// (read, acknowledged) offsets of the one followed file.
+    fn offsets(run: &MergeRun) -> Option<(u64, u64)> {
+        run.h.files().first().map(|f| (f.read_offset, f.acked_offset))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_record_goes_at_its_deadline_on_a_quiet_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let timeout = Duration::from_secs(1);
+        let run = merge_engine(dir.path(), timeout);
+        let content = "2024 one\n  at a\n2024 two\n  at b\n";
+        std::fs::write(dir.path().join("0.log"), content).unwrap();
+        until("the first record, ended by the second", || texts(&run) == ["2024 one\n  at a"]).await;
+        let read = Instant::now();
+        // The second record is held and holds the checkpoint at its start.
+        until("the read acknowledged up to the held record", || offsets(&run) == Some((32, 16))).await;
+        // No more writes: the engine calls the sink at the deadline, and the point moves on.
+        until("the held record, at its deadline", || texts(&run).len() == 2).await;
+        assert!(read.elapsed() < timeout + Duration::from_secs(5), "{:?}", read.elapsed());
+        assert_eq!(texts(&run)[1], "2024 two\n  at b");
+        until("everything acknowledged", || offsets(&run) == Some((32, 32))).await;
+        run.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_leaves_held_records_to_the_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        let run = merge_engine(dir.path(), hour);
+        std::fs::write(dir.path().join("0.log"), "2024 one\n more\n2024 two\n more\n").unwrap();
+        until("the held record's start acknowledged", || offsets(&run) == Some((30, 15))).await;
+        assert_eq!(texts(&run), ["2024 one\n more"]);
+        // Every mark is acknowledged (none is past the held record): the engine ends at once,
+        // though a handle is still alive.
+        run.stop().await;
+        let saved = checkpoint::load(&dir.path().join("state")).unwrap().unwrap();
+        assert_eq!(saved.files.iter().map(|e| e.offset).collect::<Vec<_>>(), [15]);
+        drop(run.h);
+
+        // The next run reads the held record again, whole.
+        let again = merge_engine(dir.path(), hour);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("0.log"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"2024 three\n"))
+            .unwrap();
+        until("the held record, whole", || texts(&again) == ["2024 two\n more"]).await;
+        again.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rotated_file_hands_on_what_is_held_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = merge_engine(dir.path(), Duration::from_secs(3600));
+        let live = dir.path().join("0.log");
+        std::fs::write(&live, "2024 one\n more\n").unwrap();
+        until("read", || offsets(&run) == Some((15, 0))).await;
+        std::fs::rename(&live, dir.path().join("0.log.20240101-000000")).unwrap();
+        std::fs::write(&live, "2024 new\n").unwrap();
+        until("the rotated file's held record", || texts(&run) == ["2024 one\n more"]).await;
+        run.stop().await;
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use checkpoint::CheckpointError;
 pub use container::{Stream, Wrapping};
@@ -168,14 +168,42 @@ pub trait RecordSink: Send + 'static {
     /// Every record read so far from `file` was handed to [`RecordSink::record`]; `resume` is
     /// the decoder's resume point now. Hand the mark on with the records, and once they are
     /// durable downstream call [`TailHandle::acked`]`(file, resume)`. Do not hold records back
-    /// waiting for more after this call (the engine may pause until they are acknowledged).
-    /// The future may wait (back-pressure); while it does, the engine keeps tracking
-    /// rotations and acknowledgements but reads nothing.
+    /// waiting for more after this call (the engine may pause until they are acknowledged),
+    /// unless [`RecordSink::held`] says so: then acknowledge no further than the oldest held
+    /// record's start (see [`multiline::resume`]). The future may wait (back-pressure); while
+    /// it does, the engine keeps tracking rotations and acknowledgements but reads nothing.
+    ///
+    /// Also called, with the last `resume` again and no new record, when the deadline of
+    /// [`RecordSink::held`] has passed, and at the end of a file after
+    /// [`RecordSink::ending`].
     fn flushed(&mut self, file: FileId, resume: Resume) -> impl Future<Output = ()> + Send;
+
+    /// What the sink holds back of `file` now, not handed on at `flushed` (lines being merged
+    /// into one record, [`multiline`]). The engine asks after handing records over and after
+    /// each `flushed`: its marks, hence what it waits for at shutdown, stop at [`Held::from`],
+    /// and it calls `flushed` again at [`Held::until`] even if the file gets no more writes.
+    /// The default holds nothing.
+    fn held(&self, _file: FileId) -> Option<Held> {
+        None
+    }
+
+    /// `file` ends (read to its end, or truncated away): hand on everything held at the
+    /// `flushed` that follows, before [`RecordSink::closed`]. The default holds nothing.
+    fn ending(&mut self, _file: FileId) {}
 
     /// `file` is finished (rotated away or deleted and read to its end, or truncated): no more
     /// records come. Acknowledgements of its marks are still welcome.
     fn closed(&mut self, file: FileId);
+}
+
+/// Records of a file a [`RecordSink`] holds back (see [`RecordSink::held`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Where the oldest held record starts, with the key state there: the furthest the file's
+    /// checkpoint may go while they are held.
+    pub from: Resume,
+    /// When the sink wants `flushed` called again to hand some of them on (a merge timeout).
+    pub until: Instant,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -17,14 +17,15 @@
 //! no point keys of their own (they go to the `logs` topic as JSON), so a file whose lines
 //! become points is not merged.
 //!
+//! The agent's sink (`agent::ship`) runs a merger per file and reports what it holds to the
+//! engine ([`RecordSink::held`](super::RecordSink::held)): the engine's marks stop at the held
+//! record's start, and it calls the sink again at [`Merger::next_deadline`] when the file goes
+//! quiet, and at the end of a file ([`RecordSink::ending`](super::RecordSink::ending)).
+//!
 //! After a restart, lines are read again from that point: a held record is merged again, whole;
 //! continuation lines of the other stream whose record was delivered before the crash come
 //! again as a record of their own (at least once, never lost). A record emitted by timeout may
 //! be grouped differently after a restart (the rest of its lines then arrive at once).
-
-// The agent role (issue 8) is what feeds files through a merger; until it is wired, only the
-// tests do.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
