@@ -10,7 +10,7 @@
 #[path = "support/tail_harness.rs"]
 mod tail_harness;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -245,6 +245,85 @@ async fn truncation_restarts_at_0() {
     exactly_once(&s, "t", 250);
     let ids: std::collections::BTreeSet<_> = s.records.iter().map(|r| r.file).collect();
     assert_eq!(ids.len(), 2, "the truncated stream and the new one");
+}
+
+/// A restart finds a rotated file it was reading (its checkpoint names the rotated file), is
+/// killed again before it is done, and kubelet gzips that file meanwhile: the next restart
+/// finds it as `<rotated name>.gz` and reads it from the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpointed_rotation_gzipped_while_down_is_found_as_its_gz() {
+    let d = dirs();
+    let (_, real) = d.container("gz");
+    let mut w = Writer::create(&real, "g");
+    w.write(2000);
+    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
+    set.max_unacked_bytes = 16 * 1024;
+    set.read_chunk_bytes = 4 * 1024;
+    let run = start(set.clone(), false);
+    run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
+    run.kill(&d.state).await;
+    let rotated = w.rotate("20240101-000001");
+    w.write(100);
+    // The restart finds the file beside the live one; its checkpoint now names the rotation,
+    // at an acknowledged offset.
+    let run = start(set.clone(), false);
+    run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
+    // Acknowledged: per file, the last mark flushed so far.
+    let acked: BTreeMap<_, u64> = {
+        let pending: Vec<_> = run.shared.lock().pending.iter().copied().collect();
+        run.shared.ack_pending();
+        pending.into_iter().map(|(f, r)| (f, r.offset)).collect()
+    };
+    let rotated_id = {
+        let s = run.shared.lock();
+        s.records
+            .iter()
+            .find(|r| r.text.starts_with("g 00000000"))
+            .map(|r| r.file)
+            .expect("read from the start")
+    };
+    let rotated_acked = acked[&rotated_id];
+    let ck = d.state.join("tail-checkpoint.json");
+    let names = format!("\"path\": \"{}\"", rotated.display());
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let text = std::fs::read_to_string(&ck).unwrap_or_default();
+        if text.contains(&names) && text.contains(&format!("\"offset\": {rotated_acked},")) {
+            break;
+        }
+        let shown = rotated.display();
+        assert!(tokio::time::Instant::now() < end, "the checkpoint names {shown} at {rotated_acked}: {text}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = run.kill(&d.state).await;
+    // Delivered: what the second run read before each file's acknowledged offset.
+    let delivered: BTreeSet<u64> = second
+        .lock()
+        .records
+        .iter()
+        .filter(|r| acked.get(&r.file).is_some_and(|a| r.offset < *a))
+        .filter_map(|r| r.text.strip_prefix("g ").and_then(|t| t[..8].parse().ok()))
+        .collect();
+    assert!(!delivered.is_empty());
+    gzip_like_kubelet(&rotated);
+    let run = start(set, true);
+    run.until("every line", |s| {
+        let got = seqs(s, "g");
+        (0..2100).all(|i| got.contains_key(&i) || delivered.contains(&i))
+    })
+    .await;
+    let s = run.stop().await;
+    let s = s.lock();
+    let got = seqs(&s, "g");
+    assert!(got.values().all(|c| *c == 1), "nothing twice after the restart");
+    assert!(got.keys().all(|i| !delivered.contains(i)), "nothing acknowledged sent again");
+    let other: Vec<&str> =
+        s.records.iter().map(|r| r.text.as_str()).filter(|t| !t.starts_with("g ")).collect();
+    assert!(
+        other.is_empty(),
+        "records that are no line written (a .gz read as text?): {:?}",
+        &other[..other.len().min(3)]
+    );
 }
 
 /// Truncated and written past the old offset while reading was paused, with no rename to
