@@ -247,6 +247,65 @@ async fn truncation_restarts_at_0() {
     assert_eq!(ids.len(), 2, "the truncated stream and the new one");
 }
 
+/// copytruncate twice while reading is paused: the first copy holds the rest of the stream
+/// being read, the second (written and copied while the engine never read the live file) a
+/// whole stream that only that copy holds, the first copy gzipped meanwhile as logrotate's
+/// `compress` does. Every line of the three streams arrives, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copytruncate_twice_during_a_pause_reads_the_stream_only_a_copy_holds() {
+    let d = dirs();
+    let path = d.containers.join("twice.log");
+    let mut w = Writer::create(&path, "c2");
+    w.write(1000);
+    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
+    set.max_unacked_bytes = 16 * 1024;
+    set.read_chunk_bytes = 4 * 1024;
+    let run = start(set, false);
+    run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
+    let first = w.copytruncate("1");
+    w.write(1000);
+    gzip_like_kubelet(&first);
+    w.copytruncate("2");
+    w.write(500);
+    run.set_auto_ack(true);
+    run.until("the three streams", |s| all_arrived(s, "c2", 2500)).await;
+    let s = run.stop().await;
+    exactly_once(&s.lock(), "c2", 2500);
+}
+
+/// The same, with logmill killed after both copies were made and a checkpoint written well
+/// after them (another file appeared), nothing acknowledged: the restart finds the stream it
+/// was reading in the first copy's `.gz`, and the stream only the second copy holds as well,
+/// though that copy is older than the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copytruncate_twice_during_a_pause_then_kill_9_reads_every_stream() {
+    let d = dirs();
+    let path = d.containers.join("twice.log");
+    let mut w = Writer::create(&path, "k2");
+    w.write(1000);
+    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
+    set.max_unacked_bytes = 16 * 1024;
+    set.read_chunk_bytes = 4 * 1024;
+    let run = start(set.clone(), false);
+    run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
+    let first = w.copytruncate("1");
+    w.write(1000);
+    gzip_like_kubelet(&first);
+    w.copytruncate("2");
+    w.write(500);
+    // More than the rotation slack later, a new file makes the engine write a checkpoint.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let writes = run.counter("logmill_checkpoint_writes_total");
+    Writer::create(&d.containers.join("other.log"), "o").write(1);
+    run.until("a checkpoint after the copies", |_| run.counter("logmill_checkpoint_writes_total") > writes)
+        .await;
+    run.kill(&d.state).await;
+    let run = start(set, true);
+    run.until("the three streams", |s| all_arrived(s, "k2", 2500)).await;
+    let s = run.stop().await;
+    exactly_once(&s.lock(), "k2", 2500);
+}
+
 /// A restart finds a rotated file it was reading (its checkpoint names the rotated file), is
 /// killed again before it is done, and kubelet gzips that file meanwhile: the next restart
 /// finds it as `<rotated name>.gz` and reads it from the checkpoint.
