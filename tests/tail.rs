@@ -385,6 +385,46 @@ async fn a_checkpointed_rotation_gzipped_while_down_is_found_as_its_gz() {
     );
 }
 
+/// Docker's json-file rotation shifts names (`.1` → `.2`, the live file → `.1`): a restart
+/// that followed a rotated file as `.1` is killed, the file is shifted to `.2` meanwhile, and
+/// `.1` now names the next generation. The next restart finds the file by its identity among
+/// the live file's rotations, not only beside its old name, and reads every generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpointed_rotation_renamed_again_while_down_is_found_beside_the_live_file() {
+    let d = dirs();
+    let (_, real) = d.container("shift");
+    let mut w = Writer::create(&real, "s");
+    w.write(2000);
+    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
+    set.max_unacked_bytes = 16 * 1024;
+    set.read_chunk_bytes = 4 * 1024;
+    let run = start(set.clone(), false);
+    run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
+    run.kill(&d.state).await;
+    let one = w.rotate("1");
+    w.write(2000);
+    // Older than the next checkpoint by more than the rotation slack: only its identity can
+    // find the first generation, not its age.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The restart follows the first generation as `.1`.
+    let run = start(set.clone(), false);
+    run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
+    let ck = std::fs::read_to_string(d.state.join("tail-checkpoint.json")).unwrap();
+    assert!(
+        ck.contains(&format!("\"path\": \"{}\"", one.display())),
+        "the checkpoint names {}: {ck}",
+        one.display()
+    );
+    run.kill(&d.state).await;
+    std::fs::rename(&one, real.with_extension("log.2")).unwrap();
+    w.rotate("1");
+    w.write(500);
+    let run = start(set, true);
+    run.until("every generation", |s| all_arrived(s, "s", 4500)).await;
+    let s = run.stop().await;
+    exactly_once(&s.lock(), "s", 4500);
+}
+
 /// Truncated and written past the old offset while reading was paused, with no rename to
 /// wake a rescan: the reader's own head check restarts it at 0 instead of reading on from the
 /// middle of the new content.

@@ -1304,6 +1304,16 @@ impl Engine {
             let mut candidates =
                 vec![(e.path.clone(), if e.gz { Compression::Gzip } else { Compression::None })];
             candidates.extend(discover::rotated_siblings(&e.path));
+            // A rotated file may have been renamed again since it was checkpointed (Docker's
+            // and logrotate's numbered rotations shift `.1` to `.2`): it is looked for among
+            // the live file's rotations too.
+            if let Ok(live) = std::fs::canonicalize(&e.source) {
+                for sibling in discover::rotated_siblings(&live) {
+                    if !candidates.contains(&sibling) {
+                        candidates.push(sibling);
+                    }
+                }
+            }
             let mut found = None;
             for (path, comp) in candidates {
                 let Ok(seen) = observe_path(&path, comp, &saved) else { continue };
