@@ -608,6 +608,43 @@ async fn a_graceful_stop_checkpoints_the_last_acknowledgements() {
     );
 }
 
+/// CRI lines for the split-line tests: `<time> <stream> <tag> <text>`.
+fn cri(stream: &str, tag: &str, text: &str) -> String {
+    format!("2024-01-01T00:00:00.000000000Z {stream} {tag} {text}\n")
+}
+
+/// A line written in 16 KiB pieces whose bytes exceed the unacknowledged budget (a container
+/// writing 100 KiB without a newline), stderr lines between its pieces: the checkpoint cannot
+/// pass the line's start before its last piece, yet reading must go on to that piece (what is
+/// held of the line is capped at `max_line_bytes`; what was handed over is acknowledged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_line_larger_than_the_budget_does_not_stall_reading() {
+    let d = dirs();
+    let (_, real) = d.container("big");
+    let mut content = String::new();
+    for i in 0..50 {
+        content.push_str(&cri("stdout", "F", &format!("b {i:08} {}", "x".repeat(40))));
+    }
+    let piece = "P".repeat(16 * 1024);
+    content.push_str(&cri("stdout", "P", &format!("b {:08} {piece}", 50)));
+    for i in 51..57 {
+        content.push_str(&cri("stderr", "F", &format!("b {i:08} between the pieces")));
+        content.push_str(&cri("stdout", "P", &piece));
+    }
+    content.push_str(&cri("stdout", "F", "end of the long line"));
+    for i in 57..100 {
+        content.push_str(&cri("stdout", "F", &format!("b {i:08} {}", "x".repeat(40))));
+    }
+    std::fs::write(&real, &content).unwrap();
+    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
+    set.max_unacked_bytes = 32 * 1024;
+    set.read_chunk_bytes = 4 * 1024;
+    let run = start(set, true);
+    run.until("every line", |s| all_arrived(s, "b", 100)).await;
+    let s = run.stop().await;
+    exactly_once(&s.lock(), "b", 100);
+}
+
 /// While logmill was down the file was deleted and a new one created at the same path (the
 /// inode may be reused), or rewritten in place past the old offset: it is read from 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

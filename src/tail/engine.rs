@@ -277,7 +277,16 @@ struct Tracked {
 }
 
 impl Tracked {
+    /// Bytes read past what the sink acknowledged, which count against the budget: none once
+    /// every mark handed out is acknowledged. What lies past the acknowledged resume point
+    /// then is held in the decoder (a partial line, a split line's pieces: both capped) or was
+    /// handed over behind a split line and acknowledged. Counting it would stall a file whose
+    /// split line is longer than the budget, as its resume point cannot move before the last
+    /// piece is read.
     fn unacked(&self) -> u64 {
+        if self.marks.is_empty() {
+            return 0;
+        }
         self.read_offset.saturating_sub(self.acked.resume.offset)
     }
 }
