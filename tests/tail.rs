@@ -645,6 +645,47 @@ async fn a_split_line_larger_than_the_budget_does_not_stall_reading() {
     exactly_once(&s.lock(), "b", 100);
 }
 
+/// A graceful stop while reading is paused between the pieces of a CRI line split at 16 KiB,
+/// a stderr line read after its first piece: the stop reads the line to its end before the
+/// last checkpoint, so a restart sends neither the stderr line nor anything else again (the
+/// checkpoint could only hold the split line's start, before the stderr line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_between_the_pieces_of_a_split_line_resends_nothing() {
+    let d = dirs();
+    let (_, real) = d.container("split");
+    let mut content = String::new();
+    for i in 0..100 {
+        content.push_str(&cri("stdout", "F", &format!("p {i:08} {}", "x".repeat(40))));
+    }
+    let long = "L".repeat(40 * 1024);
+    let pieces: Vec<&str> =
+        (0..long.len()).step_by(16 * 1024).map(|i| &long[i..(i + 16 * 1024).min(long.len())]).collect();
+    content.push_str(&cri("stdout", "P", &format!("p {:08} {}", 100, pieces[0])));
+    content.push_str(&cri("stderr", "F", &format!("p {:08} between the pieces", 101)));
+    content.push_str(&cri("stdout", "P", pieces[1]));
+    let second_piece_end = content.len() as u64;
+    content.push_str(&cri("stdout", "F", pieces[2]));
+    for i in 102..200 {
+        content.push_str(&cri("stdout", "F", &format!("p {i:08} {}", "x".repeat(40))));
+    }
+    std::fs::write(&real, &content).unwrap();
+    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
+    set.max_unacked_bytes = 28 * 1024;
+    set.read_chunk_bytes = 4 * 1024;
+    let run = start(set.clone(), false);
+    run.until("the stderr line between the pieces", |s| seqs(s, "p").contains_key(&101)).await;
+    run.until("reading paused", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
+    assert!(run.counter("logmill_bytes_read_total") < second_piece_end, "paused inside the split line");
+    let first = run.stop().await;
+    let run = start(set, true);
+    run.until("the rest", |s| seqs(s, "p").contains_key(&199)).await;
+    let second = run.stop().await;
+    let (first, second) = (seqs(&first.lock(), "p"), seqs(&second.lock(), "p"));
+    let twice: Vec<&u64> = first.keys().filter(|n| second.contains_key(n)).collect();
+    assert!(twice.is_empty(), "sent again after a graceful stop: {twice:?}");
+    assert!((0..200).all(|n| first.contains_key(&n) || second.contains_key(&n)), "every line");
+}
+
 /// While logmill was down the file was deleted and a new one created at the same path (the
 /// inode may be reused), or rewritten in place past the old offset: it is read from 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -534,6 +534,11 @@ impl Engine {
                 }
             }
         }
+        // A split line whose first pieces were read, another stream's lines read after them
+        // (reading paused, or a chunk ended, between its pieces): the checkpoint can only hold
+        // the line's start, and a restart would send those lines again. Its other pieces are
+        // normally written already: it is read to its end first, past the budget.
+        self.complete_split_lines(&mut sink, &mut buf);
         // 1-2: no more reading; the sink's end is end of input downstream.
         drop(sink);
         tracing::info!(unacked_bytes = self.unacked(), "tail stopped reading; waiting for acknowledgements");
@@ -688,6 +693,34 @@ impl Engine {
                 return progress;
             }
             self.process_acks();
+        }
+    }
+
+    /// On a clean stop: reads each file whose decoder handed over records past its resume point
+    /// (see [`FileDecoder::ahead_of_resume`]) until the split line holding that point is
+    /// whole, so that the last checkpoint is past every record handed over. Bounded by a
+    /// line's largest wrapped size: a line still being written is left as it is.
+    fn complete_split_lines<S: RecordSink>(&mut self, sink: &mut S, buf: &mut [u8]) {
+        let bound = (self.settings.max_line_bytes as u64).saturating_mul(6) + buf.len() as u64;
+        let ids: Vec<FileId> = self
+            .files
+            .values()
+            .filter(|t| !t.finished && t.decoder.ahead_of_resume())
+            .map(|t| t.id)
+            .collect();
+        for id in ids {
+            let Some(start) = self.files.get(&id).map(|t| t.read_offset) else { continue };
+            while self
+                .files
+                .get(&id)
+                .is_some_and(|t| t.decoder.ahead_of_resume() && t.read_offset - start < bound)
+            {
+                match self.turn(id, sink, buf) {
+                    Turn::Read(Some(resume)) => self.flush(sink, id, resume),
+                    Turn::Read(None) => {}
+                    Turn::Idle | Turn::Finish | Turn::Restart => break,
+                }
+            }
         }
     }
 
