@@ -7,6 +7,8 @@
 //! Waits are on real signals (records arriving, counters moving) with generous deadlines;
 //! no sleep is a correctness condition.
 
+#[path = "support/container_logs.rs"]
+mod container_logs;
 #[path = "support/tail_harness.rs"]
 mod tail_harness;
 
