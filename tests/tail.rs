@@ -7,10 +7,12 @@
 //! Waits are on real signals (records arriving, counters moving) with generous deadlines;
 //! no sleep is a correctness condition.
 
+#[path = "support/container_logs.rs"]
+mod container_logs;
 #[path = "support/tail_harness.rs"]
 mod tail_harness;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -256,6 +258,184 @@ async fn truncation_restarts_at_0() {
     assert_eq!(ids.len(), 2, "the truncated stream and the new one");
 }
 
+/// copytruncate twice while reading is paused: the first copy holds the rest of the stream
+/// being read, the second (written and copied while the engine never read the live file) a
+/// whole stream that only that copy holds, the first copy gzipped meanwhile as logrotate's
+/// `compress` does. Every line of the three streams arrives, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copytruncate_twice_during_a_pause_reads_the_stream_only_a_copy_holds() {
+    let d = dirs();
+    let path = d.containers.join("twice.log");
+    let mut w = Writer::create(&path, "c2");
+    w.write(1000);
+    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
+    set.max_unacked_bytes = 16 * 1024;
+    set.read_chunk_bytes = 4 * 1024;
+    let run = start(set, false);
+    run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
+    let first = w.copytruncate("1");
+    w.write(1000);
+    gzip_like_kubelet(&first);
+    w.copytruncate("2");
+    w.write(500);
+    run.set_auto_ack(true);
+    run.until("the three streams", |s| all_arrived(s, "c2", 2500)).await;
+    let s = run.stop().await;
+    exactly_once(&s.lock(), "c2", 2500);
+}
+
+/// The same, with logmill killed after both copies were made and a checkpoint written well
+/// after them (another file appeared), nothing acknowledged: the restart finds the stream it
+/// was reading in the first copy's `.gz`, and the stream only the second copy holds as well,
+/// though that copy is older than the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copytruncate_twice_during_a_pause_then_kill_9_reads_every_stream() {
+    let d = dirs();
+    let path = d.containers.join("twice.log");
+    let mut w = Writer::create(&path, "k2");
+    w.write(1000);
+    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
+    set.max_unacked_bytes = 16 * 1024;
+    set.read_chunk_bytes = 4 * 1024;
+    let run = start(set.clone(), false);
+    run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
+    let first = w.copytruncate("1");
+    w.write(1000);
+    gzip_like_kubelet(&first);
+    w.copytruncate("2");
+    w.write(500);
+    // More than the rotation slack later, a new file makes the engine write a checkpoint.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let writes = run.counter("logmill_checkpoint_writes_total");
+    Writer::create(&d.containers.join("other.log"), "o").write(1);
+    run.until("a checkpoint after the copies", |_| run.counter("logmill_checkpoint_writes_total") > writes)
+        .await;
+    run.kill(&d.state).await;
+    let run = start(set, true);
+    run.until("the three streams", |s| all_arrived(s, "k2", 2500)).await;
+    let s = run.stop().await;
+    exactly_once(&s.lock(), "k2", 2500);
+}
+
+/// A restart finds a rotated file it was reading (its checkpoint names the rotated file), is
+/// killed again before it is done, and kubelet gzips that file meanwhile: the next restart
+/// finds it as `<rotated name>.gz` and reads it from the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpointed_rotation_gzipped_while_down_is_found_as_its_gz() {
+    let d = dirs();
+    let (_, real) = d.container("gz");
+    let mut w = Writer::create(&real, "g");
+    w.write(2000);
+    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
+    set.max_unacked_bytes = 16 * 1024;
+    set.read_chunk_bytes = 4 * 1024;
+    let run = start(set.clone(), false);
+    run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
+    run.kill(&d.state).await;
+    let rotated = w.rotate("20240101-000001");
+    w.write(100);
+    // The restart finds the file beside the live one; its checkpoint now names the rotation,
+    // at an acknowledged offset.
+    let run = start(set.clone(), false);
+    run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
+    // Acknowledged: per file, the last mark flushed so far.
+    let acked: BTreeMap<_, u64> = {
+        let pending: Vec<_> = run.shared.lock().pending.iter().copied().collect();
+        run.shared.ack_pending();
+        pending.into_iter().map(|(f, r)| (f, r.offset)).collect()
+    };
+    let rotated_id = {
+        let s = run.shared.lock();
+        s.records
+            .iter()
+            .find(|r| r.text.starts_with("g 00000000"))
+            .map(|r| r.file)
+            .expect("read from the start")
+    };
+    let rotated_acked = acked[&rotated_id];
+    let ck = d.state.join("tail-checkpoint.json");
+    let names = format!("\"path\": \"{}\"", rotated.display());
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let text = std::fs::read_to_string(&ck).unwrap_or_default();
+        if text.contains(&names) && text.contains(&format!("\"offset\": {rotated_acked},")) {
+            break;
+        }
+        let shown = rotated.display();
+        assert!(tokio::time::Instant::now() < end, "the checkpoint names {shown} at {rotated_acked}: {text}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = run.kill(&d.state).await;
+    // Delivered: what the second run read before each file's acknowledged offset.
+    let delivered: BTreeSet<u64> = second
+        .lock()
+        .records
+        .iter()
+        .filter(|r| acked.get(&r.file).is_some_and(|a| r.offset < *a))
+        .filter_map(|r| r.text.strip_prefix("g ").and_then(|t| t[..8].parse().ok()))
+        .collect();
+    assert!(!delivered.is_empty());
+    gzip_like_kubelet(&rotated);
+    let run = start(set, true);
+    run.until("every line", |s| {
+        let got = seqs(s, "g");
+        (0..2100).all(|i| got.contains_key(&i) || delivered.contains(&i))
+    })
+    .await;
+    let s = run.stop().await;
+    let s = s.lock();
+    let got = seqs(&s, "g");
+    assert!(got.values().all(|c| *c == 1), "nothing twice after the restart");
+    assert!(got.keys().all(|i| !delivered.contains(i)), "nothing acknowledged sent again");
+    let other: Vec<&str> =
+        s.records.iter().map(|r| r.text.as_str()).filter(|t| !t.starts_with("g ")).collect();
+    assert!(
+        other.is_empty(),
+        "records that are no line written (a .gz read as text?): {:?}",
+        &other[..other.len().min(3)]
+    );
+}
+
+/// Docker's json-file rotation shifts names (`.1` → `.2`, the live file → `.1`): a restart
+/// that followed a rotated file as `.1` is killed, the file is shifted to `.2` meanwhile, and
+/// `.1` now names the next generation. The next restart finds the file by its identity among
+/// the live file's rotations, not only beside its old name, and reads every generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpointed_rotation_renamed_again_while_down_is_found_beside_the_live_file() {
+    let d = dirs();
+    let (_, real) = d.container("shift");
+    let mut w = Writer::create(&real, "s");
+    w.write(2000);
+    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
+    set.max_unacked_bytes = 16 * 1024;
+    set.read_chunk_bytes = 4 * 1024;
+    let run = start(set.clone(), false);
+    run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
+    run.kill(&d.state).await;
+    let one = w.rotate("1");
+    w.write(2000);
+    // Older than the next checkpoint by more than the rotation slack: only its identity can
+    // find the first generation, not its age.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The restart follows the first generation as `.1`.
+    let run = start(set.clone(), false);
+    run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
+    let ck = std::fs::read_to_string(d.state.join("tail-checkpoint.json")).unwrap();
+    assert!(
+        ck.contains(&format!("\"path\": \"{}\"", one.display())),
+        "the checkpoint names {}: {ck}",
+        one.display()
+    );
+    run.kill(&d.state).await;
+    std::fs::rename(&one, real.with_extension("log.2")).unwrap();
+    w.rotate("1");
+    w.write(500);
+    let run = start(set, true);
+    run.until("every generation", |s| all_arrived(s, "s", 4500)).await;
+    let s = run.stop().await;
+    exactly_once(&s.lock(), "s", 4500);
+}
+
 /// Truncated and written past the old offset while reading was paused, with no rename to
 /// wake a rescan: the reader's own head check restarts it at 0 instead of reading on from the
 /// middle of the new content.
@@ -437,6 +617,84 @@ async fn a_graceful_stop_checkpoints_the_last_acknowledgements() {
         (1000..1010).collect::<Vec<_>>(),
         "only the new lines"
     );
+}
+
+/// CRI lines for the split-line tests: `<time> <stream> <tag> <text>`.
+fn cri(stream: &str, tag: &str, text: &str) -> String {
+    format!("2024-01-01T00:00:00.000000000Z {stream} {tag} {text}\n")
+}
+
+/// A line written in 16 KiB pieces whose bytes exceed the unacknowledged budget (a container
+/// writing 100 KiB without a newline), stderr lines between its pieces: the checkpoint cannot
+/// pass the line's start before its last piece, yet reading must go on to that piece (what is
+/// held of the line is capped at `max_line_bytes`; what was handed over is acknowledged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_line_larger_than_the_budget_does_not_stall_reading() {
+    let d = dirs();
+    let (_, real) = d.container("big");
+    let mut content = String::new();
+    for i in 0..50 {
+        content.push_str(&cri("stdout", "F", &format!("b {i:08} {}", "x".repeat(40))));
+    }
+    let piece = "P".repeat(16 * 1024);
+    content.push_str(&cri("stdout", "P", &format!("b {:08} {piece}", 50)));
+    for i in 51..57 {
+        content.push_str(&cri("stderr", "F", &format!("b {i:08} between the pieces")));
+        content.push_str(&cri("stdout", "P", &piece));
+    }
+    content.push_str(&cri("stdout", "F", "end of the long line"));
+    for i in 57..100 {
+        content.push_str(&cri("stdout", "F", &format!("b {i:08} {}", "x".repeat(40))));
+    }
+    std::fs::write(&real, &content).unwrap();
+    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
+    set.max_unacked_bytes = 32 * 1024;
+    set.read_chunk_bytes = 4 * 1024;
+    let run = start(set, true);
+    run.until("every line", |s| all_arrived(s, "b", 100)).await;
+    let s = run.stop().await;
+    exactly_once(&s.lock(), "b", 100);
+}
+
+/// A graceful stop while reading is paused between the pieces of a CRI line split at 16 KiB,
+/// a stderr line read after its first piece: the stop reads the line to its end before the
+/// last checkpoint, so a restart sends neither the stderr line nor anything else again (the
+/// checkpoint could only hold the split line's start, before the stderr line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_between_the_pieces_of_a_split_line_resends_nothing() {
+    let d = dirs();
+    let (_, real) = d.container("split");
+    let mut content = String::new();
+    for i in 0..100 {
+        content.push_str(&cri("stdout", "F", &format!("p {i:08} {}", "x".repeat(40))));
+    }
+    let long = "L".repeat(40 * 1024);
+    let pieces: Vec<&str> =
+        (0..long.len()).step_by(16 * 1024).map(|i| &long[i..(i + 16 * 1024).min(long.len())]).collect();
+    content.push_str(&cri("stdout", "P", &format!("p {:08} {}", 100, pieces[0])));
+    content.push_str(&cri("stderr", "F", &format!("p {:08} between the pieces", 101)));
+    content.push_str(&cri("stdout", "P", pieces[1]));
+    let second_piece_end = content.len() as u64;
+    content.push_str(&cri("stdout", "F", pieces[2]));
+    for i in 102..200 {
+        content.push_str(&cri("stdout", "F", &format!("p {i:08} {}", "x".repeat(40))));
+    }
+    std::fs::write(&real, &content).unwrap();
+    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
+    set.max_unacked_bytes = 28 * 1024;
+    set.read_chunk_bytes = 4 * 1024;
+    let run = start(set.clone(), false);
+    run.until("the stderr line between the pieces", |s| seqs(s, "p").contains_key(&101)).await;
+    run.until("reading paused", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
+    assert!(run.counter("logmill_bytes_read_total") < second_piece_end, "paused inside the split line");
+    let first = run.stop().await;
+    let run = start(set, true);
+    run.until("the rest", |s| seqs(s, "p").contains_key(&199)).await;
+    let second = run.stop().await;
+    let (first, second) = (seqs(&first.lock(), "p"), seqs(&second.lock(), "p"));
+    let twice: Vec<&u64> = first.keys().filter(|n| second.contains_key(n)).collect();
+    assert!(twice.is_empty(), "sent again after a graceful stop: {twice:?}");
+    assert!((0..200).all(|n| first.contains_key(&n) || second.contains_key(&n)), "every line");
 }
 
 /// While logmill was down the file was deleted and a new one created at the same path (the

@@ -52,6 +52,12 @@ pub(crate) struct Entry {
     pub(crate) rotated: bool,
     /// It was read decompressed from a `.gz`, so `offset` counts decompressed bytes.
     pub(crate) gz: bool,
+    /// A live file's last sighting holding the stream read from it (Unix ns; see the engine's
+    /// `Tracked::intact_ns`): what was copied away after it (copytruncate while reading was
+    /// paused) is looked for beside it after a restart. Absent in checkpoints of older
+    /// versions, and for rotated files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) intact_ns: Option<i64>,
 }
 
 impl Entry {
@@ -153,6 +159,7 @@ mod tests {
             keys: Some(1_700_000_000_000_000_000 + n as i64),
             rotated: n == 1,
             gz: n == 2,
+            intact_ns: (n == 0).then_some(1_700_000_000_000_000_000),
         }
     }
 

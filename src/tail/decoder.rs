@@ -73,6 +73,8 @@ pub(crate) struct FileDecoder {
     scratch: Vec<u8>,
     keys: KeyGuard,
     counts: DecodeCounts,
+    /// The start of the last record handed over.
+    last_record: u64,
 }
 
 impl FileDecoder {
@@ -87,13 +89,19 @@ impl FileDecoder {
             scratch: Vec::new(),
             keys: resume.keys,
             counts: DecodeCounts::default(),
+            last_record: resume.offset,
         }
     }
 
     /// Decodes the next bytes of the file. `on_record` gets each completed record and the
     /// file's key guard, which stamps the record's points (see [`KeyGuard`]).
     pub(crate) fn push(&mut self, chunk: &[u8], mut on_record: impl FnMut(Record<'_>, &mut KeyGuard)) {
-        let Self { wrapping, max_line_bytes, splitter, reassembler, scratch, keys, counts } = self;
+        let Self { wrapping, max_line_bytes, splitter, reassembler, scratch, keys, counts, last_record } =
+            self;
+        let mut on_record = |r: Record<'_>, keys: &mut KeyGuard| {
+            *last_record = (*last_record).max(r.offset);
+            on_record(r, keys);
+        };
         splitter.push(chunk, |line| {
             feed(line, wrapping, *max_line_bytes, reassembler, scratch, keys, counts, &mut on_record)
         });
@@ -103,7 +111,7 @@ impl FileDecoder {
     /// without its `\n` is whole as it is, and so are pieces whose last piece never came
     /// (Docker writes a container's last line without `\n` when it exits mid-line).
     pub(crate) fn finish(&mut self, mut on_record: impl FnMut(Record<'_>, &mut KeyGuard)) {
-        let Self { wrapping, max_line_bytes, splitter, reassembler, scratch, keys, counts } = self;
+        let Self { wrapping, max_line_bytes, splitter, reassembler, scratch, keys, counts, .. } = self;
         splitter.finish(|line| {
             feed(line, wrapping, *max_line_bytes, reassembler, scratch, keys, counts, &mut on_record)
         });
@@ -123,6 +131,13 @@ impl FileDecoder {
 
     pub(crate) fn counts(&self) -> DecodeCounts {
         self.counts
+    }
+
+    /// Whether records were handed over past [`FileDecoder::resume`]: lines of one stream
+    /// completed between the pieces of a split line of the other. A restart from the resume
+    /// point hands them over again.
+    pub(crate) fn ahead_of_resume(&self) -> bool {
+        self.reassembler.oldest_start().is_some_and(|start| self.last_record > start.offset)
     }
 }
 
@@ -505,6 +520,26 @@ mod tests {
         // After each line: the piece-one line (index 1) holds it through the third piece.
         let s = &line_starts;
         assert_eq!(resumes, [s[1], s[1], s[1], s[1], s[1], s[6], s[7], s[8]]);
+    }
+
+    #[test]
+    fn a_line_between_the_pieces_of_a_split_one_is_ahead_of_the_resume_point() {
+        let cri =
+            |stream: &str, tag: &str, text: &str| format!("2016-10-06T00:17:09Z {stream} {tag} {text}\n");
+        let mut d = FileDecoder::new(Some(Wrapping::Cri), 1 << 20, Resume::default());
+        let mut ahead = Vec::new();
+        for line in [
+            cri("stdout", "F", "whole"),
+            cri("stdout", "P", "first piece"),
+            cri("stdout", "P", "second piece"),
+            cri("stderr", "F", "between the pieces"),
+            cri("stdout", "F", "last piece"),
+        ] {
+            d.push(line.as_bytes(), |_, _| {});
+            ahead.push(d.ahead_of_resume());
+        }
+        // Only the stderr line, handed over while the stdout line holds the resume point.
+        assert_eq!(ahead, [false, false, false, true, false]);
     }
 
     #[test]

@@ -131,13 +131,14 @@ pub(crate) enum Compression {
 /// kubelet's `0.log.20240101-120000` and `0.log.20240101-120000.gz`, Docker's
 /// `<id>-json.log.1`, logrotate's `app.log.1` and `app.log.2.gz`. kubelet compresses into
 /// `<rotated>.tmp` and renames it to `.gz` when done, so `.tmp` is a half-written gzip, not a
-/// rotation.
+/// rotation. `live` may itself be a rotated name (a checkpoint names the rotated file it was
+/// reading): its `.gz` is then `<live>.gz`, the suffix `gz` alone.
 pub(crate) fn rotation_of(live: &[u8], name: &[u8]) -> Option<Compression> {
     let rest = name.strip_prefix(live)?.strip_prefix(b".")?;
     if rest.is_empty() || rest.ends_with(b".tmp") {
         return None;
     }
-    Some(if rest.ends_with(b".gz") { Compression::Gzip } else { Compression::None })
+    Some(if rest == b"gz" || rest.ends_with(b".gz") { Compression::Gzip } else { Compression::None })
 }
 
 /// The rotated siblings of `live_path` in its directory, sorted by name.
@@ -219,6 +220,9 @@ mod tests {
         assert_eq!(r("0.log", "0.log.20240101-120000.tmp"), None, "kubelet's gzip in progress");
         assert_eq!(r("abc-json.log", "abc-json.log.1"), Some(Compression::None));
         assert_eq!(r("app.log", "app.log.2.gz"), Some(Compression::Gzip));
+        // A rotated file's own `.gz` (a checkpoint names the rotated file).
+        assert_eq!(r("0.log.20240101-120000", "0.log.20240101-120000.gz"), Some(Compression::Gzip));
+        assert_eq!(r("app.log.1", "app.log.1.gz"), Some(Compression::Gzip));
         assert_eq!(r("0.log", "0.log"), None);
         assert_eq!(r("0.log", "0.log."), None);
         assert_eq!(r("0.log", "10.log.1"), None);

@@ -275,10 +275,23 @@ struct Tracked {
     undecodable: DecodeCounts,
     /// Size at the last scan (live files), for the lag gauge.
     size: u64,
+    /// When a live file was last seen holding the stream read from it (Unix ns): a read that
+    /// passed the head check, or a scan that found the head unchanged. Streams written after
+    /// it (copytruncate's copies of them) are newer than this.
+    intact_ns: i64,
 }
 
 impl Tracked {
+    /// Bytes read past what the sink acknowledged, which count against the budget: none once
+    /// every mark handed out is acknowledged. What lies past the acknowledged resume point
+    /// then is held in the decoder (a partial line, a split line's pieces: both capped) or was
+    /// handed over behind a split line and acknowledged. Counting it would stall a file whose
+    /// split line is longer than the budget, as its resume point cannot move before the last
+    /// piece is read.
     fn unacked(&self) -> u64 {
+        if self.marks.is_empty() {
+            return 0;
+        }
         self.read_offset.saturating_sub(self.acked.resume.offset)
     }
 }
@@ -478,20 +491,28 @@ impl Engine {
         }
         match origin {
             Origin::Restart(c) => {
-                let since = c.written_ns - MTIME_SLACK_NS;
                 self.finished = c.finished.clone();
                 self.restore(&c);
                 self.scan();
                 // Rotations that happened while logmill was down, and files that were live for
-                // less than a checkpoint interval: newer than the checkpoint, never read.
-                let paths: BTreeSet<(PathBuf, PathBuf)> = c
-                    .files
-                    .iter()
-                    .map(|e| (e.source.clone(), e.path.clone()))
-                    .chain(self.files.values().map(|t| (t.source.clone(), t.path.clone())))
-                    .collect();
-                for (source, path) in paths {
-                    self.adopt_siblings(&source, &path, since);
+                // less than a checkpoint interval: newer than the checkpoint, never read. Beside
+                // a live file, whatever was copied away since it was last seen intact (a
+                // copytruncate while reading was paused, before the checkpoint).
+                let mut since: BTreeMap<(PathBuf, PathBuf), i64> = BTreeMap::new();
+                let files = c.files.iter().map(|e| {
+                    (
+                        (e.source.clone(), e.path.clone()),
+                        e.intact_ns.unwrap_or(c.written_ns).min(c.written_ns),
+                    )
+                });
+                let followed =
+                    self.files.values().map(|t| ((t.source.clone(), t.path.clone()), c.written_ns));
+                for (paths, ns) in files.chain(followed) {
+                    let at = since.entry(paths).or_insert(ns);
+                    *at = (*at).min(ns);
+                }
+                for ((source, path), ns) in since {
+                    self.adopt_siblings(&source, &path, ns - MTIME_SLACK_NS);
                 }
             }
             Origin::PosFile(pos, since) => {
@@ -527,6 +548,11 @@ impl Engine {
                 }
             }
         }
+        // A split line whose first pieces were read, another stream's lines read after them
+        // (reading paused, or a chunk ended, between its pieces): the checkpoint can only hold
+        // the line's start, and a restart would send those lines again. Its other pieces are
+        // normally written already: it is read to its end first, past the budget.
+        self.complete_split_lines(&mut sink, &mut buf);
         // 1-2: no more reading; the sink's end is end of input downstream.
         drop(sink);
         tracing::info!(unacked_bytes = self.unacked(), "tail stopped reading; waiting for acknowledgements");
@@ -687,6 +713,34 @@ impl Engine {
         }
     }
 
+    /// On a clean stop: reads each file whose decoder handed over records past its resume point
+    /// (see [`FileDecoder::ahead_of_resume`]) until the split line holding that point is
+    /// whole, so that the last checkpoint is past every record handed over. Bounded by a
+    /// line's largest wrapped size: a line still being written is left as it is.
+    fn complete_split_lines<S: RecordSink>(&mut self, sink: &mut S, buf: &mut [u8]) {
+        let bound = (self.settings.max_line_bytes as u64).saturating_mul(6) + buf.len() as u64;
+        let ids: Vec<FileId> = self
+            .files
+            .values()
+            .filter(|t| !t.finished && t.decoder.ahead_of_resume())
+            .map(|t| t.id)
+            .collect();
+        for id in ids {
+            let Some(start) = self.files.get(&id).map(|t| t.read_offset) else { continue };
+            while self
+                .files
+                .get(&id)
+                .is_some_and(|t| t.decoder.ahead_of_resume() && t.read_offset - start < bound)
+            {
+                match self.turn(id, sink, buf) {
+                    Turn::Read(Some(resume)) => self.flush(sink, id, resume),
+                    Turn::Read(None) => {}
+                    Turn::Idle | Turn::Finish | Turn::Restart => break,
+                }
+            }
+        }
+    }
+
     /// While paused, rotated files that are already at their end can still be closed.
     fn finish_idle_rotated<S: RecordSink>(&mut self, sink: &mut S) {
         let wait = self.settings.rotate_wait;
@@ -757,9 +811,12 @@ impl Engine {
         // new content as if it continued the old. Its head tells: checked after the read, so
         // a truncation before the read cannot slip through. The chunk is then dropped and the
         // file restarted (the old stream may read on in the copy).
-        if t.rotated_at.is_none() && head_changed(t) {
-            t.rewritten = true;
-            return Turn::Restart;
+        if t.rotated_at.is_none() {
+            if head_changed(t) {
+                t.rewritten = true;
+                return Turn::Restart;
+            }
+            t.intact_ns = crate::timefmt::now_ns();
         }
         if !t.opened_sent {
             t.opened_sent = true;
@@ -904,9 +961,14 @@ impl Engine {
 
     /// Truncated (or rewritten) in place: the old stream ends, the file is read again from 0
     /// as a new one. With copytruncate the copy sits beside it: the old stream reads on there.
+    /// Streams written and copied away since the old one was last seen on the live file
+    /// (copytruncate twice while reading was paused) exist only in their copies: those are
+    /// adopted as rotations never seen.
     fn restart_truncated<S: RecordSink>(&mut self, sink: &mut S, id: FileId) {
         let Some(mut old) = self.files.remove(&id) else { return };
         self.metrics.files_truncated.add(1);
+        let (source, live_path, since) =
+            (old.source.clone(), old.path.clone(), old.intact_ns - MTIME_SLACK_NS);
         let live_input = std::mem::replace(&mut old.input, Input::Closed);
         let copy = self.find_copy(&old);
         let new_id = self.new_id();
@@ -935,6 +997,7 @@ impl Engine {
             finished: false,
             undecodable: DecodeCounts::default(),
             size: 0,
+            intact_ns: crate::timefmt::now_ns(),
         };
         if let Some(f) = fresh.input.plain() {
             if let Ok(fp) = head_fingerprint(f) {
@@ -945,12 +1008,15 @@ impl Engine {
             self.live.insert(old.source.clone(), new_id);
         }
         match copy {
-            Some((path, input, key)) => {
+            Some(FoundCopy { path, input, key, fingerprint }) => {
                 tracing::info!(path = %old.path.display(), copy = %path.display(), at = old.read_offset, "truncated after a copy: reading on in the copy");
                 old.input = input;
                 old.key = key;
                 old.gz = matches!(old.input, Input::Gz(_));
                 old.path = path;
+                // The copy's whole head: a head taken while the stream was short would not
+                // know the copy's `.gz` for the same content.
+                old.fingerprint = fingerprint;
                 old.rotated_at = Some(Instant::now());
                 old.rewritten = false;
                 self.files.insert(id, old);
@@ -969,12 +1035,13 @@ impl Engine {
             }
         }
         self.files.insert(new_id, fresh);
+        self.adopt_siblings(&source, &live_path, since);
         self.dirty = true;
     }
 
     /// copytruncate's copy of `old`: a rotated sibling with the same head, at least as long as
     /// what was read, not followed already.
-    fn find_copy(&self, old: &Tracked) -> Option<(PathBuf, Input, FileKey)> {
+    fn find_copy(&self, old: &Tracked) -> Option<FoundCopy> {
         if old.fingerprint.len == 0 {
             return None;
         }
@@ -987,7 +1054,12 @@ impl Engine {
             }
             if identity::judge(&saved, &found.observed) == Verdict::Resume {
                 let Ok(input) = open_input(&path, comp, old.read_offset) else { continue };
-                return Some((path, input, found.key));
+                let fingerprint = match &input {
+                    Input::Plain(f) => head_fingerprint(f).ok(),
+                    _ => gz_fingerprint(&path).ok(),
+                };
+                let fingerprint = fingerprint.unwrap_or(old.fingerprint);
+                return Some(FoundCopy { path, input, key: found.key, fingerprint });
             }
         }
         None
@@ -1095,8 +1167,12 @@ impl Engine {
                 if let Some(t) = self.files.get_mut(&id) {
                     if t.key == key {
                         t.size = meta.len();
-                        if !t.rewritten && head_changed(t) {
-                            t.rewritten = true;
+                        if !t.rewritten {
+                            if head_changed(t) {
+                                t.rewritten = true;
+                            } else {
+                                t.intact_ns = now;
+                            }
                         }
                         self.live_seen_ns.insert(path.clone(), now);
                         continue;
@@ -1273,6 +1349,7 @@ impl Engine {
                 finished: false,
                 undecodable: DecodeCounts::default(),
                 size: 0,
+                intact_ns: crate::timefmt::now_ns(),
             },
         );
         self.dirty = true;
@@ -1353,6 +1430,16 @@ impl Engine {
             let mut candidates =
                 vec![(e.path.clone(), if e.gz { Compression::Gzip } else { Compression::None })];
             candidates.extend(discover::rotated_siblings(&e.path));
+            // A rotated file may have been renamed again since it was checkpointed (Docker's
+            // and logrotate's numbered rotations shift `.1` to `.2`): it is looked for among
+            // the live file's rotations too.
+            if let Ok(live) = std::fs::canonicalize(&e.source) {
+                for sibling in discover::rotated_siblings(&live) {
+                    if !candidates.contains(&sibling) {
+                        candidates.push(sibling);
+                    }
+                }
+            }
             let mut found = None;
             for (path, comp) in candidates {
                 let Ok(seen) = observe_path(&path, comp, &saved) else { continue };
@@ -1390,6 +1477,7 @@ impl Engine {
                 (!live).then(Instant::now),
             );
             if let Some(t) = self.files.get_mut(&id) {
+                t.intact_ns = e.intact_ns.unwrap_or(c.written_ns);
                 // Keep the checkpoint's identity until reading refreshes it; a .gz's mark keeps
                 // the saved hash (decompressed bytes are not re-read to compute it).
                 if comp == Compression::Gzip {
@@ -1449,6 +1537,7 @@ impl Engine {
                 keys: t.acked.resume.keys.last_ns(),
                 rotated: t.rotated_at.is_some(),
                 gz: t.gz,
+                intact_ns: t.rotated_at.is_none().then_some(t.intact_ns),
             })
             .collect();
         let c = Checkpoint::new(crate::timefmt::now_ns(), files, self.finished.clone());
@@ -1675,6 +1764,15 @@ fn open_input(path: &Path, comp: Compression, offset: u64) -> io::Result<Input> 
             Input::Gz(r)
         }
     })
+}
+
+/// copytruncate's copy of a stream, opened at the stream's offset.
+struct FoundCopy {
+    path: PathBuf,
+    input: Input,
+    key: FileKey,
+    /// The copy's head (up to `FINGERPRINT_BYTES`).
+    fingerprint: Fingerprint,
 }
 
 /// A candidate measured against a saved identity, with its own key.

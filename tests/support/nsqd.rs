@@ -92,6 +92,23 @@ pub fn nsqlookupd_binary() -> Option<&'static Path> {
     found.as_deref()
 }
 
+/// `nsq_tail`, go-nsq's own consumer printing each message on a line, or `None` (said once)
+/// when there is none: the black-box reader of what logmill publishes.
+pub fn nsq_tail_binary() -> Option<&'static Path> {
+    static NSQ_TAIL: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let found = NSQ_TAIL.get_or_init(|| {
+        let found = find_binary("NSQ_TAIL", "nsq_tail");
+        if found.is_none() {
+            notice(
+                "no nsq_tail binary found ($NSQ_TAIL, PATH, ../shared/peers/bin/): channels are read \
+                 back with logmill's own consumer instead of go-nsq's. CI reads them with nsq_tail.",
+            );
+        }
+        found
+    });
+    found.as_deref()
+}
+
 /// `$var` if set (it must be a file), else `name` on `PATH`, else the shared peers folder.
 fn find_binary(var: &str, name: &str) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {
@@ -378,6 +395,32 @@ impl NsqServer {
     /// `GET /stats?format=json` (the broker answers in nsqd v1.3.0's shape).
     pub async fn stats(&self) -> Stats {
         stats(self.http_addr().parse().expect("a socket address")).await
+    }
+
+    /// The first half of a clean restart: a real nsqd gets SIGTERM and exits (its queues go to
+    /// its data dir); the broker drops every connection and refuses new ones for
+    /// `broker_down_for`, after which it listens again by itself (it cannot be told when).
+    pub async fn go_down(&mut self, broker_down_for: Duration) {
+        match self {
+            NsqServer::Nsqd(n) => n.stop().await,
+            NsqServer::Broker(b) => b.restart(broker_down_for).await,
+        }
+    }
+
+    /// The second half: nsqd starts again on the same data dir and ports and answers `/ping`;
+    /// for the broker, waits until it listens again.
+    pub async fn come_back(&mut self) {
+        match self {
+            NsqServer::Nsqd(n) => n.restart().await,
+            NsqServer::Broker(b) => {
+                // Bounds only a broken broker: the refusal lasts what `go_down` asked for.
+                let until = Instant::now() + Duration::from_secs(300);
+                while !b.is_accepting() {
+                    assert!(Instant::now() < until, "the test broker did not listen again");
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                }
+            }
+        }
     }
 
     /// Creates the topic and channel over HTTP, as a consumer does before the first SUB.

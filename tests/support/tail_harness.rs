@@ -1,11 +1,13 @@
 //! The tail engine's test harness: a sink that records every record and acknowledges when the
 //! test says so, a writer of numbered CRI lines that rotates like kubelet (rename, new file,
 //! gzip of the rotated one) or like logrotate (copytruncate), and log capture.
+//!
+//! Include it with `#[path = "support/container_logs.rs"] mod container_logs;` beside it.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -341,21 +343,8 @@ fn append(path: &Path) -> File {
     OpenOptions::new().create(true).append(true).open(path).unwrap()
 }
 
-/// kubelet's compression of a rotated file: gzip into `<rotated>.tmp`, rename to `.gz`,
-/// remove the uncompressed file.
-pub fn gzip_like_kubelet(rotated: &Path) -> PathBuf {
-    use flate2::{write::GzEncoder, Compression};
-    let mut content = Vec::new();
-    File::open(rotated).unwrap().read_to_end(&mut content).unwrap();
-    let tmp = PathBuf::from(format!("{}.tmp", rotated.display()));
-    let gz = PathBuf::from(format!("{}.gz", rotated.display()));
-    let mut enc = GzEncoder::new(File::create(&tmp).unwrap(), Compression::fast());
-    enc.write_all(&content).unwrap();
-    enc.finish().unwrap().sync_all().unwrap();
-    std::fs::rename(&tmp, &gz).unwrap();
-    std::fs::remove_file(rotated).unwrap();
-    gz
-}
+/// kubelet's compression of a rotated file (one helper for every test binary).
+pub use crate::container_logs::gzip_like_kubelet;
 
 /// Sequence numbers of `tag` received, with how often each came.
 pub fn seqs(state: &State, tag: &str) -> BTreeMap<u64, usize> {
