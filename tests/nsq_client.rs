@@ -1200,7 +1200,15 @@ async fn a_body_over_a_real_max_msg_size_is_refused_and_the_rest_arrive() {
         .await;
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen.iter().cloned().collect::<HashSet<_>>(), expected);
-        assert_eq!(seen.len(), N - 1, "each once: nsqd stored nothing of the refused command");
+        // At least once: what nsqd stored but had not answered when it closed the connection
+        // (under load its OKs can still be in its output buffer) is resent, so a few bodies
+        // may come twice; none may come more often, and none of the refused command.
+        let mut times: std::collections::HashMap<&Bytes, usize> = std::collections::HashMap::new();
+        for b in &seen {
+            *times.entry(b).or_default() += 1;
+        }
+        assert!(times.values().all(|&n| n <= 2), "a body stored more than twice");
+        eprintln!("duplicates after the refusal's resend: {}", seen.len() - (N - 1));
         let errors = telemetry.value("logmill_nsq_connection_errors_total", &[("role", "producer")]);
         assert!(errors >= Some(1), "nsqd closed the connection after the refusal: {errors:?}");
     })
