@@ -14,8 +14,9 @@ use super::cpu::{self, CpuOptions, CpuTimes};
 use super::disk::{self, DiskOptions, FsStat};
 use super::diskio::{self, DiskStats};
 use super::glob::{any_matches, Glob};
-use super::netstat::SocketCounter;
+use super::netstat::{SocketCounter, UnixCounts};
 use super::processes::{ProcessCounts, StatError};
+use super::sock_diag::{self, SockDiag};
 use super::{kernel, malformed_problem, memory, net, netstat, processes, system};
 use super::{CollectSettings, HostInput, Problem, Roots};
 
@@ -94,6 +95,7 @@ enum State {
     /// The online-CPU list and the physical core count it gave: topology only changes with
     /// CPU hotplug, which changes that list, so the per-CPU files are read again only then.
     System(Option<(String, Option<u64>)>),
+    Netstat(SocketTables),
     Processes(ProcessFiles),
 }
 
@@ -110,6 +112,7 @@ impl FileInput {
             HostInput::Cpu => State::Cpu(None),
             HostInput::Diskio => State::Diskio(None),
             HostInput::System => State::System(None),
+            HostInput::Netstat => State::Netstat(SocketTables::default()),
             HostInput::Processes => State::Processes(ProcessFiles::new()),
             _ => State::Stateless,
         };
@@ -135,7 +138,7 @@ impl FileInput {
             (HostInput::Disk, _) => gather_disk(ctx, &mut g),
             (HostInput::Diskio, State::Diskio(previous)) => gather_diskio(ctx, previous, &mut g),
             (HostInput::Net, _) => gather_net(ctx, &mut g),
-            (HostInput::Netstat, _) => gather_netstat(ctx, &mut g),
+            (HostInput::Netstat, State::Netstat(tables)) => gather_netstat(ctx, tables, &mut g),
             (HostInput::System, State::System(cache)) => gather_system(ctx, cache, &mut g),
             (HostInput::Processes, State::Processes(files)) => gather_processes(ctx, files, &mut g),
             (HostInput::Kernel, _) => gather_kernel(ctx, &mut g),
@@ -352,94 +355,6 @@ fn gather_net(ctx: &HostContext, g: &mut Gathered) {
     }
 }
 
-/// How long a netlink dump may make us wait for the kernel's next message.
-const SOCK_DIAG_TIMEOUT_SECS: libc::time_t = 5;
-/// One read of netlink replies: the kernel fills up to this, a few hundred sockets.
-const SOCK_DIAG_READ_BYTES: usize = 64 * 1024;
-
-/// Counts the TCP and UDP sockets of this network namespace through `NETLINK_SOCK_DIAG`.
-fn sock_diag(counter: &mut SocketCounter) -> std::io::Result<()> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: socket(2) has no pointer arguments; a non-negative result is a new descriptor
-    // that nothing else owns, so OwnedFd may close it.
-    let fd = unsafe {
-        let fd =
-            libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        OwnedFd::from_raw_fd(fd)
-    };
-    let timeout = libc::timeval { tv_sec: SOCK_DIAG_TIMEOUT_SECS, tv_usec: 0 };
-    // SAFETY: `timeout` is a valid timeval and its size is passed with it.
-    let set = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if set != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: an all-zero sockaddr_nl is valid; the kernel's address is pid 0, no groups.
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    let mut buf = vec![0u8; SOCK_DIAG_READ_BYTES];
-    let mut dump = |request: &[u8], tcp: bool| -> Result<(), netstat::DiagError> {
-        let last_errno =
-            || netstat::DiagError::Kernel(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-        // SAFETY: `request` and `kernel` are valid for the lengths passed.
-        let sent = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                request.as_ptr().cast(),
-                request.len(),
-                0,
-                (&kernel as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(last_errno());
-        }
-        loop {
-            // SAFETY: `buf` is valid and writable for its length.
-            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            let n = usize::try_from(n).map_err(|_| last_errno())?;
-            if n == 0 {
-                return Err(netstat::DiagError::Malformed);
-            }
-            if counter.add_diag(&buf[..n], tcp)? == netstat::DiagReply::Done {
-                return Ok(());
-            }
-        }
-    };
-    let failed = |e: netstat::DiagError| match e {
-        netstat::DiagError::Kernel(errno) => std::io::Error::from_raw_os_error(errno),
-        other => std::io::Error::other(other.to_string()),
-    };
-    // No IPv6 in this kernel: nothing to count, as gopsutil without tcp6.
-    let no_ipv6 = |e: &netstat::DiagError| matches!(e, netstat::DiagError::Kernel(errno) if [libc::ENOENT, libc::EAFNOSUPPORT].contains(errno));
-    // TCP of both families in one walk of the kernel's connection hash; a kernel that refuses
-    // the compatibility request gets one request per family (sockets already counted by a
-    // dump that broke off are not counted twice: the counter knows what it has seen).
-    if dump(&netstat::diag_request_tcp_both(1), true).is_err() {
-        dump(&netstat::diag_request(netstat::AF_INET, netstat::IPPROTO_TCP, 2), true).map_err(failed)?;
-        match dump(&netstat::diag_request(netstat::AF_INET6, netstat::IPPROTO_TCP, 3), true) {
-            Err(e) if !no_ipv6(&e) => return Err(failed(e)),
-            _ => {}
-        }
-    }
-    dump(&netstat::diag_request(netstat::AF_INET, netstat::IPPROTO_UDP, 4), false).map_err(failed)?;
-    match dump(&netstat::diag_request(netstat::AF_INET6, netstat::IPPROTO_UDP, 5), false) {
-        Err(e) if !no_ipv6(&e) => Err(failed(e)),
-        _ => Ok(()),
-    }
-}
-
 /// The TCP and UDP tables of `/proc/net`, when netlink is not available.
 fn proc_sockets(ctx: &HostContext, counter: &mut SocketCounter, g: &mut Gathered) {
     for (file, tcp, required) in [
@@ -461,27 +376,109 @@ fn proc_sockets(ctx: &HostContext, counter: &mut SocketCounter, g: &mut Gathered
     }
 }
 
-fn gather_netstat(ctx: &HostContext, g: &mut Gathered) {
-    let mut counter = SocketCounter::default();
-    if let Err(e) = sock_diag(&mut counter) {
-        // A kernel without sock_diag (or a seccomp profile refusing netlink): the slower
-        // /proc tables, from scratch so nothing is counted twice.
-        g.problem("netlink_failed", format!("NETLINK_SOCK_DIAG: {e}; reading /proc/net instead"));
-        counter = SocketCounter::default();
-        proc_sockets(ctx, &mut counter, g);
+/// The netstat input's state: its netlink socket, and what it learnt about this machine.
+#[derive(Debug, Default)]
+pub(crate) struct SocketTables {
+    /// Whether `<host_proc>/net` shows the network namespace this process is in, the only
+    /// one its netlink socket can ask about; decided at the first sample.
+    netlink_sees_roots: Option<bool>,
+    netlink: Netlink,
+    counter: SocketCounter,
+}
+
+#[derive(Debug, Default)]
+enum Netlink {
+    /// Not open: not yet, or again after a failure that may pass.
+    #[default]
+    Closed,
+    Open(SockDiag),
+    /// Refused for good (no `sock_diag` in the kernel, a seccomp profile): why.
+    Refused(String),
+}
+
+/// Whether `<proc_root>/net` lists the sockets a netlink socket of this process dumps: those
+/// of its own network namespace. `/proc/net` is a link to `self/net`, so any live procfs in
+/// which this process is visible (the host's, mounted in a pod) shows this process's namespace
+/// there, as gopsutil would read it; a tree that is not one (a copy, a test's) is read as text.
+fn netlink_sees(proc_root: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if proc_root == Path::new("/proc") {
+        return true;
     }
-    let unix = ctx.proc("net/unix");
-    match read(&unix) {
-        Ok(text) => {
-            let malformed = counter.add_unix(&text);
-            g.malformed(&unix, &malformed);
+    let namespace =
+        |root: &Path| std::fs::metadata(root.join("self/ns/net")).ok().map(|m| (m.dev(), m.ino()));
+    matches!((namespace(proc_root), namespace(Path::new("/proc"))), (Some(a), Some(b)) if a == b)
+}
+
+impl SocketTables {
+    /// TCP and UDP sockets into the counter through netlink, and the Unix sockets' counts when
+    /// netlink gave them too. An error is the problem's detail.
+    fn sample_netlink(&mut self) -> Result<Option<UnixCounts>, String> {
+        let Self { netlink, counter, .. } = self;
+        if let Netlink::Closed = netlink {
+            match SockDiag::open() {
+                Ok(diag) => *netlink = Netlink::Open(diag),
+                Err(e) if sock_diag::refused_for_good(&e) => *netlink = Netlink::Refused(e.to_string()),
+                Err(e) => return Err(e.to_string()),
+            }
         }
-        Err(p) => g.problems.push(p),
+        let diag = match netlink {
+            Netlink::Open(diag) => diag,
+            Netlink::Refused(why) => return Err(why.clone()),
+            Netlink::Closed => return Err("not open".into()),
+        };
+        if let Err(e) = diag.count_inet(counter) {
+            let why = e.to_string();
+            *netlink =
+                if sock_diag::refused_for_good(&e) { Netlink::Refused(why.clone()) } else { Netlink::Closed };
+            return Err(why);
+        }
+        // Unix sockets are optional here: /proc/net/unix tells the same.
+        Ok(diag.count_unix().ok().flatten())
+    }
+}
+
+fn gather_netstat(ctx: &HostContext, tables: &mut SocketTables, g: &mut Gathered) {
+    tables.counter.clear();
+    let netlink = *tables.netlink_sees_roots.get_or_insert_with(|| netlink_sees(&ctx.roots.proc));
+    let mut unix = None;
+    let inet = if netlink {
+        match tables.sample_netlink() {
+            Ok(counts) => {
+                unix = counts;
+                true
+            }
+            Err(e) => {
+                // A kernel without sock_diag, a seccomp profile refusing netlink: the slower
+                // /proc tables, from scratch so nothing is counted twice.
+                g.problem("netlink_failed", format!("NETLINK_SOCK_DIAG: {e}; reading /proc/net instead"));
+                tables.counter.clear();
+                false
+            }
+        }
+    } else {
+        false
+    };
+    if !inet {
+        proc_sockets(ctx, &mut tables.counter, g);
+    }
+    match unix {
+        Some(counts) => tables.counter.add_unix_counts(counts),
+        None => {
+            let path = ctx.proc("net/unix");
+            match read(&path) {
+                Ok(text) => {
+                    let malformed = tables.counter.add_unix(&text);
+                    g.malformed(&path, &malformed);
+                }
+                Err(p) => g.problems.push(p),
+            }
+        }
     }
     // Counts missing a table would read as fewer sockets, not as unknown: no point then, as
     // Telegraf writes none when a table cannot be read.
     if !g.problems.iter().any(|p| p.reason == "read_failed") {
-        g.points.push(netstat::netstat_point(counter.counts()));
+        g.points.push(netstat::netstat_point(tables.counter.counts()));
     }
 }
 
@@ -706,6 +703,7 @@ fn gather_kernel(ctx: &HostContext, g: &mut Gathered) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::netstat::SocketCounts;
     use crate::metrics::point::FieldValue;
 
     fn context(proc: &Path, sys: &Path) -> HostContext {
@@ -805,5 +803,100 @@ mod tests {
         let g = FileInput::new(HostInput::Kernel).gather(&ctx);
         assert_eq!(g.points.len(), 1, "stat is there");
         assert!(g.problems[0].detail.contains("entropy_avail"));
+    }
+
+    /// The socket tables of this machine through `/proc/net` text (Telegraf's source).
+    fn proc_counts() -> SocketCounts {
+        let ctx = context(Path::new("/proc"), Path::new("/sys"));
+        let mut counter = SocketCounter::default();
+        let mut g = Gathered::default();
+        proc_sockets(&ctx, &mut counter, &mut g);
+        let malformed = counter.add_unix(&std::fs::read_to_string("/proc/net/unix").unwrap());
+        assert!(g.problems.is_empty() && malformed.is_empty(), "{:?} {malformed:?}", g.problems);
+        counter.counts().clone()
+    }
+
+    /// Netlink counts the sockets the `/proc/net` tables list, in every field, on this
+    /// machine, including a socket that is only bound (listed by neither) and a connection
+    /// seen from both ends. Other work may open and close sockets meanwhile, so each netlink
+    /// count must lie between the two text counts read before and after it, give or take
+    /// [`LIVE_SOCKET_SLACK`].
+    #[test]
+    fn netlink_counts_what_proc_net_lists() {
+        const LIVE_SOCKET_SLACK: u64 = 16;
+        // SAFETY: socket(2) and bind(2) with a zeroed, then filled, sockaddr_in of the size
+        // passed; the descriptor is closed by OwnedFd.
+        let _bound = unsafe {
+            use std::os::fd::FromRawFd;
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0);
+            let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            assert_eq!(
+                libc::bind(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    (&addr as *const libc::sockaddr_in).cast(),
+                    len
+                ),
+                0
+            );
+            fd
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+
+        let before = proc_counts();
+        let mut tables = SocketTables::default();
+        let unix = tables.sample_netlink().expect("netlink on this machine");
+        let netlink = {
+            let mut c = tables.counter.counts().clone();
+            let unix = unix.expect("unix_diag on this machine");
+            c.tcp_none += unix.stream;
+            c.udp_socket += unix.dgram;
+            c
+        };
+        let after = proc_counts();
+        let within = |what: &str, v: u64, a: u64, b: u64| {
+            let (lo, hi) = (a.min(b).saturating_sub(LIVE_SOCKET_SLACK), a.max(b) + LIVE_SOCKET_SLACK);
+            assert!((lo..=hi).contains(&v), "{what}: netlink {v}, /proc/net {a} then {b}");
+        };
+        for state in 0..11 {
+            within(
+                &format!("TCP state {}", state + 1),
+                netlink.tcp[state],
+                before.tcp[state],
+                after.tcp[state],
+            );
+        }
+        within("tcp_none", netlink.tcp_none, before.tcp_none, after.tcp_none);
+        within("udp_socket", netlink.udp_socket, before.udp_socket, after.udp_socket);
+        assert!(netlink.tcp[0] >= 2 && netlink.tcp[9] >= 1 && netlink.udp_socket >= 1, "{netlink:?}");
+        // The bound socket is in no table; this test's slack must not hide it: nothing else
+        // here leaves sockets in CLOSE.
+        assert_eq!((before.tcp[6], netlink.tcp[6]), (0, 0), "CLOSE");
+        // A second sample on the same socket counts afresh.
+        tables.counter.clear();
+        tables.sample_netlink().unwrap();
+        assert!(tables.counter.counts().tcp[9] >= 1);
+        drop((client, server, udp));
+    }
+
+    /// Netlink is asked only when `<host_proc>/net` shows this process's network namespace:
+    /// `/proc` itself or another path to a live procfs, not a tree of files.
+    #[test]
+    fn netlink_only_for_a_live_procfs() {
+        assert!(netlink_sees(Path::new("/proc")));
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/proc", dir.path().join("proc")).unwrap();
+        assert!(netlink_sees(&dir.path().join("proc")), "the same procfs by another path");
+        std::fs::create_dir_all(dir.path().join("tree/self/ns")).unwrap();
+        std::fs::write(dir.path().join("tree/self/ns/net"), "").unwrap();
+        assert!(!netlink_sees(&dir.path().join("tree")), "a copy");
+        assert!(!netlink_sees(&dir.path().join("missing")));
     }
 }
