@@ -5,6 +5,7 @@
 //! calls [`FileInput::gather`] on a blocking thread, one input at a time per input.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -573,16 +574,27 @@ fn gather_system(ctx: &HostContext, cache: &mut Option<(String, Option<u64>)>, g
 /// process: once that has been reaped, reads fail with `ESRCH` (a zombie still reads, as
 /// `Z`), and a reused pid is opened afresh. At most a quarter of the soft `RLIMIT_NOFILE`
 /// (never changed) is spent this way; processes beyond it are opened and closed each cycle.
+///
+/// `<host_proc>` itself stays open too: it is listed with `getdents64(2)` into a kept buffer
+/// (no allocation per entry, as `std::fs::read_dir` makes) and new pids' files are opened
+/// relative to it.
 #[derive(Debug)]
 pub(crate) struct ProcessFiles {
-    open: HashMap<u32, std::fs::File>,
+    /// By pid, ascending, as the listing is sorted: a cycle merges the two.
+    open: Vec<(u32, std::fs::File)>,
+    /// The next cycle's `open`, kept for its memory.
+    next: Vec<(u32, std::fs::File)>,
     budget: usize,
     pids: Vec<u32>,
     buf: Vec<u8>,
+    dir: Option<OwnedFd>,
+    dents: Vec<u8>,
 }
 
 /// A stat line is a few hundred bytes; a longer one is read again with more room.
 const STAT_READ_BYTES: usize = 4096;
+/// One `getdents64` read: some 600 entries of `/proc`.
+const DENTS_READ_BYTES: usize = 16 * 1024;
 
 impl ProcessFiles {
     fn new() -> Self {
@@ -591,7 +603,69 @@ impl ProcessFiles {
         let soft =
             if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 { limit.rlim_cur } else { 0 };
         let budget = usize::try_from(soft / 4).unwrap_or(usize::MAX).min(1 << 16);
-        Self { open: HashMap::new(), budget, pids: Vec::new(), buf: vec![0; STAT_READ_BYTES] }
+        Self {
+            open: Vec::new(),
+            next: Vec::new(),
+            budget,
+            pids: Vec::new(),
+            buf: vec![0; STAT_READ_BYTES],
+            dir: None,
+            dents: vec![0; DENTS_READ_BYTES],
+        }
+    }
+
+    /// Lists the pids of `<host_proc>` into `pids`, sorted.
+    fn list(&mut self, root: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = match &self.dir {
+            Some(dir) => dir,
+            None => self.dir.insert(
+                std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(root)?.into(),
+            ),
+        };
+        self.pids.clear();
+        // SAFETY: lseek on a descriptor this struct owns; rewinding a directory makes the next
+        // getdents64 list it again from the start.
+        if unsafe { libc::lseek(dir.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        loop {
+            // SAFETY: `dents` is valid and writable for its length, which is passed.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    dir.as_raw_fd(),
+                    self.dents.as_mut_ptr(),
+                    self.dents.len(),
+                )
+            };
+            let n = usize::try_from(n).map_err(|_| std::io::Error::last_os_error())?;
+            if n == 0 {
+                break;
+            }
+            if !processes::pids_in_dirents(&self.dents[..n], &mut self.pids) {
+                return Err(std::io::Error::other("getdents64 returned a malformed record"));
+            }
+        }
+        self.pids.sort_unstable();
+        Ok(())
+    }
+}
+
+/// Opens `<pid>/stat` relative to `<host_proc>`, with the path on the stack.
+fn open_stat(dir: &OwnedFd, pid: u32) -> std::io::Result<std::fs::File> {
+    use std::io::Write;
+    // u32::MAX has 10 digits: "4294967295/stat" and the NUL fit.
+    let mut path = [0u8; 24];
+    let _ = write!(&mut path[..], "{pid}/stat");
+    // SAFETY: `path` is NUL-terminated (zeroed, and at most 15 bytes written); a non-negative
+    // result is a new descriptor that nothing else owns.
+    unsafe {
+        let fd = libc::openat(dir.as_raw_fd(), path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(std::fs::File::from_raw_fd(fd))
     }
 }
 
@@ -608,18 +682,13 @@ fn read_stat(file: &std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<usize> 
 }
 
 fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathered) {
-    let entries = match std::fs::read_dir(&ctx.roots.proc) {
-        Ok(e) => e,
-        Err(e) => return g.problem("read_failed", format!("{}: {e}", ctx.roots.proc.display())),
-    };
-    files.pids.clear();
-    files
-        .pids
-        .extend(entries.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()));
-    files.pids.sort_unstable();
-    // Files of processes no longer listed are closed.
-    let pids = &files.pids;
-    files.open.retain(|pid, _| pids.binary_search(pid).is_ok());
+    if let Err(e) = files.list(&ctx.roots.proc) {
+        // Opened again next time: the root may have been mounted meanwhile.
+        files.dir = None;
+        return g.problem("read_failed", format!("{}: {e}", ctx.roots.proc.display()));
+    }
+    let ProcessFiles { open, next, budget, pids, buf, dir, .. } = files;
+    let Some(dir) = dir.as_ref() else { return };
 
     let mut counts = ProcessCounts::default();
     let (mut unreadable, mut malformed) = (0u64, 0u64);
@@ -627,24 +696,28 @@ fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathere
     let gone = |e: &std::io::Error| {
         e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
     };
-    for &pid in &files.pids {
+    // Both lists ascend: files of pids no longer listed are passed over, and so closed.
+    next.clear();
+    let mut kept = std::mem::take(open).into_iter().peekable();
+    for &pid in pids.iter() {
+        while kept.next_if(|(open_pid, _)| *open_pid < pid).is_some() {}
         let mut read = None;
-        if let Some(file) = files.open.get(&pid) {
-            match read_stat(file, &mut files.buf) {
-                Ok(n) if n > 0 => read = Some(n),
-                // Reaped since the last cycle: the pid, if listed, is a new process.
-                _ => {
-                    files.open.remove(&pid);
+        if let Some((_, file)) = kept.next_if(|(open_pid, _)| *open_pid == pid) {
+            match read_stat(&file, buf) {
+                Ok(n) if n > 0 => {
+                    read = Some(n);
+                    next.push((pid, file));
                 }
+                // Reaped since the last cycle: the pid, if listed, is a new process.
+                _ => {}
             }
         }
         if read.is_none() {
-            let path = ctx.roots.proc.join(format!("{pid}/stat"));
-            match std::fs::File::open(&path).and_then(|f| read_stat(&f, &mut files.buf).map(|n| (f, n))) {
+            match open_stat(dir, pid).and_then(|f| read_stat(&f, buf).map(|n| (f, n))) {
                 Ok((file, n)) => {
                     read = Some(n);
-                    if files.open.len() < files.budget {
-                        files.open.insert(pid, file);
+                    if next.len() < *budget {
+                        next.push((pid, file));
                     }
                 }
                 // The process ended between the listing and the read: it is simply gone, as
@@ -652,16 +725,20 @@ fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathere
                 Err(e) if gone(&e) => {}
                 Err(e) => {
                     unreadable += 1;
-                    first_error.get_or_insert_with(|| format!("{}: {e}", path.display()));
+                    first_error.get_or_insert_with(|| {
+                        format!("{}: {e}", ctx.roots.proc.join(format!("{pid}/stat")).display())
+                    });
                 }
             }
         }
         if let Some(n) = read {
-            if let Err(StatError::NoState | StatError::BadThreads) = counts.add(&files.buf[..n]) {
+            if let Err(StatError::NoState | StatError::BadThreads) = counts.add(&buf[..n]) {
                 malformed += 1;
             }
         }
     }
+    drop(kept);
+    std::mem::swap(open, next);
     if malformed > 0 {
         g.problem("malformed_line", format!("{malformed} /proc/[pid]/stat file(s) not understood"));
     }
