@@ -82,9 +82,87 @@ impl Gathered {
     }
 }
 
-/// A file read whole, or the problem of not reading it.
-fn read(path: &Path) -> Result<String, Problem> {
-    std::fs::read_to_string(path).map_err(|e| Problem::new("read_failed", format!("{}: {e}", path.display())))
+/// The `/proc` and `/sys` files an input reads every cycle, kept open and read again from
+/// offset 0 into one buffer.
+///
+/// procfs and sysfs print a file afresh for every read that starts at offset 0 (`seq_file`
+/// starts over there), so a kept file reads as a newly opened one would, without the path walk,
+/// permission checks and `close` of opening it, nor `std::fs::read_to_string`'s `statx`, probe
+/// read and allocation: together some 10 % of a cycle's CPU here. A file the input did not
+/// read in a cycle (an interface or disk gone) is closed at its end; one whose read fails is
+/// closed and opened again at once. Files in a tree that is not a live procfs behave the same
+/// as long as they are rewritten in place, which is all a test tree does.
+#[derive(Debug)]
+pub(crate) struct KeptFiles {
+    /// Each file, and whether it was read this cycle.
+    open: HashMap<PathBuf, (std::fs::File, bool)>,
+    buf: Vec<u8>,
+}
+
+/// More files than an input reads (two per network interface is the most) are not kept.
+const KEPT_FILES_MAX: usize = 512;
+/// The largest file read every cycle (`/proc/vmstat`, `mountinfo` of a busy node) is a few KiB.
+const KEPT_READ_BYTES: usize = 16 * 1024;
+
+impl Default for KeptFiles {
+    fn default() -> Self {
+        Self { open: HashMap::new(), buf: vec![0; KEPT_READ_BYTES] }
+    }
+}
+
+/// Reads `file` whole into `buf` from offset 0, growing `buf` as needed; the bytes read.
+fn read_whole(file: &std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        // Until a read returns nothing: a `seq_file` hands out one page of records per read.
+        match file.read_at(&mut buf[filled..], filled as u64)? {
+            0 => return Ok(filled),
+            n => filled += n,
+        }
+    }
+}
+
+impl KeptFiles {
+    /// The whole text of `path`, or the problem of not reading it.
+    fn read(&mut self, path: &Path) -> Result<&str, Problem> {
+        self.read_text(path).map_err(|e| Problem::new("read_failed", format!("{}: {e}", path.display())))
+    }
+
+    /// The whole text of `path`.
+    fn read_text(&mut self, path: &Path) -> std::io::Result<&str> {
+        let n = self.read_bytes(path)?;
+        std::str::from_utf8(&self.buf[..n]).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8")
+        })
+    }
+
+    fn read_bytes(&mut self, path: &Path) -> std::io::Result<usize> {
+        let Self { open, buf } = self;
+        if let Some((file, used)) = open.get_mut(path) {
+            *used = true;
+            match read_whole(file, buf) {
+                Ok(n) => return Ok(n),
+                Err(_) => {
+                    open.remove(path);
+                }
+            }
+        }
+        let file = std::fs::File::open(path)?;
+        let n = read_whole(&file, buf)?;
+        if open.len() < KEPT_FILES_MAX {
+            open.insert(path.to_owned(), (file, true));
+        }
+        Ok(n)
+    }
+
+    /// Closes the files not read since the last call.
+    fn end_cycle(&mut self) {
+        self.open.retain(|_, (_, used)| std::mem::take(used));
+    }
 }
 
 /// State kept between samples.
@@ -105,6 +183,7 @@ enum State {
 pub(crate) struct FileInput {
     kind: HostInput,
     state: State,
+    files: KeptFiles,
 }
 
 impl FileInput {
@@ -117,7 +196,7 @@ impl FileInput {
             HostInput::Processes => State::Processes(ProcessFiles::new()),
             _ => State::Stateless,
         };
-        Self { kind, state }
+        Self { kind, state, files: KeptFiles::default() }
     }
 
     pub fn kind(&self) -> HostInput {
@@ -132,31 +211,38 @@ impl FileInput {
     /// Reads the input's files and makes its points.
     pub fn gather(&mut self, ctx: &HostContext) -> Gathered {
         let mut g = Gathered::default();
+        let files = &mut self.files;
         match (self.kind, &mut self.state) {
-            (HostInput::Cpu, State::Cpu(previous)) => gather_cpu(ctx, previous, &mut g),
-            (HostInput::Mem, _) => gather_mem(ctx, &mut g),
-            (HostInput::Swap, _) => gather_swap(ctx, &mut g),
-            (HostInput::Disk, _) => gather_disk(ctx, &mut g),
-            (HostInput::Diskio, State::Diskio(previous)) => gather_diskio(ctx, previous, &mut g),
-            (HostInput::Net, _) => gather_net(ctx, &mut g),
-            (HostInput::Netstat, State::Netstat(tables)) => gather_netstat(ctx, tables, &mut g),
-            (HostInput::System, State::System(cache)) => gather_system(ctx, cache, &mut g),
-            (HostInput::Processes, State::Processes(files)) => gather_processes(ctx, files, &mut g),
-            (HostInput::Kernel, _) => gather_kernel(ctx, &mut g),
+            (HostInput::Cpu, State::Cpu(previous)) => gather_cpu(ctx, files, previous, &mut g),
+            (HostInput::Mem, _) => gather_mem(ctx, files, &mut g),
+            (HostInput::Swap, _) => gather_swap(ctx, files, &mut g),
+            (HostInput::Disk, _) => gather_disk(ctx, files, &mut g),
+            (HostInput::Diskio, State::Diskio(previous)) => gather_diskio(ctx, files, previous, &mut g),
+            (HostInput::Net, _) => gather_net(ctx, files, &mut g),
+            (HostInput::Netstat, State::Netstat(tables)) => gather_netstat(ctx, files, tables, &mut g),
+            (HostInput::System, State::System(cache)) => gather_system(ctx, files, cache, &mut g),
+            (HostInput::Processes, State::Processes(pids)) => gather_processes(ctx, pids, &mut g),
+            (HostInput::Kernel, _) => gather_kernel(ctx, files, &mut g),
             // `new` pairs every kind with its state; nothing else is constructed.
             (kind, _) => g.problem("internal", format!("{} input without its state", kind.name())),
         }
+        files.end_cycle();
         g
     }
 }
 
-fn gather_cpu(ctx: &HostContext, previous: &mut Option<Vec<CpuTimes>>, g: &mut Gathered) {
+fn gather_cpu(
+    ctx: &HostContext,
+    files: &mut KeptFiles,
+    previous: &mut Option<Vec<CpuTimes>>,
+    g: &mut Gathered,
+) {
     let path = ctx.proc("stat");
-    let text = match read(&path) {
+    let text = match files.read(&path) {
         Ok(t) => t,
         Err(p) => return g.problems.push(p),
     };
-    let (current, malformed) = cpu::parse_stat(&text);
+    let (current, malformed) = cpu::parse_stat(text);
     g.malformed(&path, &malformed);
     let out = cpu::points(previous.as_deref(), &current, ctx.cpu, ctx.ticks_per_sec);
     if !out.decreased.is_empty() {
@@ -166,11 +252,11 @@ fn gather_cpu(ctx: &HostContext, previous: &mut Option<Vec<CpuTimes>>, g: &mut G
     *previous = Some(current);
 }
 
-fn read_meminfo(ctx: &HostContext, g: &mut Gathered) -> Option<memory::Meminfo> {
+fn read_meminfo(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) -> Option<memory::Meminfo> {
     let path = ctx.proc("meminfo");
-    match read(&path) {
+    match files.read(&path) {
         Ok(text) => {
-            let (info, malformed) = memory::parse_meminfo(&text);
+            let (info, malformed) = memory::parse_meminfo(text);
             g.malformed(&path, &malformed);
             Some(info)
         }
@@ -181,12 +267,12 @@ fn read_meminfo(ctx: &HostContext, g: &mut Gathered) -> Option<memory::Meminfo> 
     }
 }
 
-fn gather_mem(ctx: &HostContext, g: &mut Gathered) {
-    let Some(info) = read_meminfo(ctx, g) else { return };
+fn gather_mem(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
+    let Some(info) = read_meminfo(ctx, files, g) else { return };
     // Kernels before 3.14: the estimate needs the zones' watermarks. A zoneinfo that cannot be
     // read falls back to Cached + Free, as gopsutil does.
     let low = if info.needs_zoneinfo() {
-        std::fs::read_to_string(ctx.proc("zoneinfo")).ok().map(|t| memory::zoneinfo_low_pages(&t))
+        files.read(&ctx.proc("zoneinfo")).ok().map(memory::zoneinfo_low_pages)
     } else {
         None
     };
@@ -196,10 +282,10 @@ fn gather_mem(ctx: &HostContext, g: &mut Gathered) {
     }
 }
 
-fn gather_swap(ctx: &HostContext, g: &mut Gathered) {
-    let Some(info) = read_meminfo(ctx, g) else { return };
-    let (pswpin, pswpout) = match read(&ctx.proc("vmstat")) {
-        Ok(text) => memory::parse_vmstat_swap(&text),
+fn gather_swap(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
+    let Some(info) = read_meminfo(ctx, files, g) else { return };
+    let (pswpin, pswpout) = match files.read(&ctx.proc("vmstat")) {
+        Ok(text) => memory::parse_vmstat_swap(text),
         Err(p) => {
             g.problems.push(p);
             (None, None)
@@ -246,16 +332,16 @@ fn link_name(path: &Path) -> Option<String> {
     Some(target.file_name()?.to_string_lossy().into_owned())
 }
 
-fn gather_disk(ctx: &HostContext, g: &mut Gathered) {
+fn gather_disk(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
     let primary = ctx.proc("1/mountinfo");
-    let (path, text) = match read(&primary) {
-        Ok(t) => (primary, t),
+    let (path, text) = match files.read(&primary) {
+        Ok(t) => (primary, t.to_owned()),
         // Reading init's mountinfo needs ptrace-read access to pid 1; gopsutil falls back to
         // the reader's own mounts, and so does this.
         Err(_) => {
             let own = ctx.proc("self/mountinfo");
-            match read(&own) {
-                Ok(t) => (own, t),
+            match files.read(&own) {
+                Ok(t) => (own, t.to_owned()),
                 Err(p) => return g.problems.push(p),
             }
         }
@@ -289,9 +375,9 @@ fn gather_disk(ctx: &HostContext, g: &mut Gathered) {
         let label = if name.is_empty() || name.contains('/') {
             None
         } else {
-            std::fs::read_to_string(ctx.sys(&format!("block/{name}/dm/name"))).ok()
+            files.read(&ctx.sys(&format!("block/{name}/dm/name"))).ok().map(|l| l.trim().to_owned())
         };
-        g.points.extend(disk::disk_point(&selected, &stat, label.as_deref().map(str::trim)));
+        g.points.extend(disk::disk_point(&selected, &stat, label.as_deref()));
     }
     if let Some(first) = failures.first() {
         g.problem("statfs_failed", format!("{} mount(s) not measured (first: {first})", failures.len()));
@@ -300,16 +386,17 @@ fn gather_disk(ctx: &HostContext, g: &mut Gathered) {
 
 fn gather_diskio(
     ctx: &HostContext,
+    files: &mut KeptFiles,
     previous: &mut Option<(Instant, HashMap<String, DiskStats>)>,
     g: &mut Gathered,
 ) {
     let path = ctx.proc("diskstats");
-    let text = match read(&path) {
+    let text = match files.read(&path) {
         Ok(t) => t,
         Err(p) => return g.problems.push(p),
     };
     let now = Instant::now();
-    let (disks, malformed) = diskio::parse_diskstats(&text);
+    let (disks, malformed) = diskio::parse_diskstats(text);
     g.malformed(&path, &malformed);
     let mut current = HashMap::with_capacity(disks.len());
     for d in disks {
@@ -320,20 +407,20 @@ fn gather_diskio(
             let elapsed_ms = u64::try_from(now.duration_since(*at).as_millis()).unwrap_or(u64::MAX);
             map.get(&d.name).map(|last| (last, elapsed_ms))
         });
-        let wwid = std::fs::read_to_string(ctx.sys(&format!("block/{}/wwid", d.name))).ok();
-        g.points.push(diskio::diskio_point(&d, last, wwid.as_deref().map(|w| w.trim_end_matches('\n'))));
+        let wwid = files.read(&ctx.sys(&format!("block/{}/wwid", d.name))).ok();
+        g.points.push(diskio::diskio_point(&d, last, wwid.map(|w| w.trim_end_matches('\n'))));
         current.insert(d.name.clone(), d);
     }
     *previous = Some((now, current));
 }
 
-fn gather_net(ctx: &HostContext, g: &mut Gathered) {
+fn gather_net(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
     let path = ctx.proc("net/dev");
-    let text = match read(&path) {
+    let text = match files.read(&path) {
         Ok(t) => t,
         Err(p) => return g.problems.push(p),
     };
-    let (devs, malformed) = net::parse_net_dev(&text);
+    let (devs, malformed) = net::parse_net_dev(text);
     g.malformed(&path, &malformed);
     for dev in devs {
         // Interfaces are files of sysfs; a name with a `/` cannot be one (and must not walk
@@ -342,22 +429,20 @@ fn gather_net(ctx: &HostContext, g: &mut Gathered) {
             continue;
         }
         let flags = if ctx.net_interfaces.is_empty() {
-            std::fs::read_to_string(ctx.sys(&format!("class/net/{}/flags", dev.name)))
-                .ok()
-                .and_then(|t| net::parse_flags(&t))
+            files.read(&ctx.sys(&format!("class/net/{}/flags", dev.name))).ok().and_then(net::parse_flags)
         } else {
             None
         };
         if !net::wanted(&dev.name, &ctx.net_interfaces, flags) {
             continue;
         }
-        let speed = std::fs::read_to_string(ctx.sys(&format!("class/net/{}/speed", dev.name))).ok();
-        g.points.push(net::net_point(&dev, net::parse_speed(speed.as_deref())));
+        let speed = net::parse_speed(files.read(&ctx.sys(&format!("class/net/{}/speed", dev.name))).ok());
+        g.points.push(net::net_point(&dev, speed));
     }
 }
 
 /// The TCP and UDP tables of `/proc/net`, when netlink is not available.
-fn proc_sockets(ctx: &HostContext, counter: &mut SocketCounter, g: &mut Gathered) {
+fn proc_sockets(ctx: &HostContext, files: &mut KeptFiles, counter: &mut SocketCounter, g: &mut Gathered) {
     for (file, tcp, required) in [
         ("net/tcp", true, true),
         ("net/tcp6", true, false),
@@ -365,9 +450,9 @@ fn proc_sockets(ctx: &HostContext, counter: &mut SocketCounter, g: &mut Gathered
         ("net/udp6", false, false),
     ] {
         let path = ctx.proc(file);
-        match std::fs::read_to_string(&path) {
+        match files.read_text(&path) {
             Ok(text) => {
-                let malformed = counter.add_inet(&text, tcp);
+                let malformed = counter.add_inet(text, tcp);
                 g.malformed(&path, &malformed);
             }
             // No IPv6 in this kernel: gopsutil counts nothing for it, and so does this.
@@ -439,7 +524,7 @@ impl SocketTables {
     }
 }
 
-fn gather_netstat(ctx: &HostContext, tables: &mut SocketTables, g: &mut Gathered) {
+fn gather_netstat(ctx: &HostContext, files: &mut KeptFiles, tables: &mut SocketTables, g: &mut Gathered) {
     tables.counter.clear();
     let netlink = *tables.netlink_sees_roots.get_or_insert_with(|| netlink_sees(&ctx.roots.proc));
     let mut unix = None;
@@ -461,15 +546,15 @@ fn gather_netstat(ctx: &HostContext, tables: &mut SocketTables, g: &mut Gathered
         false
     };
     if !inet {
-        proc_sockets(ctx, &mut tables.counter, g);
+        proc_sockets(ctx, files, &mut tables.counter, g);
     }
     match unix {
         Some(counts) => tables.counter.add_unix_counts(counts),
         None => {
             let path = ctx.proc("net/unix");
-            match read(&path) {
+            match files.read(&path) {
                 Ok(text) => {
-                    let malformed = tables.counter.add_unix(&text);
+                    let malformed = tables.counter.add_unix(text);
                     g.malformed(&path, &malformed);
                 }
                 Err(p) => g.problems.push(p),
@@ -511,10 +596,15 @@ fn physical_cpus(ctx: &HostContext) -> Option<u64> {
     None
 }
 
-fn gather_system(ctx: &HostContext, cache: &mut Option<(String, Option<u64>)>, g: &mut Gathered) {
+fn gather_system(
+    ctx: &HostContext,
+    files: &mut KeptFiles,
+    cache: &mut Option<(String, Option<u64>)>,
+    g: &mut Gathered,
+) {
     let mut sample = system::SystemSample::default();
-    match read(&ctx.proc("loadavg")) {
-        Ok(text) => match system::parse_loadavg(&text) {
+    match files.read(&ctx.proc("loadavg")) {
+        Ok(text) => match system::parse_loadavg(text) {
             Some(load) => sample.load = Some(load),
             None => g.problem(
                 "malformed_line",
@@ -523,9 +613,9 @@ fn gather_system(ctx: &HostContext, cache: &mut Option<(String, Option<u64>)>, g
         },
         Err(p) => g.problems.push(p),
     }
-    match std::fs::read_to_string(ctx.sys("devices/system/cpu/online")) {
+    match files.read(&ctx.sys("devices/system/cpu/online")) {
         Ok(online) => {
-            sample.n_cpus = system::count_cpu_list(&online);
+            sample.n_cpus = system::count_cpu_list(online);
             if sample.n_cpus.is_none() {
                 g.problem(
                     "malformed_line",
@@ -537,13 +627,13 @@ fn gather_system(ctx: &HostContext, cache: &mut Option<(String, Option<u64>)>, g
                 _ => {
                     let physical = physical_cpus(ctx);
                     sample.n_physical_cpus = physical;
-                    *cache = Some((online, physical));
+                    *cache = Some((online.to_owned(), physical));
                 }
             }
         }
         // No sysfs: count the cpuN lines of /proc/stat, gopsutil's own fallback.
-        Err(_) => match read(&ctx.proc("stat")) {
-            Ok(stat) => sample.n_cpus = Some(system::count_stat_cpus(&stat)),
+        Err(_) => match files.read(&ctx.proc("stat")) {
+            Ok(stat) => sample.n_cpus = Some(system::count_stat_cpus(stat)),
             Err(p) => g.problems.push(p),
         },
     }
@@ -556,8 +646,8 @@ fn gather_system(ctx: &HostContext, cache: &mut Option<(String, Option<u64>)>, g
         }
         Err(e) => g.problem("read_failed", format!("{}: {e}", utmp.display())),
     }
-    match read(&ctx.proc("uptime")) {
-        Ok(text) => match system::parse_uptime(&text) {
+    match files.read(&ctx.proc("uptime")) {
+        Ok(text) => match system::parse_uptime(text) {
             Some(up) => sample.uptime = Some(up),
             None => g.problem("malformed_line", format!("{}: not an uptime", ctx.proc("uptime").display())),
         },
@@ -751,19 +841,19 @@ fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathere
     g.points.push(processes::processes_point(&counts));
 }
 
-fn gather_kernel(ctx: &HostContext, g: &mut Gathered) {
+fn gather_kernel(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
     let path = ctx.proc("stat");
-    let stat = match read(&path) {
-        Ok(t) => kernel::parse_stat(&t),
+    let stat = match files.read(&path) {
+        Ok(t) => kernel::parse_stat(t),
         Err(p) => return g.problems.push(p),
     };
     if !stat.unreadable.is_empty() {
         g.problem("malformed_line", format!("{}: unreadable {}", path.display(), stat.unreadable.join(", ")));
     }
     let entropy_path = ctx.proc("sys/kernel/random/entropy_avail");
-    let entropy = match read(&entropy_path) {
+    let entropy = match files.read(&entropy_path) {
         Ok(t) => {
-            let v = kernel::parse_entropy(&t);
+            let v = kernel::parse_entropy(t);
             if v.is_none() {
                 g.problem("malformed_line", format!("{}: not a number", entropy_path.display()));
             }
@@ -887,7 +977,7 @@ mod tests {
         let ctx = context(Path::new("/proc"), Path::new("/sys"));
         let mut counter = SocketCounter::default();
         let mut g = Gathered::default();
-        proc_sockets(&ctx, &mut counter, &mut g);
+        proc_sockets(&ctx, &mut KeptFiles::default(), &mut counter, &mut g);
         let malformed = counter.add_unix(&std::fs::read_to_string("/proc/net/unix").unwrap());
         assert!(g.problems.is_empty() && malformed.is_empty(), "{:?} {malformed:?}", g.problems);
         counter.counts().clone()
@@ -975,5 +1065,36 @@ mod tests {
         std::fs::write(dir.path().join("tree/self/ns/net"), "").unwrap();
         assert!(!netlink_sees(&dir.path().join("tree")), "a copy");
         assert!(!netlink_sees(&dir.path().join("missing")));
+    }
+
+    /// A kept file reads as a newly opened one would: a procfs file printed afresh, a file
+    /// rewritten in place whole (longer than the buffer, then shorter, no stale tail); files not
+    /// read in a cycle are closed at its end.
+    #[test]
+    fn kept_files_read_afresh() {
+        let mut files = KeptFiles::default();
+        let uptime = Path::new("/proc/uptime");
+        let first = files.read(uptime).unwrap().to_owned();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let second = files.read(uptime).unwrap().to_owned();
+        assert_ne!(first, second, "uptime moves by 0.01 s");
+        assert_eq!(files.open.len(), 1, "kept, not opened again");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let big = "x".repeat(3 * KEPT_READ_BYTES + 5);
+        std::fs::write(&path, &big).unwrap();
+        assert_eq!(files.read(&path).unwrap(), big);
+        std::fs::write(&path, "short\n").unwrap();
+        assert_eq!(files.read(&path).unwrap(), "short\n");
+        std::fs::write(&path, [0xff, 0xfe]).unwrap();
+        assert_eq!(files.read(&path).unwrap_err().reason, "read_failed");
+        files.end_cycle();
+        assert_eq!(files.open.len(), 2);
+        files.read(uptime).unwrap();
+        files.end_cycle();
+        assert_eq!(files.open.keys().collect::<Vec<_>>(), [uptime], "the file not read is closed");
+        let missing = files.read(&dir.path().join("missing")).unwrap_err();
+        assert!(missing.detail.contains("missing"), "{missing:?}");
     }
 }
