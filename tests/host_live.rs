@@ -131,7 +131,10 @@ fn ss_counts() -> BTreeMap<String, i64> {
             "FIN-WAIT-1" => "tcp_fin_wait1",
             "FIN-WAIT-2" => "tcp_fin_wait2",
             "TIME-WAIT" => "tcp_time_wait",
-            "UNCONN" | "CLOSE" => "tcp_close",
+            // CLOSE: a TCP socket leaves the kernel's tables as it closes, so what ss ≥ 6.8
+            // lists as UNCONN is a socket bound and nothing more (BOUND_INACTIVE), which
+            // `/proc/net/tcp`, and so Telegraf, never lists.
+            "UNCONN" => continue,
             "CLOSE-WAIT" => "tcp_close_wait",
             "LAST-ACK" => "tcp_last_ack",
             "LISTEN" => "tcp_listen",

@@ -13,7 +13,7 @@
 //! golden tests over `testdata/proc/` and `testdata/`: [`cpu`], [`memory`] (mem and swap),
 //! [`disk`], [`diskio`], [`net`], [`netstat`], [`system`], [`processes`], [`kernel`],
 //! [`kubelet`], [`nsq_stats`]. [`read`] holds the inputs that read `/proc`, `/sys` and
-//! `statfs`; [`remote`] the two that ask HTTP APIs (the kubelet, nsqd); [`runner`] schedules
+//! `statfs`, [`sock_diag`] netstat's netlink socket; [`remote`] the two that ask HTTP APIs (the kubelet, nsqd); [`runner`] schedules
 //! them on the clock and hands each cycle's line protocol to a channel.
 
 pub(crate) mod cpu;
@@ -29,6 +29,7 @@ pub(crate) mod processes;
 pub(crate) mod read;
 pub(crate) mod remote;
 pub(crate) mod runner;
+pub(crate) mod sock_diag;
 pub(crate) mod system;
 
 use std::path::PathBuf;

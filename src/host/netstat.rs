@@ -136,12 +136,27 @@ const INET_DIAG_REQ_V2_BYTES: usize = 56;
 /// `struct inet_diag_msg`: family, state, timer, retrans, `inet_diag_sockid` (sport, dport,
 /// `src[16]`, `dst[16]`, if, `cookie[2]`), expires, rqueue, wqueue, uid, inode.
 const INET_DIAG_MSG_BYTES: usize = 72;
+/// `struct unix_diag_req` (`<linux/unix_diag.h>`): family, protocol, pad, states (u32), ino
+/// (u32), show (u32), `cookie[2]`.
+const UNIX_DIAG_REQ_BYTES: usize = 24;
+/// `struct unix_diag_msg`: family, type, state, pad, ino (u32), `cookie[2]`.
+const UNIX_DIAG_MSG_BYTES: usize = 16;
+/// `SOCK_DGRAM` in `udiag_type`, as in `/proc/net/unix`'s `Type` column.
+const SOCK_DGRAM: u8 = 2;
+pub(crate) const AF_UNIX: u8 = 1;
 pub(crate) const AF_INET: u8 = 2;
 pub(crate) const AF_INET6: u8 = 10;
 pub(crate) const IPPROTO_TCP: u8 = 6;
 pub(crate) const IPPROTO_UDP: u8 = 17;
+/// `idiag_states`: ESTABLISHED (1) … CLOSING (11), the states `/proc/net/tcp` lists (SYN_RECV
+/// brings the kernel's request sockets, `TCP_NEW_SYN_RECV`, along). Not every bit: since Linux
+/// 6.8 `TCPF_BOUND_INACTIVE` (1 << 13) adds sockets that are bound and nothing more, reported
+/// as CLOSE, which `/proc/net/tcp` and so Telegraf never count, and it makes the kernel walk its
+/// bind hash as well (≈ 0.15 ms a dump on this machine).
+const INET_DIAG_STATES: u32 = 0xffe;
 
-/// The request for a dump of every socket of `family` and `protocol` (all states).
+/// The request for a dump of the sockets of `family` and `protocol` in the states Telegraf
+/// counts.
 pub(crate) fn diag_request(
     family: u8,
     protocol: u8,
@@ -155,12 +170,12 @@ pub(crate) fn diag_request(
     req[8..12].copy_from_slice(&seq.to_ne_bytes());
     req[16] = family;
     req[17] = protocol;
-    // idiag_states: every state bit.
-    req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes());
+    req[20..24].copy_from_slice(&INET_DIAG_STATES.to_ne_bytes());
     req
 }
 
-/// The compatibility request for every TCP socket of both families (all states).
+/// The compatibility request for the TCP sockets of both families in the states Telegraf
+/// counts.
 pub(crate) fn diag_request_tcp_both(seq: u32) -> [u8; NLMSG_HEADER_BYTES + INET_DIAG_REQ_BYTES] {
     let mut req = [0u8; NLMSG_HEADER_BYTES + INET_DIAG_REQ_BYTES];
     let len = req.len() as u32;
@@ -170,8 +185,82 @@ pub(crate) fn diag_request_tcp_both(seq: u32) -> [u8; NLMSG_HEADER_BYTES + INET_
     req[8..12].copy_from_slice(&seq.to_ne_bytes());
     req[16] = AF_INET;
     // idiag_states, after the 4 leading bytes and the 48 of the socket id.
-    req[16 + 52..16 + 56].copy_from_slice(&u32::MAX.to_ne_bytes());
+    req[16 + 52..16 + 56].copy_from_slice(&INET_DIAG_STATES.to_ne_bytes());
     req
+}
+
+/// The request for every Unix socket, in every state, with no attributes: the socket's type is
+/// in the fixed part of each answer, which is all netstat needs.
+pub(crate) fn unix_diag_request(seq: u32) -> [u8; NLMSG_HEADER_BYTES + UNIX_DIAG_REQ_BYTES] {
+    let mut req = [0u8; NLMSG_HEADER_BYTES + UNIX_DIAG_REQ_BYTES];
+    let len = req.len() as u32;
+    req[0..4].copy_from_slice(&len.to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req[8..12].copy_from_slice(&seq.to_ne_bytes());
+    req[16] = AF_UNIX;
+    req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes());
+    req
+}
+
+/// Unix sockets as Telegraf names them, counted apart from the IP ones until their dump is
+/// complete, so that a dump that breaks off can be replaced by `/proc/net/unix` whole.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UnixCounts {
+    /// Stream and seqpacket sockets: `tcp_none`.
+    pub stream: u64,
+    /// Datagram sockets: part of `udp_socket`.
+    pub dgram: u64,
+}
+
+/// Walks one read of netlink replies to the request numbered `seq`, handing each socket
+/// message's payload to `each`. Messages of another number (left over from a dump that broke
+/// off on this socket) are skipped.
+fn walk_replies(
+    buf: &[u8],
+    seq: u32,
+    mut each: impl FnMut(&[u8]) -> Result<(), DiagError>,
+) -> Result<DiagReply, DiagError> {
+    let word = |i: usize| [buf[i], buf[i + 1], buf[i + 2], buf[i + 3]];
+    let mut at = 0;
+    while at + NLMSG_HEADER_BYTES <= buf.len() {
+        let len = u32::from_ne_bytes(word(at)) as usize;
+        let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+        let msg_seq = u32::from_ne_bytes(word(at + 8));
+        if len < NLMSG_HEADER_BYTES || at + len > buf.len() {
+            return Err(DiagError::Malformed);
+        }
+        let payload = &buf[at + NLMSG_HEADER_BYTES..at + len];
+        // NLMSG_DONE carries the dump's status and NLMSG_ERROR a negated errno (0: an ack).
+        let status = || payload.get(..4).map_or(0, |e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]]));
+        if msg_seq == seq {
+            match kind {
+                NLMSG_DONE if status() < 0 => return Err(DiagError::Kernel(-status())),
+                NLMSG_DONE => return Ok(DiagReply::Done),
+                NLMSG_ERROR => return Err(DiagError::Kernel(-status())),
+                SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => each(payload)?,
+                // Anything else (NLMSG_NOOP, an overrun notice) carries no socket.
+                _ => {}
+            }
+        }
+        at += (len + 3) & !3;
+    }
+    Ok(DiagReply::More)
+}
+
+/// Counts the sockets in one read of `unix_diag` replies to the request numbered `seq`.
+pub(crate) fn add_unix_diag(buf: &[u8], seq: u32, counts: &mut UnixCounts) -> Result<DiagReply, DiagError> {
+    walk_replies(buf, seq, |payload| {
+        if payload.len() < UNIX_DIAG_MSG_BYTES {
+            return Err(DiagError::Malformed);
+        }
+        if payload[1] == SOCK_DGRAM {
+            counts.dgram += 1;
+        } else {
+            counts.stream += 1;
+        }
+        Ok(())
+    })
 }
 
 /// What a buffer of netlink replies said.
@@ -188,6 +277,8 @@ pub(crate) enum DiagReply {
 pub(crate) enum DiagError {
     #[error("the kernel refused the dump (errno {0})")]
     Kernel(i32),
+    #[error("reading the dump failed (errno {0})")]
+    Socket(i32),
     #[error("a netlink message is cut short or mis-sized")]
     Malformed,
 }
@@ -233,48 +324,40 @@ impl SocketCounter {
         malformed
     }
 
-    /// Counts the sockets in one read of `inet_diag` replies (several messages, 4-byte
-    /// aligned). `tcp` says which protocol was asked for.
-    pub fn add_diag(&mut self, buf: &[u8], tcp: bool) -> Result<DiagReply, DiagError> {
-        let mut at = 0;
-        while at + NLMSG_HEADER_BYTES <= buf.len() {
-            let word = |i: usize| [buf[i], buf[i + 1], buf[i + 2], buf[i + 3]];
-            let len = u32::from_ne_bytes(word(at)) as usize;
-            let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-            if len < NLMSG_HEADER_BYTES || at + len > buf.len() {
+    /// Counts the sockets in one read of `inet_diag` replies to the request numbered `seq`
+    /// (several messages, 4-byte aligned). `tcp` says which protocol was asked for.
+    pub fn add_diag(&mut self, buf: &[u8], tcp: bool, seq: u32) -> Result<DiagReply, DiagError> {
+        walk_replies(buf, seq, |payload| {
+            if payload.len() < INET_DIAG_MSG_BYTES {
                 return Err(DiagError::Malformed);
             }
-            let payload = &buf[at + NLMSG_HEADER_BYTES..at + len];
-            match kind {
-                NLMSG_DONE => return Ok(DiagReply::Done),
-                NLMSG_ERROR => {
-                    let errno = payload.get(..4).map_or(0, |e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]]));
-                    return Err(DiagError::Kernel(-errno));
-                }
-                SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
-                    if payload.len() < INET_DIAG_MSG_BYTES {
-                        return Err(DiagError::Malformed);
-                    }
-                    let family = payload[0];
-                    let state = if tcp { payload[1] } else { 0 };
-                    let (family_key, local) = diag_address(family, &payload[8..24]);
-                    let (_, remote) = diag_address(family, &payload[24..40]);
-                    self.count(SocketKey {
-                        tcp,
-                        family: family_key,
-                        local,
-                        local_port: u16::from_be_bytes([payload[4], payload[5]]),
-                        remote,
-                        remote_port: u16::from_be_bytes([payload[6], payload[7]]),
-                        state,
-                    });
-                }
-                // Anything else (NLMSG_NOOP, an overrun notice) carries no socket.
-                _ => {}
-            }
-            at += (len + 3) & !3;
-        }
-        Ok(DiagReply::More)
+            let family = payload[0];
+            let state = if tcp { payload[1] } else { 0 };
+            let (family_key, local) = diag_address(family, &payload[8..24]);
+            let (_, remote) = diag_address(family, &payload[24..40]);
+            self.count(SocketKey {
+                tcp,
+                family: family_key,
+                local,
+                local_port: u16::from_be_bytes([payload[4], payload[5]]),
+                remote,
+                remote_port: u16::from_be_bytes([payload[6], payload[7]]),
+                state,
+            });
+            Ok(())
+        })
+    }
+
+    /// Adds the Unix sockets of a complete `unix_diag` dump.
+    pub fn add_unix_counts(&mut self, unix: UnixCounts) {
+        self.counts.tcp_none += unix.stream;
+        self.counts.udp_socket += unix.dgram;
+    }
+
+    /// Forgets every socket, keeping the memory for the next sample.
+    pub fn clear(&mut self) {
+        self.counts = SocketCounts::default();
+        self.seen.clear();
     }
 
     /// Counts the sockets of `/proc/net/unix`.
@@ -403,6 +486,33 @@ mod tests {
         m
     }
 
+    /// Sets `nlmsg_seq` (bytes 8..12 of `struct nlmsghdr`) of every message in `buf`.
+    fn numbered(mut buf: Vec<u8>, seq: u32) -> Vec<u8> {
+        let mut at = 0;
+        while at < buf.len() {
+            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+            buf[at + 8..at + 12].copy_from_slice(&seq.to_ne_bytes());
+            at += (len + 3) & !3;
+        }
+        buf
+    }
+
+    /// One `unix_diag_msg` reply (`<linux/unix_diag.h>`: family, type, state, pad, ino,
+    /// cookie), with the `UNIX_DIAG_SHUTDOWN` attribute (a u8 padded to 8 bytes) that kernels
+    /// add to every answer.
+    fn unix_msg(kind: u8, state: u8, ino: u32) -> Vec<u8> {
+        let mut m = vec![0u8; 16 + 16 + 8];
+        m[0..4].copy_from_slice(&40u32.to_ne_bytes());
+        m[4..6].copy_from_slice(&20u16.to_ne_bytes());
+        m[16] = 1;
+        m[17] = kind;
+        m[18] = state;
+        m[20..24].copy_from_slice(&ino.to_ne_bytes());
+        m[32..34].copy_from_slice(&5u16.to_ne_bytes());
+        m[34..36].copy_from_slice(&6u16.to_ne_bytes());
+        m
+    }
+
     /// The same sockets as `odd/net-tcp` and `odd/net-tcp6`, as netlink replies.
     #[test]
     fn netlink_replies() {
@@ -418,19 +528,19 @@ mod tests {
         read2.extend(diag_msg(AF_INET, 6, v4(lo), 50000, v4(lo), 8080));
         read2.extend(done());
         let mut counter = SocketCounter::default();
-        assert_eq!(counter.add_diag(&read1, true), Ok(DiagReply::More));
-        assert_eq!(counter.add_diag(&read2, true), Ok(DiagReply::Done));
+        assert_eq!(counter.add_diag(&read1, true, 0), Ok(DiagReply::More));
+        assert_eq!(counter.add_diag(&read2, true, 0), Ok(DiagReply::Done));
         let mut six = Vec::new();
         six.extend(diag_msg(AF_INET6, 10, any, 22, any, 0));
         six.extend(diag_msg(AF_INET6, 1, mapped(lo), 4150, mapped(lo), 41652)); // the IPv4 twin
         let fe80 = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x52, 0x54, 0, 0xff, 0xfe, 0xf3, 0xa8, 0x01];
         six.extend(diag_msg(AF_INET6, 1, fe80, 22, fe80, 54321));
         six.extend(done());
-        assert_eq!(counter.add_diag(&six, true), Ok(DiagReply::Done));
+        assert_eq!(counter.add_diag(&six, true, 0), Ok(DiagReply::Done));
         let mut udp = diag_msg(AF_INET, 7, any, 68, any, 0);
         udp.extend(diag_msg(AF_INET, 7, v4([127, 0, 0, 53]), 53, any, 0));
         udp.extend(done());
-        assert_eq!(counter.add_diag(&udp, false), Ok(DiagReply::Done));
+        assert_eq!(counter.add_diag(&udp, false, 0), Ok(DiagReply::Done));
         let c = counter.counts();
         // As the /proc tables of `socket_tables`: 3 listen, 3 established, 1 time-wait, 2 UDP.
         assert_eq!((c.tcp[9], c.tcp[0], c.tcp[5], c.udp_socket), (3, 3, 1, 2));
@@ -440,23 +550,29 @@ mod tests {
         err[0..4].copy_from_slice(&36u32.to_ne_bytes());
         err[4..6].copy_from_slice(&2u16.to_ne_bytes());
         err[16..20].copy_from_slice(&(-93i32).to_ne_bytes());
-        assert_eq!(SocketCounter::default().add_diag(&err, true), Err(DiagError::Kernel(93)));
+        assert_eq!(SocketCounter::default().add_diag(&err, true, 0), Err(DiagError::Kernel(93)));
         let cut = &diag_msg(AF_INET, 1, any, 1, any, 2)[..60];
-        assert_eq!(SocketCounter::default().add_diag(cut, true), Err(DiagError::Malformed));
+        assert_eq!(SocketCounter::default().add_diag(cut, true, 0), Err(DiagError::Malformed));
         let mut short = diag_msg(AF_INET, 1, any, 1, any, 2);
         short[0..4].copy_from_slice(&8u32.to_ne_bytes());
-        assert_eq!(SocketCounter::default().add_diag(&short, true), Err(DiagError::Malformed));
-        // The request: header, SOCK_DIAG_BY_FAMILY, REQUEST|DUMP, family, protocol, all states.
+        assert_eq!(SocketCounter::default().add_diag(&short, true, 0), Err(DiagError::Malformed));
+        // The request: header, SOCK_DIAG_BY_FAMILY, REQUEST|DUMP, family, protocol, and the
+        // state bits 1 (ESTABLISHED) to 11 (CLOSING) of include/net/tcp_states.h, not 13
+        // (BOUND_INACTIVE): 0b1111_1111_1110.
         let req = diag_request(AF_INET6, IPPROTO_TCP, 7);
         assert_eq!(u32::from_ne_bytes(req[0..4].try_into().unwrap()), 72);
         assert_eq!(u16::from_ne_bytes(req[4..6].try_into().unwrap()), 20);
         assert_eq!(u16::from_ne_bytes(req[6..8].try_into().unwrap()), 0x301);
         assert_eq!((req[16], req[17]), (10, 6));
-        assert_eq!(&req[20..24], &[0xff; 4]);
+        assert_eq!(u32::from_ne_bytes(req[20..24].try_into().unwrap()), 0b1111_1111_1110);
         let req = diag_request_tcp_both(8);
         assert_eq!(u32::from_ne_bytes(req[0..4].try_into().unwrap()), 76);
         assert_eq!(u16::from_ne_bytes(req[4..6].try_into().unwrap()), 18);
-        assert_eq!(&req[68..72], &[0xff; 4], "idiag_states after family, lengths, ext and the socket id");
+        assert_eq!(
+            u32::from_ne_bytes(req[68..72].try_into().unwrap()),
+            0b1111_1111_1110,
+            "idiag_states after family, lengths, ext and the socket id"
+        );
         // Its answers come as type 18, both families in one dump.
         let mut both = diag_msg(AF_INET, 10, any, 80, any, 0);
         both.extend(diag_msg(AF_INET6, 10, any, 80, any, 0));
@@ -465,7 +581,61 @@ mod tests {
         }
         both.extend(done());
         let mut counter = SocketCounter::default();
-        assert_eq!(counter.add_diag(&both, true), Ok(DiagReply::Done));
+        assert_eq!(counter.add_diag(&both, true, 0), Ok(DiagReply::Done));
         assert_eq!(counter.counts().tcp[9], 2, "0.0.0.0:80 and :::80 are two listeners");
+    }
+
+    /// A socket that keeps its netlink socket between samples reads the answers to its own
+    /// request only: a message numbered otherwise (from a dump that broke off) is skipped, and
+    /// a dump that ends in an error status is an error, not a short count.
+    #[test]
+    fn netlink_replies_by_number() {
+        let any = [0u8; 16];
+        let stale = numbered(diag_msg(AF_INET, 1, v4([10, 0, 0, 1]), 1, any, 2), 6);
+        let mut read = stale;
+        read.extend(numbered(diag_msg(AF_INET, 10, any, 80, any, 0), 7));
+        read.extend(numbered(done(), 6));
+        read.extend(numbered(diag_msg(AF_INET, 10, any, 443, any, 0), 7));
+        read.extend(numbered(done(), 7));
+        let mut counter = SocketCounter::default();
+        assert_eq!(counter.add_diag(&read, true, 7), Ok(DiagReply::Done));
+        assert_eq!(counter.counts().tcp[9], 2, "the two LISTEN sockets of dump 7");
+        assert_eq!(counter.counts().tcp[0], 0, "dump 6's ESTABLISHED socket is not counted");
+        counter.clear();
+        assert_eq!(counter.counts(), &SocketCounts::default());
+        let mut failed = numbered(done(), 7);
+        failed[16..20].copy_from_slice(&(-4i32).to_ne_bytes());
+        assert_eq!(counter.add_diag(&failed, true, 7), Err(DiagError::Kernel(4)));
+    }
+
+    /// The sockets of `odd/net-unix` (two stream, one seqpacket, two datagram) as unix_diag
+    /// answers; types from `<linux/net.h>`: SOCK_STREAM 1, SOCK_DGRAM 2, SOCK_SEQPACKET 5.
+    #[test]
+    fn unix_diag_replies() {
+        let mut first = unix_msg(1, 10, 1001);
+        first.extend(unix_msg(1, 1, 1002));
+        first.extend(unix_msg(5, 10, 1003));
+        let mut second = unix_msg(2, 7, 1004);
+        second.extend(unix_msg(2, 1, 1005));
+        second.extend(done());
+        let mut unix = UnixCounts::default();
+        assert_eq!(add_unix_diag(&first, 0, &mut unix), Ok(DiagReply::More));
+        assert_eq!(add_unix_diag(&second, 0, &mut unix), Ok(DiagReply::Done));
+        assert_eq!(unix, UnixCounts { stream: 3, dgram: 2 });
+        let mut counter = SocketCounter::default();
+        counter.add_unix_counts(unix);
+        // As `socket_tables` counts the same sockets from /proc/net/unix.
+        assert_eq!((counter.counts().tcp_none, counter.counts().udp_socket), (3, 2));
+        assert_eq!(add_unix_diag(&unix_msg(1, 1, 1)[..28], 0, &mut unix), Err(DiagError::Malformed));
+        // The request: 16 bytes of header, then family AF_UNIX, protocol 0, pad, every state
+        // bit, no inode, nothing to show, no cookie.
+        let req = unix_diag_request(9);
+        assert_eq!(u32::from_ne_bytes(req[0..4].try_into().unwrap()), 40);
+        assert_eq!(u16::from_ne_bytes(req[4..6].try_into().unwrap()), 20);
+        assert_eq!(u16::from_ne_bytes(req[6..8].try_into().unwrap()), 0x301);
+        assert_eq!(u32::from_ne_bytes(req[8..12].try_into().unwrap()), 9);
+        assert_eq!(&req[16..20], &[1, 0, 0, 0]);
+        assert_eq!(&req[20..24], &[0xff; 4]);
+        assert_eq!(&req[24..40], &[0; 16]);
     }
 }

@@ -45,10 +45,11 @@ pub(crate) enum StatError {
 impl ProcessCounts {
     /// Adds one `/proc/[pid]/stat`.
     pub fn add(&mut self, stat: &[u8]) -> Result<(), StatError> {
-        let close = stat.iter().rposition(|&b| b == b')').ok_or(StatError::NoState)?;
-        let rest = std::str::from_utf8(&stat[close + 1..]).map_err(|_| StatError::NoState)?;
-        let mut fields = rest.split_ascii_whitespace();
-        let state = fields.next().and_then(|s| s.bytes().next()).ok_or(StatError::NoState)?;
+        let close = memchr::memrchr(b')', stat).ok_or(StatError::NoState)?;
+        // Bytes, not text: this runs once per process per cycle, and only ASCII digits and
+        // the state letter are read.
+        let mut fields = stat[close + 1..].split(u8::is_ascii_whitespace).filter(|f| !f.is_empty());
+        let state = fields.next().and_then(|s| s.first().copied()).ok_or(StatError::NoState)?;
         match state {
             b'R' => self.running += 1,
             b'S' => self.sleeping += 1,
@@ -63,10 +64,54 @@ impl ProcessCounts {
         }
         self.total += 1;
         // num_threads is the 17th field after the state.
-        let threads: u64 = fields.nth(16).and_then(|t| t.parse().ok()).ok_or(StatError::BadThreads)?;
+        let threads = fields.nth(16).and_then(parse_count).ok_or(StatError::BadThreads)?;
         self.total_threads = self.total_threads.saturating_add(threads);
         Ok(())
     }
+}
+
+/// `struct linux_dirent64` (getdents64(2)): `d_ino` (u64), `d_off` (i64), `d_reclen` (u16),
+/// `d_type` (u8), then the NUL-terminated name, each record padded to 8 bytes.
+const DIRENT_NAME_AT: usize = 19;
+
+/// Appends the pids among one `getdents64` read of a `/proc` directory: the names made of
+/// digits only. False when a record is cut short or mis-sized.
+pub(crate) fn pids_in_dirents(buf: &[u8], pids: &mut Vec<u32>) -> bool {
+    let mut at = 0;
+    while at < buf.len() {
+        let Some(reclen) = buf.get(at + 16..at + 18).map(|r| usize::from(u16::from_ne_bytes([r[0], r[1]])))
+        else {
+            return false;
+        };
+        if reclen <= DIRENT_NAME_AT || at + reclen > buf.len() {
+            return false;
+        }
+        let name = &buf[at + DIRENT_NAME_AT..at + reclen];
+        let name = &name[..memchr::memchr(0, name).unwrap_or(name.len())];
+        if !name.is_empty() && name.iter().all(u8::is_ascii_digit) {
+            // More digits than a u32 holds is no pid.
+            if let Some(pid) =
+                name.iter().try_fold(0u32, |n, d| n.checked_mul(10)?.checked_add(u32::from(d - b'0')))
+            {
+                pids.push(pid);
+            }
+        }
+        at += reclen;
+    }
+    true
+}
+
+/// A decimal count: ASCII digits only, within a u64.
+fn parse_count(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// The `processes` point.
@@ -113,18 +158,22 @@ mod tests {
         assert_eq!(c.add(b"9 (z) Z 1 9 9 0 -1 4227084 0 0 0 0 0 0 0 0 20 0 1 0 3 0 0"), Ok(()));
         assert_eq!(c.add(b"10 (p) P 2 0 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 3 0 0"), Ok(()));
         assert_eq!(c.add(b"11 (short) D 1"), Err(StatError::BadThreads), "counted by state, no threads");
+        assert_eq!(
+            c.add(b"13 (t) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 +2 0"),
+            Err(StatError::BadThreads)
+        );
         assert_eq!(c.add(b"no parenthesis"), Err(StatError::NoState));
         assert_eq!(c.add(b"12 (empty)"), Err(StatError::NoState));
         assert_eq!(
             c,
             ProcessCounts {
                 running: 1,
-                sleeping: 1,
+                sleeping: 2,
                 blocked: 1,
                 zombies: 1,
                 idle: 1,
                 parked: 1,
-                total: 6,
+                total: 7,
                 total_threads: 1 + 12 + 1 + 1 + 1,
                 ..ProcessCounts::default()
             }
@@ -134,5 +183,42 @@ mod tests {
         assert_eq!(p.field_value("unknown"), Some(&FieldValue::Int(0)));
         assert_eq!(p.field_value("total_threads"), Some(&FieldValue::Int(16)));
         assert!(processes_point(&ProcessCounts::default()).field_value("parked").is_none());
+    }
+
+    /// One `struct linux_dirent64` as getdents64(2) lays it out: inode, offset, record length,
+    /// type, NUL-terminated name, padded to a multiple of 8 bytes.
+    fn dirent(name: &str, d_type: u8) -> Vec<u8> {
+        let reclen = (19 + name.len() + 1).div_ceil(8) * 8;
+        let mut r = vec![0u8; reclen];
+        r[0..8].copy_from_slice(&4026531842u64.to_ne_bytes());
+        r[8..16].copy_from_slice(&7i64.to_ne_bytes());
+        r[16..18].copy_from_slice(&(reclen as u16).to_ne_bytes());
+        r[18] = d_type;
+        r[19..19 + name.len()].copy_from_slice(name.as_bytes());
+        r
+    }
+
+    /// A listing of `/proc` as it starts (`.`, `..`, files, `self`), then pid directories
+    /// (one whose name fills its record but for the NUL: 19 + 12 + 1 = 32 bytes) and names
+    /// that are not pids.
+    #[test]
+    fn pids_from_a_proc_listing() {
+        let mut buf = Vec::new();
+        for (name, d_type) in [(".", 4), ("..", 4), ("fb", 8), ("self", 10), ("1", 4), ("000012345678", 4)] {
+            buf.extend(dirent(name, d_type));
+        }
+        assert_eq!(dirent("000012345678", 4).len(), 32);
+        for (name, d_type) in [("4294967295", 4), ("4294967296", 4), ("2a", 4), ("sys", 4), ("77", 4)] {
+            buf.extend(dirent(name, d_type));
+        }
+        let mut pids = vec![9];
+        assert!(pids_in_dirents(&buf, &mut pids));
+        assert_eq!(pids, [9, 1, 12345678, 4294967295, 77], "appended; too large for a u32: not a pid");
+        assert!(pids_in_dirents(&[], &mut pids));
+        let cut = &buf[..buf.len() - 3];
+        assert!(!pids_in_dirents(cut, &mut Vec::new()), "last record cut short");
+        let mut zero = dirent("5", 4);
+        zero[16..18].copy_from_slice(&0u16.to_ne_bytes());
+        assert!(!pids_in_dirents(&zero, &mut Vec::new()), "a record length of 0 would never end");
     }
 }

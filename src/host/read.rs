@@ -5,6 +5,7 @@
 //! calls [`FileInput::gather`] on a blocking thread, one input at a time per input.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -13,8 +14,9 @@ use crate::metrics::point::Point;
 use super::cpu::{self, CpuOptions, CpuTimes};
 use super::disk::{self, DiskOptions, FsStat};
 use super::diskio::{self, DiskStats};
-use super::netstat::SocketCounter;
+use super::netstat::{SocketCounter, UnixCounts};
 use super::processes::{ProcessCounts, StatError};
+use super::sock_diag::{self, SockDiag};
 use super::{kernel, malformed_problem, memory, net, netstat, processes, system};
 use super::{CollectSettings, HostInput, Problem, Roots};
 use crate::glob::{any_matches, Glob};
@@ -80,9 +82,87 @@ impl Gathered {
     }
 }
 
-/// A file read whole, or the problem of not reading it.
-fn read(path: &Path) -> Result<String, Problem> {
-    std::fs::read_to_string(path).map_err(|e| Problem::new("read_failed", format!("{}: {e}", path.display())))
+/// The `/proc` and `/sys` files an input reads every cycle, kept open and read again from
+/// offset 0 into one buffer.
+///
+/// procfs and sysfs print a file afresh for every read that starts at offset 0 (`seq_file`
+/// starts over there), so a kept file reads as a newly opened one would, without the path walk,
+/// permission checks and `close` of opening it, nor `std::fs::read_to_string`'s `statx`, probe
+/// read and allocation: together some 10 % of a cycle's CPU here. A file the input did not
+/// read in a cycle (an interface or disk gone) is closed at its end; one whose read fails is
+/// closed and opened again at once. Files in a tree that is not a live procfs behave the same
+/// as long as they are rewritten in place, which is all a test tree does.
+#[derive(Debug)]
+pub(crate) struct KeptFiles {
+    /// Each file, and whether it was read this cycle.
+    open: HashMap<PathBuf, (std::fs::File, bool)>,
+    buf: Vec<u8>,
+}
+
+/// More files than an input reads (two per network interface is the most) are not kept.
+const KEPT_FILES_MAX: usize = 512;
+/// The largest file read every cycle (`/proc/vmstat`, `mountinfo` of a busy node) is a few KiB.
+const KEPT_READ_BYTES: usize = 16 * 1024;
+
+impl Default for KeptFiles {
+    fn default() -> Self {
+        Self { open: HashMap::new(), buf: vec![0; KEPT_READ_BYTES] }
+    }
+}
+
+/// Reads `file` whole into `buf` from offset 0, growing `buf` as needed; the bytes read.
+fn read_whole(file: &std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        // Until a read returns nothing: a `seq_file` hands out one page of records per read.
+        match file.read_at(&mut buf[filled..], filled as u64)? {
+            0 => return Ok(filled),
+            n => filled += n,
+        }
+    }
+}
+
+impl KeptFiles {
+    /// The whole text of `path`, or the problem of not reading it.
+    fn read(&mut self, path: &Path) -> Result<&str, Problem> {
+        self.read_text(path).map_err(|e| Problem::new("read_failed", format!("{}: {e}", path.display())))
+    }
+
+    /// The whole text of `path`.
+    fn read_text(&mut self, path: &Path) -> std::io::Result<&str> {
+        let n = self.read_bytes(path)?;
+        std::str::from_utf8(&self.buf[..n]).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8")
+        })
+    }
+
+    fn read_bytes(&mut self, path: &Path) -> std::io::Result<usize> {
+        let Self { open, buf } = self;
+        if let Some((file, used)) = open.get_mut(path) {
+            *used = true;
+            match read_whole(file, buf) {
+                Ok(n) => return Ok(n),
+                Err(_) => {
+                    open.remove(path);
+                }
+            }
+        }
+        let file = std::fs::File::open(path)?;
+        let n = read_whole(&file, buf)?;
+        if open.len() < KEPT_FILES_MAX {
+            open.insert(path.to_owned(), (file, true));
+        }
+        Ok(n)
+    }
+
+    /// Closes the files not read since the last call.
+    fn end_cycle(&mut self) {
+        self.open.retain(|_, (_, used)| std::mem::take(used));
+    }
 }
 
 /// State kept between samples.
@@ -94,6 +174,7 @@ enum State {
     /// The online-CPU list and the physical core count it gave: topology only changes with
     /// CPU hotplug, which changes that list, so the per-CPU files are read again only then.
     System(Option<(String, Option<u64>)>),
+    Netstat(SocketTables),
     Processes(ProcessFiles),
 }
 
@@ -102,6 +183,7 @@ enum State {
 pub(crate) struct FileInput {
     kind: HostInput,
     state: State,
+    files: KeptFiles,
 }
 
 impl FileInput {
@@ -110,10 +192,11 @@ impl FileInput {
             HostInput::Cpu => State::Cpu(None),
             HostInput::Diskio => State::Diskio(None),
             HostInput::System => State::System(None),
+            HostInput::Netstat => State::Netstat(SocketTables::default()),
             HostInput::Processes => State::Processes(ProcessFiles::new()),
             _ => State::Stateless,
         };
-        Self { kind, state }
+        Self { kind, state, files: KeptFiles::default() }
     }
 
     pub fn kind(&self) -> HostInput {
@@ -128,31 +211,38 @@ impl FileInput {
     /// Reads the input's files and makes its points.
     pub fn gather(&mut self, ctx: &HostContext) -> Gathered {
         let mut g = Gathered::default();
+        let files = &mut self.files;
         match (self.kind, &mut self.state) {
-            (HostInput::Cpu, State::Cpu(previous)) => gather_cpu(ctx, previous, &mut g),
-            (HostInput::Mem, _) => gather_mem(ctx, &mut g),
-            (HostInput::Swap, _) => gather_swap(ctx, &mut g),
-            (HostInput::Disk, _) => gather_disk(ctx, &mut g),
-            (HostInput::Diskio, State::Diskio(previous)) => gather_diskio(ctx, previous, &mut g),
-            (HostInput::Net, _) => gather_net(ctx, &mut g),
-            (HostInput::Netstat, _) => gather_netstat(ctx, &mut g),
-            (HostInput::System, State::System(cache)) => gather_system(ctx, cache, &mut g),
-            (HostInput::Processes, State::Processes(files)) => gather_processes(ctx, files, &mut g),
-            (HostInput::Kernel, _) => gather_kernel(ctx, &mut g),
+            (HostInput::Cpu, State::Cpu(previous)) => gather_cpu(ctx, files, previous, &mut g),
+            (HostInput::Mem, _) => gather_mem(ctx, files, &mut g),
+            (HostInput::Swap, _) => gather_swap(ctx, files, &mut g),
+            (HostInput::Disk, _) => gather_disk(ctx, files, &mut g),
+            (HostInput::Diskio, State::Diskio(previous)) => gather_diskio(ctx, files, previous, &mut g),
+            (HostInput::Net, _) => gather_net(ctx, files, &mut g),
+            (HostInput::Netstat, State::Netstat(tables)) => gather_netstat(ctx, files, tables, &mut g),
+            (HostInput::System, State::System(cache)) => gather_system(ctx, files, cache, &mut g),
+            (HostInput::Processes, State::Processes(pids)) => gather_processes(ctx, pids, &mut g),
+            (HostInput::Kernel, _) => gather_kernel(ctx, files, &mut g),
             // `new` pairs every kind with its state; nothing else is constructed.
             (kind, _) => g.problem("internal", format!("{} input without its state", kind.name())),
         }
+        files.end_cycle();
         g
     }
 }
 
-fn gather_cpu(ctx: &HostContext, previous: &mut Option<Vec<CpuTimes>>, g: &mut Gathered) {
+fn gather_cpu(
+    ctx: &HostContext,
+    files: &mut KeptFiles,
+    previous: &mut Option<Vec<CpuTimes>>,
+    g: &mut Gathered,
+) {
     let path = ctx.proc("stat");
-    let text = match read(&path) {
+    let text = match files.read(&path) {
         Ok(t) => t,
         Err(p) => return g.problems.push(p),
     };
-    let (current, malformed) = cpu::parse_stat(&text);
+    let (current, malformed) = cpu::parse_stat(text);
     g.malformed(&path, &malformed);
     let out = cpu::points(previous.as_deref(), &current, ctx.cpu, ctx.ticks_per_sec);
     if !out.decreased.is_empty() {
@@ -162,11 +252,11 @@ fn gather_cpu(ctx: &HostContext, previous: &mut Option<Vec<CpuTimes>>, g: &mut G
     *previous = Some(current);
 }
 
-fn read_meminfo(ctx: &HostContext, g: &mut Gathered) -> Option<memory::Meminfo> {
+fn read_meminfo(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) -> Option<memory::Meminfo> {
     let path = ctx.proc("meminfo");
-    match read(&path) {
+    match files.read(&path) {
         Ok(text) => {
-            let (info, malformed) = memory::parse_meminfo(&text);
+            let (info, malformed) = memory::parse_meminfo(text);
             g.malformed(&path, &malformed);
             Some(info)
         }
@@ -177,12 +267,12 @@ fn read_meminfo(ctx: &HostContext, g: &mut Gathered) -> Option<memory::Meminfo> 
     }
 }
 
-fn gather_mem(ctx: &HostContext, g: &mut Gathered) {
-    let Some(info) = read_meminfo(ctx, g) else { return };
+fn gather_mem(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
+    let Some(info) = read_meminfo(ctx, files, g) else { return };
     // Kernels before 3.14: the estimate needs the zones' watermarks. A zoneinfo that cannot be
     // read falls back to Cached + Free, as gopsutil does.
     let low = if info.needs_zoneinfo() {
-        std::fs::read_to_string(ctx.proc("zoneinfo")).ok().map(|t| memory::zoneinfo_low_pages(&t))
+        files.read(&ctx.proc("zoneinfo")).ok().map(memory::zoneinfo_low_pages)
     } else {
         None
     };
@@ -192,10 +282,10 @@ fn gather_mem(ctx: &HostContext, g: &mut Gathered) {
     }
 }
 
-fn gather_swap(ctx: &HostContext, g: &mut Gathered) {
-    let Some(info) = read_meminfo(ctx, g) else { return };
-    let (pswpin, pswpout) = match read(&ctx.proc("vmstat")) {
-        Ok(text) => memory::parse_vmstat_swap(&text),
+fn gather_swap(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
+    let Some(info) = read_meminfo(ctx, files, g) else { return };
+    let (pswpin, pswpout) = match files.read(&ctx.proc("vmstat")) {
+        Ok(text) => memory::parse_vmstat_swap(text),
         Err(p) => {
             g.problems.push(p);
             (None, None)
@@ -242,16 +332,16 @@ fn link_name(path: &Path) -> Option<String> {
     Some(target.file_name()?.to_string_lossy().into_owned())
 }
 
-fn gather_disk(ctx: &HostContext, g: &mut Gathered) {
+fn gather_disk(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
     let primary = ctx.proc("1/mountinfo");
-    let (path, text) = match read(&primary) {
-        Ok(t) => (primary, t),
+    let (path, text) = match files.read(&primary) {
+        Ok(t) => (primary, t.to_owned()),
         // Reading init's mountinfo needs ptrace-read access to pid 1; gopsutil falls back to
         // the reader's own mounts, and so does this.
         Err(_) => {
             let own = ctx.proc("self/mountinfo");
-            match read(&own) {
-                Ok(t) => (own, t),
+            match files.read(&own) {
+                Ok(t) => (own, t.to_owned()),
                 Err(p) => return g.problems.push(p),
             }
         }
@@ -285,9 +375,9 @@ fn gather_disk(ctx: &HostContext, g: &mut Gathered) {
         let label = if name.is_empty() || name.contains('/') {
             None
         } else {
-            std::fs::read_to_string(ctx.sys(&format!("block/{name}/dm/name"))).ok()
+            files.read(&ctx.sys(&format!("block/{name}/dm/name"))).ok().map(|l| l.trim().to_owned())
         };
-        g.points.extend(disk::disk_point(&selected, &stat, label.as_deref().map(str::trim)));
+        g.points.extend(disk::disk_point(&selected, &stat, label.as_deref()));
     }
     if let Some(first) = failures.first() {
         g.problem("statfs_failed", format!("{} mount(s) not measured (first: {first})", failures.len()));
@@ -296,16 +386,17 @@ fn gather_disk(ctx: &HostContext, g: &mut Gathered) {
 
 fn gather_diskio(
     ctx: &HostContext,
+    files: &mut KeptFiles,
     previous: &mut Option<(Instant, HashMap<String, DiskStats>)>,
     g: &mut Gathered,
 ) {
     let path = ctx.proc("diskstats");
-    let text = match read(&path) {
+    let text = match files.read(&path) {
         Ok(t) => t,
         Err(p) => return g.problems.push(p),
     };
     let now = Instant::now();
-    let (disks, malformed) = diskio::parse_diskstats(&text);
+    let (disks, malformed) = diskio::parse_diskstats(text);
     g.malformed(&path, &malformed);
     let mut current = HashMap::with_capacity(disks.len());
     for d in disks {
@@ -316,20 +407,20 @@ fn gather_diskio(
             let elapsed_ms = u64::try_from(now.duration_since(*at).as_millis()).unwrap_or(u64::MAX);
             map.get(&d.name).map(|last| (last, elapsed_ms))
         });
-        let wwid = std::fs::read_to_string(ctx.sys(&format!("block/{}/wwid", d.name))).ok();
-        g.points.push(diskio::diskio_point(&d, last, wwid.as_deref().map(|w| w.trim_end_matches('\n'))));
+        let wwid = files.read(&ctx.sys(&format!("block/{}/wwid", d.name))).ok();
+        g.points.push(diskio::diskio_point(&d, last, wwid.map(|w| w.trim_end_matches('\n'))));
         current.insert(d.name.clone(), d);
     }
     *previous = Some((now, current));
 }
 
-fn gather_net(ctx: &HostContext, g: &mut Gathered) {
+fn gather_net(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
     let path = ctx.proc("net/dev");
-    let text = match read(&path) {
+    let text = match files.read(&path) {
         Ok(t) => t,
         Err(p) => return g.problems.push(p),
     };
-    let (devs, malformed) = net::parse_net_dev(&text);
+    let (devs, malformed) = net::parse_net_dev(text);
     g.malformed(&path, &malformed);
     for dev in devs {
         // Interfaces are files of sysfs; a name with a `/` cannot be one (and must not walk
@@ -338,110 +429,20 @@ fn gather_net(ctx: &HostContext, g: &mut Gathered) {
             continue;
         }
         let flags = if ctx.net_interfaces.is_empty() {
-            std::fs::read_to_string(ctx.sys(&format!("class/net/{}/flags", dev.name)))
-                .ok()
-                .and_then(|t| net::parse_flags(&t))
+            files.read(&ctx.sys(&format!("class/net/{}/flags", dev.name))).ok().and_then(net::parse_flags)
         } else {
             None
         };
         if !net::wanted(&dev.name, &ctx.net_interfaces, flags) {
             continue;
         }
-        let speed = std::fs::read_to_string(ctx.sys(&format!("class/net/{}/speed", dev.name))).ok();
-        g.points.push(net::net_point(&dev, net::parse_speed(speed.as_deref())));
-    }
-}
-
-/// How long a netlink dump may make us wait for the kernel's next message.
-const SOCK_DIAG_TIMEOUT_SECS: libc::time_t = 5;
-/// One read of netlink replies: the kernel fills up to this, a few hundred sockets.
-const SOCK_DIAG_READ_BYTES: usize = 64 * 1024;
-
-/// Counts the TCP and UDP sockets of this network namespace through `NETLINK_SOCK_DIAG`.
-fn sock_diag(counter: &mut SocketCounter) -> std::io::Result<()> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: socket(2) has no pointer arguments; a non-negative result is a new descriptor
-    // that nothing else owns, so OwnedFd may close it.
-    let fd = unsafe {
-        let fd =
-            libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        OwnedFd::from_raw_fd(fd)
-    };
-    let timeout = libc::timeval { tv_sec: SOCK_DIAG_TIMEOUT_SECS, tv_usec: 0 };
-    // SAFETY: `timeout` is a valid timeval and its size is passed with it.
-    let set = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if set != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: an all-zero sockaddr_nl is valid; the kernel's address is pid 0, no groups.
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    let mut buf = vec![0u8; SOCK_DIAG_READ_BYTES];
-    let mut dump = |request: &[u8], tcp: bool| -> Result<(), netstat::DiagError> {
-        let last_errno =
-            || netstat::DiagError::Kernel(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-        // SAFETY: `request` and `kernel` are valid for the lengths passed.
-        let sent = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                request.as_ptr().cast(),
-                request.len(),
-                0,
-                (&kernel as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(last_errno());
-        }
-        loop {
-            // SAFETY: `buf` is valid and writable for its length.
-            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            let n = usize::try_from(n).map_err(|_| last_errno())?;
-            if n == 0 {
-                return Err(netstat::DiagError::Malformed);
-            }
-            if counter.add_diag(&buf[..n], tcp)? == netstat::DiagReply::Done {
-                return Ok(());
-            }
-        }
-    };
-    let failed = |e: netstat::DiagError| match e {
-        netstat::DiagError::Kernel(errno) => std::io::Error::from_raw_os_error(errno),
-        other => std::io::Error::other(other.to_string()),
-    };
-    // No IPv6 in this kernel: nothing to count, as gopsutil without tcp6.
-    let no_ipv6 = |e: &netstat::DiagError| matches!(e, netstat::DiagError::Kernel(errno) if [libc::ENOENT, libc::EAFNOSUPPORT].contains(errno));
-    // TCP of both families in one walk of the kernel's connection hash; a kernel that refuses
-    // the compatibility request gets one request per family (sockets already counted by a
-    // dump that broke off are not counted twice: the counter knows what it has seen).
-    if dump(&netstat::diag_request_tcp_both(1), true).is_err() {
-        dump(&netstat::diag_request(netstat::AF_INET, netstat::IPPROTO_TCP, 2), true).map_err(failed)?;
-        match dump(&netstat::diag_request(netstat::AF_INET6, netstat::IPPROTO_TCP, 3), true) {
-            Err(e) if !no_ipv6(&e) => return Err(failed(e)),
-            _ => {}
-        }
-    }
-    dump(&netstat::diag_request(netstat::AF_INET, netstat::IPPROTO_UDP, 4), false).map_err(failed)?;
-    match dump(&netstat::diag_request(netstat::AF_INET6, netstat::IPPROTO_UDP, 5), false) {
-        Err(e) if !no_ipv6(&e) => Err(failed(e)),
-        _ => Ok(()),
+        let speed = net::parse_speed(files.read(&ctx.sys(&format!("class/net/{}/speed", dev.name))).ok());
+        g.points.push(net::net_point(&dev, speed));
     }
 }
 
 /// The TCP and UDP tables of `/proc/net`, when netlink is not available.
-fn proc_sockets(ctx: &HostContext, counter: &mut SocketCounter, g: &mut Gathered) {
+fn proc_sockets(ctx: &HostContext, files: &mut KeptFiles, counter: &mut SocketCounter, g: &mut Gathered) {
     for (file, tcp, required) in [
         ("net/tcp", true, true),
         ("net/tcp6", true, false),
@@ -449,9 +450,9 @@ fn proc_sockets(ctx: &HostContext, counter: &mut SocketCounter, g: &mut Gathered
         ("net/udp6", false, false),
     ] {
         let path = ctx.proc(file);
-        match std::fs::read_to_string(&path) {
+        match files.read_text(&path) {
             Ok(text) => {
-                let malformed = counter.add_inet(&text, tcp);
+                let malformed = counter.add_inet(text, tcp);
                 g.malformed(&path, &malformed);
             }
             // No IPv6 in this kernel: gopsutil counts nothing for it, and so does this.
@@ -461,27 +462,109 @@ fn proc_sockets(ctx: &HostContext, counter: &mut SocketCounter, g: &mut Gathered
     }
 }
 
-fn gather_netstat(ctx: &HostContext, g: &mut Gathered) {
-    let mut counter = SocketCounter::default();
-    if let Err(e) = sock_diag(&mut counter) {
-        // A kernel without sock_diag (or a seccomp profile refusing netlink): the slower
-        // /proc tables, from scratch so nothing is counted twice.
-        g.problem("netlink_failed", format!("NETLINK_SOCK_DIAG: {e}; reading /proc/net instead"));
-        counter = SocketCounter::default();
-        proc_sockets(ctx, &mut counter, g);
+/// The netstat input's state: its netlink socket, and what it learnt about this machine.
+#[derive(Debug, Default)]
+pub(crate) struct SocketTables {
+    /// Whether `<host_proc>/net` shows the network namespace this process is in, the only
+    /// one its netlink socket can ask about; decided at the first sample.
+    netlink_sees_roots: Option<bool>,
+    netlink: Netlink,
+    counter: SocketCounter,
+}
+
+#[derive(Debug, Default)]
+enum Netlink {
+    /// Not open: not yet, or again after a failure that may pass.
+    #[default]
+    Closed,
+    Open(SockDiag),
+    /// Refused for good (no `sock_diag` in the kernel, a seccomp profile): why.
+    Refused(String),
+}
+
+/// Whether `<proc_root>/net` lists the sockets a netlink socket of this process dumps: those
+/// of its own network namespace. `/proc/net` is a link to `self/net`, so any live procfs in
+/// which this process is visible (the host's, mounted in a pod) shows this process's namespace
+/// there, as gopsutil would read it; a tree that is not one (a copy, a test's) is read as text.
+fn netlink_sees(proc_root: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if proc_root == Path::new("/proc") {
+        return true;
     }
-    let unix = ctx.proc("net/unix");
-    match read(&unix) {
-        Ok(text) => {
-            let malformed = counter.add_unix(&text);
-            g.malformed(&unix, &malformed);
+    let namespace =
+        |root: &Path| std::fs::metadata(root.join("self/ns/net")).ok().map(|m| (m.dev(), m.ino()));
+    matches!((namespace(proc_root), namespace(Path::new("/proc"))), (Some(a), Some(b)) if a == b)
+}
+
+impl SocketTables {
+    /// TCP and UDP sockets into the counter through netlink, and the Unix sockets' counts when
+    /// netlink gave them too. An error is the problem's detail.
+    fn sample_netlink(&mut self) -> Result<Option<UnixCounts>, String> {
+        let Self { netlink, counter, .. } = self;
+        if let Netlink::Closed = netlink {
+            match SockDiag::open() {
+                Ok(diag) => *netlink = Netlink::Open(diag),
+                Err(e) if sock_diag::refused_for_good(&e) => *netlink = Netlink::Refused(e.to_string()),
+                Err(e) => return Err(e.to_string()),
+            }
         }
-        Err(p) => g.problems.push(p),
+        let diag = match netlink {
+            Netlink::Open(diag) => diag,
+            Netlink::Refused(why) => return Err(why.clone()),
+            Netlink::Closed => return Err("not open".into()),
+        };
+        if let Err(e) = diag.count_inet(counter) {
+            let why = e.to_string();
+            *netlink =
+                if sock_diag::refused_for_good(&e) { Netlink::Refused(why.clone()) } else { Netlink::Closed };
+            return Err(why);
+        }
+        // Unix sockets are optional here: /proc/net/unix tells the same.
+        Ok(diag.count_unix().ok().flatten())
+    }
+}
+
+fn gather_netstat(ctx: &HostContext, files: &mut KeptFiles, tables: &mut SocketTables, g: &mut Gathered) {
+    tables.counter.clear();
+    let netlink = *tables.netlink_sees_roots.get_or_insert_with(|| netlink_sees(&ctx.roots.proc));
+    let mut unix = None;
+    let inet = if netlink {
+        match tables.sample_netlink() {
+            Ok(counts) => {
+                unix = counts;
+                true
+            }
+            Err(e) => {
+                // A kernel without sock_diag, a seccomp profile refusing netlink: the slower
+                // /proc tables, from scratch so nothing is counted twice.
+                g.problem("netlink_failed", format!("NETLINK_SOCK_DIAG: {e}; reading /proc/net instead"));
+                tables.counter.clear();
+                false
+            }
+        }
+    } else {
+        false
+    };
+    if !inet {
+        proc_sockets(ctx, files, &mut tables.counter, g);
+    }
+    match unix {
+        Some(counts) => tables.counter.add_unix_counts(counts),
+        None => {
+            let path = ctx.proc("net/unix");
+            match files.read(&path) {
+                Ok(text) => {
+                    let malformed = tables.counter.add_unix(text);
+                    g.malformed(&path, &malformed);
+                }
+                Err(p) => g.problems.push(p),
+            }
+        }
     }
     // Counts missing a table would read as fewer sockets, not as unknown: no point then, as
     // Telegraf writes none when a table cannot be read.
     if !g.problems.iter().any(|p| p.reason == "read_failed") {
-        g.points.push(netstat::netstat_point(counter.counts()));
+        g.points.push(netstat::netstat_point(tables.counter.counts()));
     }
 }
 
@@ -513,10 +596,15 @@ fn physical_cpus(ctx: &HostContext) -> Option<u64> {
     None
 }
 
-fn gather_system(ctx: &HostContext, cache: &mut Option<(String, Option<u64>)>, g: &mut Gathered) {
+fn gather_system(
+    ctx: &HostContext,
+    files: &mut KeptFiles,
+    cache: &mut Option<(String, Option<u64>)>,
+    g: &mut Gathered,
+) {
     let mut sample = system::SystemSample::default();
-    match read(&ctx.proc("loadavg")) {
-        Ok(text) => match system::parse_loadavg(&text) {
+    match files.read(&ctx.proc("loadavg")) {
+        Ok(text) => match system::parse_loadavg(text) {
             Some(load) => sample.load = Some(load),
             None => g.problem(
                 "malformed_line",
@@ -525,9 +613,9 @@ fn gather_system(ctx: &HostContext, cache: &mut Option<(String, Option<u64>)>, g
         },
         Err(p) => g.problems.push(p),
     }
-    match std::fs::read_to_string(ctx.sys("devices/system/cpu/online")) {
+    match files.read(&ctx.sys("devices/system/cpu/online")) {
         Ok(online) => {
-            sample.n_cpus = system::count_cpu_list(&online);
+            sample.n_cpus = system::count_cpu_list(online);
             if sample.n_cpus.is_none() {
                 g.problem(
                     "malformed_line",
@@ -539,13 +627,13 @@ fn gather_system(ctx: &HostContext, cache: &mut Option<(String, Option<u64>)>, g
                 _ => {
                     let physical = physical_cpus(ctx);
                     sample.n_physical_cpus = physical;
-                    *cache = Some((online, physical));
+                    *cache = Some((online.to_owned(), physical));
                 }
             }
         }
         // No sysfs: count the cpuN lines of /proc/stat, gopsutil's own fallback.
-        Err(_) => match read(&ctx.proc("stat")) {
-            Ok(stat) => sample.n_cpus = Some(system::count_stat_cpus(&stat)),
+        Err(_) => match files.read(&ctx.proc("stat")) {
+            Ok(stat) => sample.n_cpus = Some(system::count_stat_cpus(stat)),
             Err(p) => g.problems.push(p),
         },
     }
@@ -558,8 +646,8 @@ fn gather_system(ctx: &HostContext, cache: &mut Option<(String, Option<u64>)>, g
         }
         Err(e) => g.problem("read_failed", format!("{}: {e}", utmp.display())),
     }
-    match read(&ctx.proc("uptime")) {
-        Ok(text) => match system::parse_uptime(&text) {
+    match files.read(&ctx.proc("uptime")) {
+        Ok(text) => match system::parse_uptime(text) {
             Some(up) => sample.uptime = Some(up),
             None => g.problem("malformed_line", format!("{}: not an uptime", ctx.proc("uptime").display())),
         },
@@ -576,16 +664,27 @@ fn gather_system(ctx: &HostContext, cache: &mut Option<(String, Option<u64>)>, g
 /// process: once that has been reaped, reads fail with `ESRCH` (a zombie still reads, as
 /// `Z`), and a reused pid is opened afresh. At most a quarter of the soft `RLIMIT_NOFILE`
 /// (never changed) is spent this way; processes beyond it are opened and closed each cycle.
+///
+/// `<host_proc>` itself stays open too: it is listed with `getdents64(2)` into a kept buffer
+/// (no allocation per entry, as `std::fs::read_dir` makes) and new pids' files are opened
+/// relative to it.
 #[derive(Debug)]
 pub(crate) struct ProcessFiles {
-    open: HashMap<u32, std::fs::File>,
+    /// By pid, ascending, as the listing is sorted: a cycle merges the two.
+    open: Vec<(u32, std::fs::File)>,
+    /// The next cycle's `open`, kept for its memory.
+    next: Vec<(u32, std::fs::File)>,
     budget: usize,
     pids: Vec<u32>,
     buf: Vec<u8>,
+    dir: Option<OwnedFd>,
+    dents: Vec<u8>,
 }
 
 /// A stat line is a few hundred bytes; a longer one is read again with more room.
 const STAT_READ_BYTES: usize = 4096;
+/// One `getdents64` read: some 600 entries of `/proc`.
+const DENTS_READ_BYTES: usize = 16 * 1024;
 
 impl ProcessFiles {
     fn new() -> Self {
@@ -594,7 +693,69 @@ impl ProcessFiles {
         let soft =
             if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 { limit.rlim_cur } else { 0 };
         let budget = usize::try_from(soft / 4).unwrap_or(usize::MAX).min(1 << 16);
-        Self { open: HashMap::new(), budget, pids: Vec::new(), buf: vec![0; STAT_READ_BYTES] }
+        Self {
+            open: Vec::new(),
+            next: Vec::new(),
+            budget,
+            pids: Vec::new(),
+            buf: vec![0; STAT_READ_BYTES],
+            dir: None,
+            dents: vec![0; DENTS_READ_BYTES],
+        }
+    }
+
+    /// Lists the pids of `<host_proc>` into `pids`, sorted.
+    fn list(&mut self, root: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = match &self.dir {
+            Some(dir) => dir,
+            None => self.dir.insert(
+                std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(root)?.into(),
+            ),
+        };
+        self.pids.clear();
+        // SAFETY: lseek on a descriptor this struct owns; rewinding a directory makes the next
+        // getdents64 list it again from the start.
+        if unsafe { libc::lseek(dir.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        loop {
+            // SAFETY: `dents` is valid and writable for its length, which is passed.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    dir.as_raw_fd(),
+                    self.dents.as_mut_ptr(),
+                    self.dents.len(),
+                )
+            };
+            let n = usize::try_from(n).map_err(|_| std::io::Error::last_os_error())?;
+            if n == 0 {
+                break;
+            }
+            if !processes::pids_in_dirents(&self.dents[..n], &mut self.pids) {
+                return Err(std::io::Error::other("getdents64 returned a malformed record"));
+            }
+        }
+        self.pids.sort_unstable();
+        Ok(())
+    }
+}
+
+/// Opens `<pid>/stat` relative to `<host_proc>`, with the path on the stack.
+fn open_stat(dir: &OwnedFd, pid: u32) -> std::io::Result<std::fs::File> {
+    use std::io::Write;
+    // u32::MAX has 10 digits: "4294967295/stat" and the NUL fit.
+    let mut path = [0u8; 24];
+    let _ = write!(&mut path[..], "{pid}/stat");
+    // SAFETY: `path` is NUL-terminated (zeroed, and at most 15 bytes written); a non-negative
+    // result is a new descriptor that nothing else owns.
+    unsafe {
+        let fd = libc::openat(dir.as_raw_fd(), path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(std::fs::File::from_raw_fd(fd))
     }
 }
 
@@ -611,18 +772,13 @@ fn read_stat(file: &std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<usize> 
 }
 
 fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathered) {
-    let entries = match std::fs::read_dir(&ctx.roots.proc) {
-        Ok(e) => e,
-        Err(e) => return g.problem("read_failed", format!("{}: {e}", ctx.roots.proc.display())),
-    };
-    files.pids.clear();
-    files
-        .pids
-        .extend(entries.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()));
-    files.pids.sort_unstable();
-    // Files of processes no longer listed are closed.
-    let pids = &files.pids;
-    files.open.retain(|pid, _| pids.binary_search(pid).is_ok());
+    if let Err(e) = files.list(&ctx.roots.proc) {
+        // Opened again next time: the root may have been mounted meanwhile.
+        files.dir = None;
+        return g.problem("read_failed", format!("{}: {e}", ctx.roots.proc.display()));
+    }
+    let ProcessFiles { open, next, budget, pids, buf, dir, .. } = files;
+    let Some(dir) = dir.as_ref() else { return };
 
     let mut counts = ProcessCounts::default();
     let (mut unreadable, mut malformed) = (0u64, 0u64);
@@ -630,24 +786,28 @@ fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathere
     let gone = |e: &std::io::Error| {
         e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
     };
-    for &pid in &files.pids {
+    // Both lists ascend: files of pids no longer listed are passed over, and so closed.
+    next.clear();
+    let mut kept = std::mem::take(open).into_iter().peekable();
+    for &pid in pids.iter() {
+        while kept.next_if(|(open_pid, _)| *open_pid < pid).is_some() {}
         let mut read = None;
-        if let Some(file) = files.open.get(&pid) {
-            match read_stat(file, &mut files.buf) {
-                Ok(n) if n > 0 => read = Some(n),
-                // Reaped since the last cycle: the pid, if listed, is a new process.
-                _ => {
-                    files.open.remove(&pid);
+        if let Some((_, file)) = kept.next_if(|(open_pid, _)| *open_pid == pid) {
+            match read_stat(&file, buf) {
+                Ok(n) if n > 0 => {
+                    read = Some(n);
+                    next.push((pid, file));
                 }
+                // Reaped since the last cycle: the pid, if listed, is a new process.
+                _ => {}
             }
         }
         if read.is_none() {
-            let path = ctx.roots.proc.join(format!("{pid}/stat"));
-            match std::fs::File::open(&path).and_then(|f| read_stat(&f, &mut files.buf).map(|n| (f, n))) {
+            match open_stat(dir, pid).and_then(|f| read_stat(&f, buf).map(|n| (f, n))) {
                 Ok((file, n)) => {
                     read = Some(n);
-                    if files.open.len() < files.budget {
-                        files.open.insert(pid, file);
+                    if next.len() < *budget {
+                        next.push((pid, file));
                     }
                 }
                 // The process ended between the listing and the read: it is simply gone, as
@@ -655,16 +815,20 @@ fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathere
                 Err(e) if gone(&e) => {}
                 Err(e) => {
                     unreadable += 1;
-                    first_error.get_or_insert_with(|| format!("{}: {e}", path.display()));
+                    first_error.get_or_insert_with(|| {
+                        format!("{}: {e}", ctx.roots.proc.join(format!("{pid}/stat")).display())
+                    });
                 }
             }
         }
         if let Some(n) = read {
-            if let Err(StatError::NoState | StatError::BadThreads) = counts.add(&files.buf[..n]) {
+            if let Err(StatError::NoState | StatError::BadThreads) = counts.add(&buf[..n]) {
                 malformed += 1;
             }
         }
     }
+    drop(kept);
+    std::mem::swap(open, next);
     if malformed > 0 {
         g.problem("malformed_line", format!("{malformed} /proc/[pid]/stat file(s) not understood"));
     }
@@ -677,19 +841,19 @@ fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathere
     g.points.push(processes::processes_point(&counts));
 }
 
-fn gather_kernel(ctx: &HostContext, g: &mut Gathered) {
+fn gather_kernel(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
     let path = ctx.proc("stat");
-    let stat = match read(&path) {
-        Ok(t) => kernel::parse_stat(&t),
+    let stat = match files.read(&path) {
+        Ok(t) => kernel::parse_stat(t),
         Err(p) => return g.problems.push(p),
     };
     if !stat.unreadable.is_empty() {
         g.problem("malformed_line", format!("{}: unreadable {}", path.display(), stat.unreadable.join(", ")));
     }
     let entropy_path = ctx.proc("sys/kernel/random/entropy_avail");
-    let entropy = match read(&entropy_path) {
+    let entropy = match files.read(&entropy_path) {
         Ok(t) => {
-            let v = kernel::parse_entropy(&t);
+            let v = kernel::parse_entropy(t);
             if v.is_none() {
                 g.problem("malformed_line", format!("{}: not a number", entropy_path.display()));
             }
@@ -706,6 +870,7 @@ fn gather_kernel(ctx: &HostContext, g: &mut Gathered) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::netstat::SocketCounts;
     use crate::metrics::point::FieldValue;
 
     fn context(proc: &Path, sys: &Path) -> HostContext {
@@ -805,5 +970,131 @@ mod tests {
         let g = FileInput::new(HostInput::Kernel).gather(&ctx);
         assert_eq!(g.points.len(), 1, "stat is there");
         assert!(g.problems[0].detail.contains("entropy_avail"));
+    }
+
+    /// The socket tables of this machine through `/proc/net` text (Telegraf's source).
+    fn proc_counts() -> SocketCounts {
+        let ctx = context(Path::new("/proc"), Path::new("/sys"));
+        let mut counter = SocketCounter::default();
+        let mut g = Gathered::default();
+        proc_sockets(&ctx, &mut KeptFiles::default(), &mut counter, &mut g);
+        let malformed = counter.add_unix(&std::fs::read_to_string("/proc/net/unix").unwrap());
+        assert!(g.problems.is_empty() && malformed.is_empty(), "{:?} {malformed:?}", g.problems);
+        counter.counts().clone()
+    }
+
+    /// Netlink counts the sockets the `/proc/net` tables list, in every field, on this
+    /// machine, including a socket that is only bound (listed by neither) and a connection
+    /// seen from both ends. Other work may open and close sockets meanwhile, so each netlink
+    /// count must lie between the two text counts read before and after it, give or take
+    /// [`LIVE_SOCKET_SLACK`].
+    #[test]
+    fn netlink_counts_what_proc_net_lists() {
+        const LIVE_SOCKET_SLACK: u64 = 16;
+        // SAFETY: socket(2) and bind(2) with a zeroed, then filled, sockaddr_in of the size
+        // passed; the descriptor is closed by OwnedFd.
+        let _bound = unsafe {
+            use std::os::fd::FromRawFd;
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0);
+            let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            assert_eq!(
+                libc::bind(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    (&addr as *const libc::sockaddr_in).cast(),
+                    len
+                ),
+                0
+            );
+            fd
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+
+        let before = proc_counts();
+        let mut tables = SocketTables::default();
+        let unix = tables.sample_netlink().expect("netlink on this machine");
+        let netlink = {
+            let mut c = tables.counter.counts().clone();
+            let unix = unix.expect("unix_diag on this machine");
+            c.tcp_none += unix.stream;
+            c.udp_socket += unix.dgram;
+            c
+        };
+        let after = proc_counts();
+        let within = |what: &str, v: u64, a: u64, b: u64| {
+            let (lo, hi) = (a.min(b).saturating_sub(LIVE_SOCKET_SLACK), a.max(b) + LIVE_SOCKET_SLACK);
+            assert!((lo..=hi).contains(&v), "{what}: netlink {v}, /proc/net {a} then {b}");
+        };
+        for state in 0..11 {
+            within(
+                &format!("TCP state {}", state + 1),
+                netlink.tcp[state],
+                before.tcp[state],
+                after.tcp[state],
+            );
+        }
+        within("tcp_none", netlink.tcp_none, before.tcp_none, after.tcp_none);
+        within("udp_socket", netlink.udp_socket, before.udp_socket, after.udp_socket);
+        assert!(netlink.tcp[0] >= 2 && netlink.tcp[9] >= 1 && netlink.udp_socket >= 1, "{netlink:?}");
+        // The bound socket is in no table; this test's slack must not hide it: nothing else
+        // here leaves sockets in CLOSE.
+        assert_eq!((before.tcp[6], netlink.tcp[6]), (0, 0), "CLOSE");
+        // A second sample on the same socket counts afresh.
+        tables.counter.clear();
+        tables.sample_netlink().unwrap();
+        assert!(tables.counter.counts().tcp[9] >= 1);
+        drop((client, server, udp));
+    }
+
+    /// Netlink is asked only when `<host_proc>/net` shows this process's network namespace:
+    /// `/proc` itself or another path to a live procfs, not a tree of files.
+    #[test]
+    fn netlink_only_for_a_live_procfs() {
+        assert!(netlink_sees(Path::new("/proc")));
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/proc", dir.path().join("proc")).unwrap();
+        assert!(netlink_sees(&dir.path().join("proc")), "the same procfs by another path");
+        std::fs::create_dir_all(dir.path().join("tree/self/ns")).unwrap();
+        std::fs::write(dir.path().join("tree/self/ns/net"), "").unwrap();
+        assert!(!netlink_sees(&dir.path().join("tree")), "a copy");
+        assert!(!netlink_sees(&dir.path().join("missing")));
+    }
+
+    /// A kept file reads as a newly opened one would: a procfs file printed afresh, a file
+    /// rewritten in place whole (longer than the buffer, then shorter, no stale tail); files not
+    /// read in a cycle are closed at its end.
+    #[test]
+    fn kept_files_read_afresh() {
+        let mut files = KeptFiles::default();
+        let uptime = Path::new("/proc/uptime");
+        let first = files.read(uptime).unwrap().to_owned();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let second = files.read(uptime).unwrap().to_owned();
+        assert_ne!(first, second, "uptime moves by 0.01 s");
+        assert_eq!(files.open.len(), 1, "kept, not opened again");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let big = "x".repeat(3 * KEPT_READ_BYTES + 5);
+        std::fs::write(&path, &big).unwrap();
+        assert_eq!(files.read(&path).unwrap(), big);
+        std::fs::write(&path, "short\n").unwrap();
+        assert_eq!(files.read(&path).unwrap(), "short\n");
+        std::fs::write(&path, [0xff, 0xfe]).unwrap();
+        assert_eq!(files.read(&path).unwrap_err().reason, "read_failed");
+        files.end_cycle();
+        assert_eq!(files.open.len(), 2);
+        files.read(uptime).unwrap();
+        files.end_cycle();
+        assert_eq!(files.open.keys().collect::<Vec<_>>(), [uptime], "the file not read is closed");
+        let missing = files.read(&dir.path().join("missing")).unwrap_err();
+        assert!(missing.detail.contains("missing"), "{missing:?}");
     }
 }

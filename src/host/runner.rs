@@ -4,10 +4,14 @@
 //! - **Aligned cycles.** Cycles fall on multiples of the interval on the wall clock (Telegraf's
 //!   `round_interval`), and every point of a cycle carries that tick's time: all inputs of one
 //!   cycle share one timestamp, and two cycles never share one.
-//! - **Isolation.** Each input runs in its own task (file inputs on a blocking thread, since a
-//!   `statfs` of a dead NFS server blocks): a slow or failing input never delays the others.
-//!   An input still busy when its next tick comes skips that tick; the skipped cycles are
-//!   counted (`logmill_collect_cycles_missed_total{input}`) and logged once.
+//! - **Isolation.** Each input that can wait on something outside the kernel's own tables
+//!   runs in its own task: `disk` (a `statfs` of a dead NFS server blocks), `net`, `system`,
+//!   `kubernetes`, `nsq`. The file inputs that only read procfs, plain sysfs attributes and
+//!   netlink dumps, which the kernel answers from memory, share one: one blocking thread woken
+//!   per cycle instead of one per input, whose wake-ups and cold starts cost more than most of
+//!   these inputs' reads. A slow or failing input delays no input outside its task. An input
+//!   still busy when its next tick comes skips that tick; the skipped cycles are counted
+//!   (`logmill_collect_cycles_missed_total{input}`) and logged once.
 //! - **Quiet errors.** A problem (a missing file, a malformed line, a kubelet that does not
 //!   answer) is counted every cycle (`logmill_collect_problems_total{input,reason}`) but logged
 //!   once when it starts, and once more when it goes away ("recovered").
@@ -28,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::read::{FileInput, Gathered, HostContext};
 use super::remote::{KubeletInput, NsqStatsInput, RemoteError};
-use super::{encode_points, CollectSettings, Problem};
+use super::{encode_points, CollectSettings, HostInput, Problem};
 use crate::telemetry::{Counter, Telemetry};
 
 /// How long `once` waits for an input before giving up on it (a hung `statfs`, a kubelet
@@ -75,56 +79,92 @@ pub enum CollectError {
     Nsq(RemoteError),
 }
 
-/// One input of the runner.
+/// One task of the runner.
 #[derive(Debug)]
 enum Input {
-    File(FileInput),
-    Kubelet(KubeletInput),
+    /// File inputs, gathered one after the other on one blocking thread.
+    Files(Vec<FileInput>),
+    // Boxed: an HTTP client and its settings are many times a `Vec`'s size.
+    Kubelet(Box<KubeletInput>),
     Nsq(NsqStatsInput),
 }
 
+/// Whether a file input gets a task of its own: its reads can wait on something the kernel
+/// does not answer from memory. `disk`: `statfs` of a dead NFS or FUSE mount. `net`: a NIC's
+/// `speed` in sysfs waits for the RTNL lock, which a stuck driver can hold. `system`: utmp is
+/// a file on `host_var`, whatever filesystem that is.
+fn runs_alone(kind: HostInput) -> bool {
+    matches!(kind, HostInput::Disk | HostInput::Net | HostInput::System)
+}
+
 impl Input {
-    fn name(&self) -> &'static str {
+    /// Telegraf's names of the inputs of this task, in the order `gather` returns samples.
+    fn names(&self) -> Vec<&'static str> {
         match self {
-            Input::File(f) => f.kind().name(),
+            Input::Files(files) => files.iter().map(|f| f.kind().name()).collect(),
             // Telegraf's plugin names.
-            Input::Kubelet(_) => "kubernetes",
-            Input::Nsq(_) => "nsq",
+            Input::Kubelet(_) => vec!["kubernetes"],
+            Input::Nsq(_) => vec!["nsq"],
         }
     }
 
     fn needs_two_samples(&self) -> bool {
-        matches!(self, Input::File(f) if f.needs_two_samples())
+        matches!(self, Input::Files(files) if files.iter().any(FileInput::needs_two_samples))
     }
 
-    /// One sample. A file input moves to a blocking thread and back, with its state.
-    async fn gather(self, ctx: Arc<HostContext>) -> (Input, Gathered) {
+    /// One sample of each input of the task. File inputs move to a blocking thread and back,
+    /// with their state.
+    async fn gather(self, ctx: Arc<HostContext>) -> (Input, Vec<Gathered>) {
         match self {
-            Input::File(mut file) => {
-                let kind = file.kind();
+            Input::Files(mut files) => {
+                let kinds: Vec<HostInput> = files.iter().map(FileInput::kind).collect();
                 let joined = tokio::task::spawn_blocking(move || {
-                    let g = file.gather(&ctx);
-                    (file, g)
+                    let samples = files.iter_mut().map(|file| gather_caught(file, &ctx)).collect();
+                    (files, samples)
                 })
                 .await;
                 match joined {
-                    Ok((file, g)) => (Input::File(file), g),
-                    // Only a bug panics in there; the input starts afresh rather than stop.
+                    Ok((files, samples)) => (Input::Files(files), samples),
+                    // The runtime is shutting down: nothing to report, and nothing will ask.
                     Err(e) => {
-                        let mut g = Gathered::default();
-                        g.problems.push(Problem::new("panicked", e.to_string()));
-                        (Input::File(FileInput::new(kind)), g)
+                        let samples = kinds
+                            .iter()
+                            .map(|_| Gathered {
+                                problems: vec![Problem::new("panicked", e.to_string())],
+                                ..Gathered::default()
+                            })
+                            .collect();
+                        (Input::Files(kinds.into_iter().map(FileInput::new).collect()), samples)
                     }
                 }
             }
             Input::Kubelet(k) => {
                 let g = k.gather().await;
-                (Input::Kubelet(k), g)
+                (Input::Kubelet(k), vec![g])
             }
             Input::Nsq(n) => {
                 let g = n.gather().await;
-                (Input::Nsq(n), g)
+                (Input::Nsq(n), vec![g])
             }
+        }
+    }
+}
+
+/// One sample of `file`. Only a bug panics in there; the input then starts afresh, and the
+/// inputs sharing its thread are not held up.
+fn gather_caught(file: &mut FileInput, ctx: &HostContext) -> Gathered {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| file.gather(ctx))) {
+        Ok(g) => g,
+        Err(panic) => {
+            *file = FileInput::new(file.kind());
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let mut g = Gathered::default();
+            g.problems.push(Problem::new("panicked", what));
+            g
         }
     }
 }
@@ -139,6 +179,8 @@ pub struct Collector {
     host: Arc<str>,
     ctx: Arc<HostContext>,
     inputs: Vec<Input>,
+    /// Every input's name, in the order of the settings.
+    names: Vec<&'static str>,
     telemetry: Telemetry,
 }
 
@@ -146,15 +188,24 @@ impl Collector {
     /// Sets up every enabled input (HTTP clients built, the kubelet's CA read). `host` is the
     /// `host` tag of every point; `telemetry` the registry the runner counts into.
     pub fn new(settings: &CollectSettings, host: &str, telemetry: &Telemetry) -> Result<Self, CollectError> {
-        let mut inputs: Vec<Input> =
-            settings.inputs.iter().map(|kind| Input::File(FileInput::new(*kind))).collect();
+        let (alone, shared): (Vec<HostInput>, Vec<HostInput>) =
+            settings.inputs.iter().copied().partition(|kind| runs_alone(*kind));
+        let mut inputs = Vec::new();
+        if !shared.is_empty() {
+            inputs.push(Input::Files(shared.into_iter().map(FileInput::new).collect()));
+        }
+        inputs.extend(alone.into_iter().map(|kind| Input::Files(vec![FileInput::new(kind)])));
         if let Some(k) = &settings.kubelet {
-            inputs.push(Input::Kubelet(KubeletInput::new(k.clone()).map_err(CollectError::Kubelet)?));
+            inputs
+                .push(Input::Kubelet(Box::new(KubeletInput::new(k.clone()).map_err(CollectError::Kubelet)?)));
         }
         if let Some(n) = &settings.nsq {
             inputs.push(Input::Nsq(NsqStatsInput::new(n.clone()).map_err(CollectError::Nsq)?));
         }
+        let mut names: Vec<&'static str> = settings.inputs.iter().map(|kind| kind.name()).collect();
+        names.extend(inputs.iter().filter(|i| !matches!(i, Input::Files(_))).flat_map(Input::names));
         Ok(Self {
+            names,
             interval: settings.interval,
             round_interval: settings.round_interval,
             once_sample_gap: settings.once_sample_gap,
@@ -167,7 +218,7 @@ impl Collector {
 
     /// The enabled inputs, by Telegraf's names.
     pub fn input_names(&self) -> Vec<&'static str> {
-        self.inputs.iter().map(Input::name).collect()
+        self.names.clone()
     }
 
     /// Runs every input on its schedule until `cancel` fires (or `out` is closed), sending each
@@ -183,8 +234,15 @@ impl Collector {
         let mut tasks = tokio::task::JoinSet::new();
         for input in self.inputs {
             let run = InputRun {
-                counters: InputCounters::new(&self.telemetry, input.name()),
-                log: ProblemLog::new(input.name()),
+                members: input
+                    .names()
+                    .into_iter()
+                    .map(|name| Member {
+                        name,
+                        counters: InputCounters::new(&self.telemetry, name),
+                        log: ProblemLog::new(name),
+                    })
+                    .collect(),
                 ctx: self.ctx.clone(),
                 host: self.host.clone(),
                 schedule,
@@ -198,35 +256,43 @@ impl Collector {
     /// One cycle of every input, stamped now. Inputs that report rates are sampled twice,
     /// `once_sample_gap` apart, so that every measurement is there.
     pub async fn once(self) -> OnceReport {
-        let Collector { once_sample_gap, host, ctx, inputs, telemetry, .. } = self;
+        let Collector { once_sample_gap, host, ctx, inputs, names, telemetry, .. } = self;
         let mut report = OnceReport::default();
-        let timed_out = |name: &'static str, report: &mut OnceReport| {
-            let p = Problem::new("timed_out", format!("no answer within {ONCE_INPUT_TIMEOUT:?}"));
-            InputCounters::new(&telemetry, name).problem(&p);
-            report.problems.push((name, p));
+        let timed_out = |names: Vec<&'static str>, report: &mut OnceReport| {
+            for name in names {
+                let p = Problem::new("timed_out", format!("no answer within {ONCE_INPUT_TIMEOUT:?}"));
+                InputCounters::new(&telemetry, name).problem(&p);
+                report.problems.push((name, p));
+            }
         };
         let two_samples = inputs.iter().any(Input::needs_two_samples);
         let mut ready = Vec::with_capacity(inputs.len());
-        for (name, input, _) in gather_all(inputs, &ctx, Input::needs_two_samples).await {
+        for (task_names, input, _) in gather_all(inputs, &ctx, Input::needs_two_samples).await {
             match input {
                 Some(input) => ready.push(input),
-                None => timed_out(name, &mut report),
+                None => timed_out(task_names, &mut report),
             }
         }
         if two_samples {
             tokio::time::sleep(once_sample_gap).await;
         }
         let timestamp_ns = crate::timefmt::now_ns();
-        for (name, _, gathered) in gather_all(ready, &ctx, |_| true).await {
-            let Some(gathered) = gathered else {
-                timed_out(name, &mut report);
+        for (task_names, _, samples) in gather_all(ready, &ctx, |_| true).await {
+            let Some(samples) = samples else {
+                timed_out(task_names, &mut report);
                 continue;
             };
-            let counters = InputCounters::new(&telemetry, name);
-            let (batch, problems) = finish_cycle(name, gathered, &host, timestamp_ns, &counters);
-            report.batches.extend(batch);
-            report.problems.extend(problems.into_iter().map(|p| (name, p)));
+            for (name, gathered) in task_names.into_iter().zip(samples) {
+                let counters = InputCounters::new(&telemetry, name);
+                let (batch, problems) = finish_cycle(name, gathered, &host, timestamp_ns, &counters);
+                report.batches.extend(batch);
+                report.problems.extend(problems.into_iter().map(|p| (name, p)));
+            }
         }
+        // Tasks group inputs; the report keeps the order of the settings.
+        let order = |name: &str| names.iter().position(|n| *n == name);
+        report.batches.sort_by_key(|b| order(b.input));
+        report.problems.sort_by_key(|(name, _)| order(name));
         report
     }
 
@@ -235,7 +301,8 @@ impl Collector {
     pub fn gather_host_blocking(&mut self, timestamp_ns: i64) -> Vec<Batch> {
         let mut batches = Vec::new();
         for input in &mut self.inputs {
-            if let Input::File(file) = input {
+            let Input::Files(files) = input else { continue };
+            for file in files {
                 let g = file.gather(&self.ctx);
                 let mut body = BytesMut::with_capacity(4096);
                 let (points, _) = encode_points(&g.points, &self.host, timestamp_ns, &mut body);
@@ -253,30 +320,31 @@ impl Collector {
     }
 }
 
-/// Gathers the inputs `which` selects concurrently, each within [`ONCE_INPUT_TIMEOUT`].
-/// Returns, in order, each input's name, the input (`None` if it timed out) and its sample
-/// (`None` when not selected or timed out).
+/// Gathers the tasks `which` selects concurrently, each within [`ONCE_INPUT_TIMEOUT`].
+/// Returns, in order, each task's input names, the task (`None` if it timed out) and its
+/// samples, one per name (`None` when not selected or timed out).
+#[allow(clippy::type_complexity)]
 async fn gather_all(
     inputs: Vec<Input>,
     ctx: &Arc<HostContext>,
     which: impl Fn(&Input) -> bool,
-) -> Vec<(&'static str, Option<Input>, Option<Gathered>)> {
+) -> Vec<(Vec<&'static str>, Option<Input>, Option<Vec<Gathered>>)> {
     let mut results = Vec::with_capacity(inputs.len());
     let mut set = tokio::task::JoinSet::new();
     for (i, input) in inputs.into_iter().enumerate() {
-        let name = input.name();
+        let names = input.names();
         if which(&input) {
             let ctx = ctx.clone();
             set.spawn(async move { (i, tokio::time::timeout(ONCE_INPUT_TIMEOUT, input.gather(ctx)).await) });
-            results.push((name, None, None));
+            results.push((names, None, None));
         } else {
-            results.push((name, Some(input), None));
+            results.push((names, Some(input), None));
         }
     }
     while let Some(joined) = set.join_next().await {
-        if let Ok((i, Ok((input, gathered)))) = joined {
+        if let Ok((i, Ok((input, samples)))) = joined {
             results[i].1 = Some(input);
-            results[i].2 = Some(gathered);
+            results[i].2 = Some(samples);
         }
     }
     results
@@ -421,10 +489,17 @@ impl ProblemLog {
     }
 }
 
-/// What one input's task owns besides the input.
-struct InputRun {
+/// One input of a task: its name, counters and problem log.
+struct Member {
+    name: &'static str,
     counters: InputCounters,
     log: ProblemLog,
+}
+
+/// What one task owns besides its inputs.
+struct InputRun {
+    /// In the order of `Input::names`.
+    members: Vec<Member>,
     ctx: Arc<HostContext>,
     host: Arc<str>,
     schedule: Schedule,
@@ -432,7 +507,7 @@ struct InputRun {
 
 impl InputRun {
     async fn run(mut self, mut input: Input, out: mpsc::Sender<Batch>, cancel: CancellationToken) {
-        let name = input.name();
+        let label = input.names().join(",");
         if input.needs_two_samples() {
             let primed = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -451,26 +526,30 @@ impl InputRun {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            let (next_input, gathered) = tokio::select! {
+            let (next_input, samples) = tokio::select! {
                 _ = cancel.cancelled() => return,
                 result = input.gather(self.ctx.clone()) => result,
             };
             input = next_input;
-            self.log.report(&gathered.problems);
-            let (batch, _) = finish_cycle(name, gathered, &self.host, tick_ns, &self.counters);
-            if let Some(batch) = batch {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    sent = out.send(batch) => if sent.is_err() { return },
+            for (member, gathered) in self.members.iter_mut().zip(samples) {
+                member.log.report(&gathered.problems);
+                let (batch, _) = finish_cycle(member.name, gathered, &self.host, tick_ns, &member.counters);
+                if let Some(batch) = batch {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        sent = out.send(batch) => if sent.is_err() { return },
+                    }
                 }
             }
             let next = self.schedule.next_after(crate::timefmt::now_ns(), Some(k));
             let missed = next - k - 1;
             if missed > 0 {
-                self.counters.missed.add(missed);
+                for member in &self.members {
+                    member.counters.missed.add(missed);
+                }
                 if !overrun_logged {
                     tracing::warn!(
-                        input = name,
+                        input = %label,
                         missed,
                         "collector cycle overran its interval (slow input, or its output waiting); skipping ticks (logged once)"
                     );
@@ -532,5 +611,39 @@ mod tests {
         let (started, ended) = log.update(&[]);
         assert!(started.is_empty());
         assert_eq!(ended, ["bad_json"]);
+    }
+
+    /// The inputs that read only what the kernel answers from memory share a task; those that
+    /// can wait on a filesystem or a lock have their own; names keep the settings' order.
+    #[test]
+    fn file_inputs_grouped_by_what_can_block() {
+        let mut raw = crate::config::RawConfig::load(None).unwrap();
+        raw.collect.inputs = HostInput::ALL.iter().rev().map(|i| i.name().to_owned()).collect();
+        let settings = raw.validate().unwrap();
+        let collector = Collector::new(&settings.collect, "h", &Telemetry::default()).unwrap();
+        let tasks: Vec<Vec<&str>> = collector.inputs.iter().map(Input::names).collect();
+        assert_eq!(
+            tasks,
+            [
+                vec!["kernel", "processes", "netstat", "diskio", "swap", "mem", "cpu"],
+                vec!["system"],
+                vec!["net"],
+                vec!["disk"],
+            ]
+        );
+        assert_eq!(
+            collector.input_names(),
+            ["kernel", "processes", "system", "netstat", "net", "diskio", "disk", "swap", "mem", "cpu"]
+        );
+    }
+
+    #[test]
+    fn batch_split_at_lines() {
+        let body = Bytes::from_static(b"aaaa\nbb\ncccccccc\nd\n");
+        let batch = Batch { input: "cpu", timestamp_ns: 0, body, points: 4 };
+        let pieces = batch.split(8);
+        let texts: Vec<&[u8]> = pieces.iter().map(|b| b.as_ref()).collect();
+        assert_eq!(texts, [&b"aaaa\nbb\n"[..], b"cccccccc\n", b"d\n"]);
+        assert_eq!(batch.split(1000).len(), 1);
     }
 }
