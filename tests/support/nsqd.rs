@@ -275,6 +275,25 @@ impl Nsqd {
         stats(self.http_addr()).await
     }
 
+    /// Waits (up to a minute) until `topic` and its `channel` have nothing waiting: every
+    /// message is in flight or finished.
+    pub async fn wait_delivered(&self, topic: &str, channel: &str) {
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let stats = self.stats().await;
+            let topic_depth = stats.topic(topic).map(|t| t.depth);
+            let channel_depth = stats.channel(topic, channel).map(|c| c.depth);
+            if topic_depth == Some(0) && channel_depth == Some(0) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "{topic}/{channel} never delivered: {topic_depth:?} {channel_depth:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Publishes `bodies` over HTTP (see [`NsqServer::put`]).
     pub async fn put(&self, topic: &str, bodies: &[Bytes]) {
         mpub_http(&self.http_addr().to_string(), topic, bodies).await;
