@@ -164,6 +164,18 @@ pub struct CoreSettings {
     pub(crate) shutdown_grace: Duration,
 }
 
+impl CoreSettings {
+    /// The deriver of messages these settings describe.
+    pub fn deriver(&self) -> Deriver {
+        Deriver::new(self.derive.clone())
+    }
+
+    /// An empty `router_requests` aggregate with these settings' windows.
+    pub fn request_aggregator(&self) -> Aggregator {
+        Aggregator::new(self.aggregate.clone())
+    }
+}
+
 /// What the core did, for the role's last words.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CoreSummary {
@@ -403,9 +415,9 @@ impl<A: Ack> Core<A> {
         let now = Instant::now();
         let window = settings.aggregate.windows();
         Self {
-            deriver: Deriver::new(settings.derive.clone()),
+            deriver: settings.deriver(),
             derived: Derived::default(),
-            requests: Aggregator::new(settings.aggregate.clone()),
+            requests: settings.request_aggregator(),
             logs: LogVolume::new(window, settings.aggregate.consumer.clone()),
             ledger: Ledger::default(),
             started: now,

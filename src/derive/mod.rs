@@ -27,7 +27,7 @@ use bytes::{BufMut, BytesMut};
 
 use crate::access::router::RouterParser;
 use crate::access::{Classified, Method};
-use crate::metrics::aggregate::{CompatValue, RequestSample, SeriesRef};
+use crate::metrics::aggregate::{Aggregator, CompatValue, RequestSample, SeriesRef};
 use crate::metrics::compat::{CompatEncoder, BYTES_SENT, REQUEST_TIME, RESPONSE_TIME};
 use crate::metrics::line_protocol::{parse_line_into, write_timestamp, FieldView, LineView};
 use contribution::{Contribution, LogKey};
@@ -121,6 +121,16 @@ pub struct Derived {
     pub(crate) contribution: Contribution,
     pub(crate) dead: DeadLetters,
     pub(crate) tally: Tally,
+}
+
+impl Derived {
+    /// Adds the message's `router_requests` samples to `requests` as the consumer's core does
+    /// (which also books each group in its ledger of held messages): for benches.
+    pub fn observe_requests(&self, requests: &mut Aggregator) {
+        for g in &self.contribution.requests {
+            g.observe(requests);
+        }
+    }
 }
 
 /// Why a `deis_router_*` point was passed on without being aggregated.
