@@ -764,6 +764,10 @@ pub(crate) fn parse_line_into<'a>(line: &'a [u8], view: &mut LineView<'a>) -> Re
         if line[i] == b'-' {
             i += 1;
         }
+        // Read as it is checked: nineteen digits (a nanosecond timestamp's) cannot overflow
+        // a u64; longer ones (leading zeros) go to the checked reader.
+        let digits = i;
+        let mut magnitude = 0u64;
         while let Some(&b) = line.get(i) {
             if b == b' ' {
                 break;
@@ -771,9 +775,17 @@ pub(crate) fn parse_line_into<'a>(line: &'a [u8], view: &mut LineView<'a>) -> Re
             if !b.is_ascii_digit() {
                 return Err(ParseError::BadTimestamp);
             }
+            magnitude = magnitude.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
             i += 1;
         }
-        let ts = parse_i64(&line[start..i]).ok_or(ParseError::BadTimestamp)?;
+        let ts = match i - digits {
+            0 => None,
+            1..=19 if start == digits => i64::try_from(magnitude).ok(),
+            1..=19 if magnitude == 1 << 63 => Some(i64::MIN),
+            1..=19 => i64::try_from(magnitude).ok().map(|m| -m),
+            _ => parse_i64(&line[start..i]),
+        }
+        .ok_or(ParseError::BadTimestamp)?;
         if line[i..].iter().any(|&b| b != b' ') {
             return Err(ParseError::TrailingGarbage);
         }
@@ -1792,6 +1804,16 @@ mod tests {
         }
         assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
         assert_eq!(parse_u64(b"18446744073709551616"), None);
+        // Timestamps, read as they are checked.
+        let ts = |line: &str| parse_line(line.as_bytes()).map(|p| p.timestamp_ns);
+        assert_eq!(ts("m v=1 1795234941000000247"), Ok(Some(1_795_234_941_000_000_247)));
+        assert_eq!(ts("m v=1 9223372036854775807"), Ok(Some(i64::MAX)));
+        assert_eq!(ts("m v=1 -9223372036854775808"), Ok(Some(i64::MIN)));
+        assert_eq!(ts("m v=1 -0"), Ok(Some(0)));
+        assert_eq!(ts("m v=1 000000000000000000000042"), Ok(Some(42)));
+        for bad in ["m v=1 9223372036854775808", "m v=1 -9223372036854775809", "m v=1 99999999999999999999"] {
+            assert_eq!(ts(bad), Err(ParseError::BadTimestamp), "{bad}");
+        }
     }
 
     proptest::proptest! {
