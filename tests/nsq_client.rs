@@ -560,7 +560,10 @@ async fn connects_and_disconnects_as_the_address_set_changes() {
         let a = server().await;
         let b = server().await;
         let (tx, rx) = watch::channel(BTreeSet::from([a.tcp_addr()]));
-        let run = start_consumer(consumer_settings("discovered", 10), rx);
+        // RDY from max_in_flight alone: with the byte budget, a consumer that has seen no
+        // body yet takes bodies to be frame-sized and asks for 8 (the budget has its own test).
+        let settings = ConsumerSettings { max_buffered_bytes: 0, ..consumer_settings("discovered", 10) };
+        let run = start_consumer(settings, rx);
         eventually_async(WAIT, "subscribed to A", || async { subscribers(&a, "discovered").await == 1 })
             .await;
         assert_eq!(subscribers(&b, "discovered").await, 0);
@@ -1072,6 +1075,83 @@ async fn a_message_held_past_a_real_msg_timeout_is_redelivered() {
         assert_eq!(clients[0].finish_count, 1);
         let ch = stats.channel("timeout", "logmill").unwrap();
         assert_eq!((ch.depth, ch.in_flight_count), (0, 0));
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// `max_buffered_bytes` against a real nsqd: bodies the application has not taken stay
+/// within the budget (10 bodies of 10,000 bytes in 100,000), a body taken makes room for one
+/// more, and finishing a held message (body taken before) makes none: what is held counts
+/// against `max_in_flight` only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_not_taken_stay_within_the_byte_budget() {
+    const TEST: &str = "bodies_not_taken_stay_within_the_byte_budget";
+    let Some(nsqd) = Nsqd::start(NsqdOptions::default()).await else { return nsqd::skip(TEST, "nsqd") };
+    timeout(TEST_TIMEOUT, async {
+        const N: usize = 60;
+        let big = |i: usize| {
+            let mut b = format!("{i:06}").into_bytes();
+            b.resize(10_000, b'x');
+            Bytes::from(b)
+        };
+        nsqd.put("budget", &(0..N).map(big).collect::<Vec<_>>()).await;
+        let client = reqwest::Client::new();
+        logmill::nsq::http::create_topic_and_channel(
+            &client,
+            &nsqd.http_addr().to_string(),
+            "budget",
+            Some("logmill"),
+        )
+        .await
+        .unwrap();
+        let settings = ConsumerSettings { max_buffered_bytes: 100_000, ..consumer_settings("budget", 50) };
+        let run = start_consumer(settings, consumer::fixed_addresses([nsqd.tcp_addr().to_string()]));
+        let mut deliveries = run.deliveries;
+        let in_flight =
+            || async { nsqd.stats().await.channel("budget", "logmill").map_or(0, |c| c.in_flight_count) };
+        // Nothing taken: ten bodies, then nothing more however long we wait.
+        let mut waiting = Vec::new();
+        while waiting.len() < 10 {
+            waiting.push(timeout(WAIT, deliveries.recv()).await.unwrap().unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(in_flight().await, 10, "bodies not taken: within 100,000 bytes");
+        assert!(deliveries.try_recv().is_err());
+        // Five taken and held: five more come, no more.
+        let mut held = Vec::new();
+        for mut d in waiting.drain(..5) {
+            drop(d.take_body());
+            held.push(d);
+        }
+        eventually_async(WAIT, "five more in flight", || async { in_flight().await == 15 }).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(in_flight().await, 15, "held messages do not count against the bytes");
+        // Finishing the held ones frees no room for bodies.
+        for d in held.drain(..) {
+            d.finish().await;
+        }
+        eventually_async(WAIT, "the held ones finished", || async { in_flight().await == 10 }).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(in_flight().await, 10);
+        // Taking everything as it comes drains the topic, each message once.
+        let mut seen: HashSet<Bytes> = HashSet::new();
+        for mut d in waiting.drain(..) {
+            seen.insert(d.take_body());
+            d.finish().await;
+        }
+        while seen.len() < N - 5 {
+            let mut d = timeout(WAIT, deliveries.recv()).await.unwrap().unwrap();
+            assert!(seen.insert(d.take_body()), "delivered twice");
+            d.finish().await;
+        }
+        eventually_async(WAIT, "the channel drained", || async {
+            nsqd.stats()
+                .await
+                .channel("budget", "logmill")
+                .is_some_and(|c| c.depth == 0 && c.in_flight_count == 0)
+        })
+        .await;
     })
     .await
     .expect("test timed out");

@@ -69,8 +69,11 @@ const TICK: Duration = Duration::from_millis(100);
 /// A pass-through submission is handed over once it holds this much line protocol (or at the
 /// end of each burst of messages).
 const BATCH_BYTES: usize = 256 * 1024;
-/// Submissions queued for the output task beyond which no new message is taken.
-const MAX_QUEUED_BYTES: usize = 8 << 20;
+/// Line protocol handed to the outputs and not yet answered beyond which no new message is
+/// taken. A consumer's backlog waits in nsqd, so the writer's buffer (64 MiB by default) need
+/// not fill from it: this keeps InfluxDB's requests (two of at most 1 MiB by default) busy
+/// several times over, and memory well below the writer's budget.
+const MAX_UNANSWERED_BYTES: usize = 8 << 20;
 /// Messages taken from the inbound channel in one go before other events are looked at.
 const BURST: usize = 64;
 
@@ -164,6 +167,18 @@ pub struct CoreSettings {
     pub(crate) shutdown_grace: Duration,
 }
 
+impl CoreSettings {
+    /// The deriver of messages these settings describe.
+    pub fn deriver(&self) -> Deriver {
+        Deriver::new(self.derive.clone())
+    }
+
+    /// An empty `router_requests` aggregate with these settings' windows.
+    pub fn request_aggregator(&self) -> Aggregator {
+        Aggregator::new(self.aggregate.clone())
+    }
+}
+
 /// What the core did, for the role's last words.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CoreSummary {
@@ -194,7 +209,9 @@ pub fn start<A: Ack>(
     stop: CancellationToken,
 ) -> (mpsc::Sender<Inbound<A>>, JoinHandle<CoreSummary>) {
     // A burst's worth: the source's own bound (nsqd's RDY) is what limits messages in flight.
-    let (tx, rx) = mpsc::channel(BURST * 4);
+    // The source counts a body as processed once it is sent here (`max_buffered_bytes`), so
+    // this is also what waits here beyond that bound: 64 router messages are 2.5 MB.
+    let (tx, rx) = mpsc::channel(BURST);
     let (jobs_tx, jobs_rx) = mpsc::channel(16);
     let (answers_tx, answers_rx) = mpsc::channel(1024);
     tracker.spawn(submit::run(jobs_rx, output, dead_letters, answers_tx));
@@ -385,7 +402,7 @@ struct Core<A> {
     ledger: Ledger<A>,
     started: Instant,
     jobs: VecDeque<Job>,
-    queued_bytes: usize,
+    unanswered_bytes: usize,
     batch: Batch,
     capacity: [Option<u32>; 2],
     last_inbound: Instant,
@@ -403,14 +420,14 @@ impl<A: Ack> Core<A> {
         let now = Instant::now();
         let window = settings.aggregate.windows();
         Self {
-            deriver: Deriver::new(settings.derive.clone()),
+            deriver: settings.deriver(),
             derived: Derived::default(),
-            requests: Aggregator::new(settings.aggregate.clone()),
+            requests: settings.request_aggregator(),
             logs: LogVolume::new(window, settings.aggregate.consumer.clone()),
             ledger: Ledger::default(),
             started: now,
             jobs: VecDeque::new(),
-            queued_bytes: 0,
+            unanswered_bytes: 0,
             batch: Batch::default(),
             capacity: [None; 2],
             last_inbound: now,
@@ -458,7 +475,13 @@ impl<A: Ack> Core<A> {
                     break;
                 }
             }
-            let can_read = inbound_open && self.queued_bytes < MAX_QUEUED_BYTES;
+            let can_read = inbound_open && self.unanswered_bytes < MAX_UNANSWERED_BYTES;
+            if !can_read {
+                // Not reading is not quiet input: windows must not close by the wall clock
+                // while InfluxDB is merely slow to answer (a backlog would be flushed in
+                // pieces, more points for the slow server).
+                self.last_inbound = Instant::now();
+            }
             tokio::select! {
                 biased;
                 _ = stop.cancelled(), if self.closing.is_none() => self.begin_closing(),
@@ -471,7 +494,6 @@ impl<A: Ack> Core<A> {
                 permit = jobs.reserve(), if !self.jobs.is_empty() => match permit {
                     Ok(permit) => {
                         if let Some(job) = self.jobs.pop_front() {
-                            self.queued_bytes -= job.bytes();
                             permit.send(job);
                         }
                     }
@@ -625,7 +647,7 @@ impl<A: Ack> Core<A> {
     }
 
     fn queue(&mut self, job: Job) {
-        self.queued_bytes += job.bytes();
+        self.unanswered_bytes += job.bytes();
         self.jobs.push_back(job);
     }
 
@@ -716,6 +738,7 @@ impl<A: Ack> Core<A> {
     }
 
     fn on_answer(&mut self, answer: Answer) {
+        self.unanswered_bytes -= answer.bytes;
         if answer.dead_letter {
             self.counters.dead_letters.add(1);
             if answer.outcome.rejected > 0 {

@@ -104,6 +104,8 @@ pub(crate) struct Answer {
     pub(crate) outcome: Outcome,
     /// From the hand-over to the answer.
     pub(crate) latency: Duration,
+    /// The job's [`Job::bytes`], no longer waiting.
+    pub(crate) bytes: usize,
 }
 
 /// Runs until `jobs` closes and every job is answered.
@@ -125,9 +127,9 @@ pub(crate) async fn run(
                     let _ = answers.send(answer).await;
                 }
             }
-            job = jobs.recv(), if open => match job {
+            job = jobs.recv(), if open => match job.map(|j| (j.bytes(), j)) {
                 None => open = false,
-                Some(Job::Points { id, body, points, urgent }) => {
+                Some((bytes, Job::Points { id, body, points, urgent })) => {
                     let started = Instant::now();
                     let submitted =
                         if urgent { output.submit_urgent(body, points).await } else { output.submit(body, points).await };
@@ -136,18 +138,18 @@ pub(crate) async fn run(
                             waiting.spawn(async move {
                                 let outcome = pending.await;
                                 let durable = outcome.is_final();
-                                Answer { id, durable, dead_letter: false, outcome, latency: started.elapsed() }
+                                Answer { id, durable, dead_letter: false, outcome, latency: started.elapsed(), bytes }
                             });
                         }
                         Err(error) => {
                             tracing::warn!(%error, "output closed; points not written");
                             let outcome = Outcome::aborted(points as u64);
-                            let answer = Answer { id, durable: false, dead_letter: false, outcome, latency: started.elapsed() };
+                            let answer = Answer { id, durable: false, dead_letter: false, outcome, latency: started.elapsed(), bytes };
                             let _ = answers.send(answer).await;
                         }
                     }
                 }
-                Some(Job::Dead { id, letter }) => {
+                Some((bytes, Job::Dead { id, letter })) => {
                     let started = Instant::now();
                     let stored = match &sink {
                         DeadLetterSink::None => true,
@@ -161,7 +163,7 @@ pub(crate) async fn run(
                     // finished all the same: invalid input must never block the channel.
                     let outcome = if stored { Outcome::written(1) } else { Outcome::rejected(1, "dead letter not stored") };
                     let answer =
-                        Answer { id: Some(id), durable: true, dead_letter: true, outcome, latency: started.elapsed() };
+                        Answer { id: Some(id), durable: true, dead_letter: true, outcome, latency: started.elapsed(), bytes };
                     let _ = answers.send(answer).await;
                 }
             },

@@ -44,6 +44,15 @@ impl RequestGroup {
         SeriesRef { app: &self.app, host: &self.host, status: self.status, method: self.method }
     }
 
+    /// Whether this is the group of `series` in the window starting at `window_start`.
+    fn is(&self, series: &SeriesRef<'_>, window_start: i64) -> bool {
+        self.window_start == window_start
+            && self.status == series.status
+            && self.method == series.method
+            && self.app == series.app
+            && self.host == series.host
+    }
+
     /// The group as the aggregator's samples: the counts, then one per time.
     fn samples(&self) -> impl Iterator<Item = RequestSample> + '_ {
         let at = self.last_ns;
@@ -69,9 +78,13 @@ impl RequestGroup {
 
     /// Adds the group to its series.
     pub(crate) fn observe(&self, aggregator: &mut Aggregator) {
-        for sample in self.samples() {
-            aggregator.observe(self.series(), &sample);
-        }
+        aggregator.observe_group(
+            self.series(),
+            self.last_ns,
+            (self.requests, self.bytes_sent),
+            &self.request_times,
+            &self.upstream_times,
+        );
     }
 
     /// Takes the group back from its series; false when the series is no longer live.
@@ -122,6 +135,9 @@ pub(crate) struct Contribution {
     pub(crate) logs: Vec<LogGroup>,
     /// Group index by key hash (a collision falls back to a scan).
     index: HashMap<u64, usize, KeyHash>,
+    /// The request group added to last: the three compat points of an access line, and often
+    /// the next lines, belong to it, and comparing it costs less than hashing the key.
+    last_request: Option<usize>,
 }
 
 fn key_hash(lane: Lane, parts: &[&[u8]], window_start: i64) -> u64 {
@@ -148,6 +164,22 @@ impl Contribution {
 
     /// Adds a sample of `series` in the window starting at `window_start`.
     pub(crate) fn add_request(&mut self, series: SeriesRef<'_>, window_start: i64, s: &RequestSample) {
+        let same = |g: &RequestGroup| g.is(&series, window_start);
+        let i = match self.last_request.filter(|&i| self.requests.get(i).is_some_and(same)) {
+            Some(i) => i,
+            None => self.request_group(series, window_start, s.time_ns),
+        };
+        self.last_request = Some(i);
+        let g = &mut self.requests[i];
+        g.last_ns = g.last_ns.max(s.time_ns);
+        g.requests += s.requests;
+        g.bytes_sent = g.bytes_sent.saturating_add(s.bytes_sent);
+        g.request_times.extend(s.request_time);
+        g.upstream_times.extend(s.upstream_time);
+    }
+
+    /// The index of `series`' group in `window_start`, added (first at `time_ns`) if new.
+    fn request_group(&mut self, series: SeriesRef<'_>, window_start: i64, time_ns: i64) -> usize {
         let status = series.status.to_be_bytes();
         let method = [series.method as u8];
         let hash = key_hash(
@@ -155,26 +187,20 @@ impl Contribution {
             &[series.app.as_bytes(), series.host.as_bytes(), &status, &method],
             window_start,
         );
-        let same = |g: &RequestGroup| {
-            g.window_start == window_start
-                && g.status == series.status
-                && g.method == series.method
-                && g.app == series.app
-                && g.host == series.host
-        };
+        let same = |g: &RequestGroup| g.is(&series, window_start);
         let found = match self.index.get(&hash) {
             Some(&i) if self.requests.get(i).is_some_and(same) => Some(i),
             Some(_) => self.requests.iter().position(same),
             None => None,
         };
-        let i = found.unwrap_or_else(|| {
+        found.unwrap_or_else(|| {
             self.requests.push(RequestGroup {
                 app: series.app.to_owned(),
                 host: series.host.to_owned(),
                 status: series.status,
                 method: series.method,
                 window_start,
-                last_ns: s.time_ns,
+                last_ns: time_ns,
                 requests: 0,
                 bytes_sent: 0,
                 request_times: Vec::new(),
@@ -182,13 +208,7 @@ impl Contribution {
             });
             self.index.entry(hash).or_insert(self.requests.len() - 1);
             self.requests.len() - 1
-        });
-        let g = &mut self.requests[i];
-        g.last_ns = g.last_ns.max(s.time_ns);
-        g.requests += s.requests;
-        g.bytes_sent = g.bytes_sent.saturating_add(s.bytes_sent);
-        g.request_times.extend(s.request_time);
-        g.upstream_times.extend(s.upstream_time);
+        })
     }
 
     /// Counts one log record at `time_ns` in the window starting at `window_start`.

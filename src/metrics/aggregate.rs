@@ -299,6 +299,17 @@ impl Aggregator {
         self.key.extend_from_slice(series.host.as_bytes());
     }
 
+    /// A new series' tags.
+    fn tags(series: &SeriesRef<'_>, consumer: &str) -> Vec<(String, String)> {
+        vec![
+            ("app".to_owned(), series.app.to_owned()),
+            ("status_code".to_owned(), crate::access::StatusText::new(series.status).as_str().to_owned()),
+            ("method".to_owned(), series.method.as_str().to_owned()),
+            ("host".to_owned(), series.host.to_owned()),
+            ("consumer".to_owned(), consumer.to_owned()),
+        ]
+    }
+
     /// Adds a sample to its series.
     pub fn observe(&mut self, series: SeriesRef<'_>, sample: &RequestSample) {
         self.lines += sample.requests;
@@ -308,17 +319,45 @@ impl Aggregator {
         }
         self.build_key(window_start, &series);
         let consumer = &self.consumer;
-        let tags = || {
-            vec![
-                ("app".to_owned(), series.app.to_owned()),
-                ("status_code".to_owned(), crate::access::StatusText::new(series.status).as_str().to_owned()),
-                ("method".to_owned(), series.method.as_str().to_owned()),
-                ("host".to_owned(), series.host.to_owned()),
-                ("consumer".to_owned(), consumer.clone()),
-            ]
-        };
+        let tags = || Self::tags(&series, consumer);
         self.windows.series(window_start, &self.key, tags).add(sample);
         self.windows.advance_to(sample.time_ns);
+    }
+
+    /// Adds what several samples of one series, all at `time_ns`, add: `requests` and
+    /// `bytes_sent` summed, and their times. The same as [`Aggregator::observe`] of each (a
+    /// consumer's samples of one message, grouped), with the series looked up once.
+    pub(crate) fn observe_group(
+        &mut self,
+        series: SeriesRef<'_>,
+        time_ns: i64,
+        (requests, bytes_sent): (u64, u64),
+        request_times: &[f64],
+        upstream_times: &[f64],
+    ) {
+        let counts = u64::from(requests > 0 || bytes_sent > 0);
+        let samples = counts + request_times.len() as u64 + upstream_times.len() as u64;
+        if samples == 0 {
+            return;
+        }
+        self.lines += requests;
+        let window_start = self.windows.window_start(time_ns);
+        if self.windows.is_late(window_start) {
+            self.late_lines += samples;
+        }
+        self.build_key(window_start, &series);
+        let consumer = &self.consumer;
+        let tags = || Self::tags(&series, consumer);
+        let state = self.windows.series(window_start, &self.key, tags);
+        state.count += requests;
+        state.bytes_sent = state.bytes_sent.saturating_add(bytes_sent);
+        for &t in request_times {
+            state.request_time.insert(t);
+        }
+        for &t in upstream_times {
+            state.upstream_time.insert(t);
+        }
+        self.windows.advance_to(time_ns);
     }
 
     /// Takes back a sample observed before, while its series is still live (not flushed);
@@ -532,6 +571,43 @@ mod tests {
         parts.flush_all();
         assert_eq!(whole.take_ready(), parts.take_ready());
         assert_eq!(whole.stats(), parts.stats());
+    }
+
+    #[test]
+    fn a_group_adds_what_its_samples_add_one_by_one() {
+        let (mut one_by_one, mut grouped) = (Aggregator::new(settings(100)), Aggregator::new(settings(100)));
+        let series = SeriesRef { app: "foo", host: "n1", status: 200, method: Method::Get };
+        let at = 103 * SEC;
+        let (request_times, upstream_times) = ([0.004, 0.030, 0.300], [0.003, 0.025]);
+        let counts = RequestSample {
+            time_ns: at,
+            requests: 3,
+            bytes_sent: 700,
+            request_time: None,
+            upstream_time: None,
+        };
+        one_by_one.observe(series, &counts);
+        for &t in &request_times {
+            let s = RequestSample { request_time: Some(t), requests: 0, bytes_sent: 0, ..counts };
+            one_by_one.observe(series, &s);
+        }
+        for &t in &upstream_times {
+            let s = RequestSample { upstream_time: Some(t), requests: 0, bytes_sent: 0, ..counts };
+            one_by_one.observe(series, &s);
+        }
+        grouped.observe_group(series, at, (3, 700), &request_times, &upstream_times);
+        // Nothing at all: no series.
+        grouped.observe_group(SeriesRef { app: "bar", ..series }, at, (0, 0), &[], &[]);
+        assert_eq!(grouped.live_series(), 1);
+        // A later sample closes the window in both.
+        let late = RequestSample { time_ns: 125 * SEC, ..counts };
+        one_by_one.observe(series, &late);
+        grouped.observe_group(series, 125 * SEC, (3, 700), &[], &[]);
+        assert_eq!(one_by_one.take_ready(), grouped.take_ready());
+        one_by_one.flush_all();
+        grouped.flush_all();
+        assert_eq!(one_by_one.take_ready(), grouped.take_ready());
+        assert_eq!(one_by_one.stats(), grouped.stats());
     }
 
     #[test]

@@ -23,6 +23,17 @@
 //! RDY 1 and the turn moves on once they have held it for `rdy_rotate_interval` (go-nsq rotates
 //! too).
 //!
+//! With `max_buffered_bytes`, RDY also keeps the bodies nsqd has sent and the application
+//! has not yet taken ([`Delivery::take_body`], or the delivery settled) near that many bytes:
+//! the RDY of every connection adds up to at most what is in flight plus what still fits at
+//! the running average body size (the largest frame's until a first body is seen), recomputed
+//! at every tick and as soon as the bodies waiting fall below half the budget. A connection
+//! lowers its RDY by the messages it finishes or requeues, ahead of those commands on the
+//! socket: finishing frees no room for bodies. A message whose body was taken (one a consumer
+//! holds while its window is open) counts against `max_in_flight` only, so holding stays as
+//! deep as `max_in_flight` allows while the bodies waiting to be processed stay bounded: 2,500
+//! router messages of 40 KB waiting were 100 MB.
+//!
 //! nsqd does not take back messages already in flight when RDY is lowered, so what a
 //! connection holds is `max(RDY, in flight)` (each connection task reports its in-flight
 //! count), and only `max_in_flight` minus the sum of those is handed out. Decreases are sent
@@ -74,12 +85,19 @@ use tracing::Instrument;
 use super::connection::{classify_server_error, Connection, ConnectionError, ConnectionSettings};
 use super::protocol::{self, Frame, Message, MessageId};
 use crate::backoff::Backoff;
-use crate::telemetry::{Counter, Telemetry};
+use crate::telemetry::{Counter, Gauge, Telemetry};
 
 /// How often the supervisor hands out freed RDY and checks the backoff timer.
 const RDY_TICK: Duration = Duration::from_millis(50);
 /// nsqd's `--max-req-timeout` default: longer REQ delays are clamped to it.
 const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(3600);
+/// Bodies at least this large are copied out of the connection's read buffer. A body is a
+/// slice of the 64 KiB chunk it was read into and keeps all of it alive, and a frame split
+/// across chunks is copied into a fresh one when the buffer is shared: a 33 KB router message
+/// held twice its size until processed, and the churn of new chunks was half of the
+/// consumer's page faults. Copied, the read buffer is reused in place; smaller bodies share
+/// chunks, many to one, and stay where they are.
+const COPY_OUT_BODY_BYTES: usize = 4096;
 /// Messages remembered as requeued without reaching the application (for `max_attempts`);
 /// past this the memory is cleared rather than grown: such requeues are rare.
 const UNSEEN_REQUEUES_MAX: usize = 4096;
@@ -95,6 +113,9 @@ pub struct ConsumerSettings {
     pub connection: ConnectionSettings,
     /// Messages in flight across all connections, at most.
     pub max_in_flight: u32,
+    /// Bytes of bodies received and not yet taken by the application, about at most (RDY is
+    /// lowered from the running average body size); 0: no bound but `max_in_flight`.
+    pub max_buffered_bytes: u64,
     /// Deliveries after which a message is given up (hook, then FIN); 0: never.
     pub max_attempts: u16,
     /// Reconnect backoff: first wait.
@@ -125,6 +146,10 @@ impl Default for ConsumerSettings {
             // nsqd's own --max-rdy-count: `logmill consume` holds messages while their
             // aggregate windows are open, and what it can hold bounds its throughput.
             max_in_flight: 2500,
+            // 250 of the agent's router messages (100 access lines, ~33 KB each): what a
+            // consumer derives in ~25 ms, more than one RDY round trip; 16 MiB was no faster
+            // in benches/consume and 20 MiB higher in peak RSS.
+            max_buffered_bytes: 8 << 20,
             max_attempts: 0,
             reconnect_backoff_initial: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(10),
@@ -219,6 +244,18 @@ struct Shared {
     /// Messages in flight at most while the connections are as they are (see
     /// [`Consumer::capacity`]).
     capacity: Arc<AtomicU32>,
+    /// Bytes of bodies delivered and not yet taken or settled (see `max_buffered_bytes`).
+    buffered_bytes: AtomicU64,
+    /// Signalled when `buffered_bytes` falls below half the budget: the supervisor hands the
+    /// room out at once rather than at its next tick, which left the consumer idle for most
+    /// of each tick (benches/consume: 1,700 router messages/s where 4,400 were possible).
+    room: Notify,
+    /// The byte budget, not `max_in_flight`, is what limits RDY now: finishing a message
+    /// frees no room (see `on_commands`).
+    budget_binds: AtomicBool,
+    /// Bodies received, every connection: messages and bytes, for the average size.
+    received: AtomicU64,
+    received_bytes: AtomicU64,
 }
 
 impl Shared {
@@ -233,6 +270,11 @@ impl Shared {
             signal: Notify::new(),
             unseen_requeues: Mutex::new(HashMap::new()),
             capacity: Arc::new(AtomicU32::new(0)),
+            buffered_bytes: AtomicU64::new(0),
+            room: Notify::new(),
+            budget_binds: AtomicBool::new(false),
+            received: AtomicU64::new(0),
+            received_bytes: AtomicU64::new(0),
         }
     }
 
@@ -281,6 +323,7 @@ struct Counters {
     connection_errors: Counter,
     non_fatal: Counter,
     backoffs: Counter,
+    buffered_bytes: Gauge,
 }
 
 impl Counters {
@@ -325,6 +368,11 @@ impl Counters {
                 "Handler failures that started or deepened a backoff.",
                 &[],
             ),
+            buffered_bytes: t.gauge(
+                "logmill_nsq_buffered_bytes",
+                "Bytes of message bodies received and not yet taken by the consumer.",
+                &[],
+            ),
         }
     }
 }
@@ -337,6 +385,8 @@ pub struct Delivery {
     done: bool,
     msg_timeout: Duration,
     max_msg_timeout: Duration,
+    /// Bytes of the body counted in `Shared::buffered_bytes`, until taken or settled.
+    buffered: u64,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -384,7 +434,20 @@ impl Delivery {
     /// Takes the body out, leaving the delivery as a small handle to finish, requeue or touch
     /// the message: a consumer that holds messages for a while holds no bodies.
     pub fn take_body(&mut self) -> Bytes {
+        self.unbuffer();
         std::mem::take(&mut self.message.body)
+    }
+
+    /// The body no longer counts against `max_buffered_bytes`.
+    fn unbuffer(&mut self) {
+        if self.buffered > 0 {
+            let before = self.shared.buffered_bytes.fetch_sub(self.buffered, Ordering::Relaxed);
+            let half = self.shared.settings.max_buffered_bytes / 2;
+            if before >= half && before - self.buffered < half {
+                self.shared.room.notify_one();
+            }
+            self.buffered = 0;
+        }
     }
 
     /// [`Delivery::touch`] as a future that does not borrow the delivery.
@@ -424,6 +487,7 @@ impl Delivery {
 
 impl Drop for Delivery {
     fn drop(&mut self) {
+        self.unbuffer();
         if !self.done {
             // Cannot wait here; if the channel is full the message times out on nsqd instead.
             let _ = self.conn.try_send(Cmd::Req(self.message.id, 0));
@@ -589,6 +653,12 @@ struct Supervisor {
     /// timer instead, a turn whose RDY waits for the previous one to settle could be cut short
     /// before it began).
     turn_granted: Option<Instant>,
+    /// Running average of the bodies received (bytes), once one has been.
+    body_bytes: Option<f64>,
+    /// `Shared::received` and `received_bytes` when last averaged.
+    averaged: (u64, u64),
+    /// What the connections' RDY may add up to (see [`Supervisor::in_flight_limit`]).
+    limit: u32,
 }
 
 /// Resolves once the application dropped the delivery receiver.
@@ -623,6 +693,9 @@ impl Supervisor {
             level: 0,
             probe_seen: 0,
             turn_granted: None,
+            body_bytes: None,
+            averaged: (0, 0),
+            limit: 0,
         }
     }
 
@@ -656,6 +729,7 @@ impl Supervisor {
                     Event(Event),
                     Addresses(bool),
                     Signal,
+                    Room,
                     Tick,
                 }
                 let shared = self.shared.clone();
@@ -666,6 +740,7 @@ impl Supervisor {
                     Some(e) = self.events_rx.recv() => Ev::Event(e),
                     r = self.addresses.changed(), if watching && !stopping => Ev::Addresses(r.is_ok()),
                     _ = shared.signal.notified(), if !stopping => Ev::Signal,
+                    _ = shared.room.notified(), if !stopping => Ev::Room,
                     _ = tick.tick() => Ev::Tick,
                 };
                 match ev {
@@ -692,6 +767,8 @@ impl Supervisor {
                     // The sender is gone: the set stays as it was.
                     Ev::Addresses(false) => watching = false,
                     Ev::Signal => self.on_signals(),
+                    // Only RDY to recompute, below.
+                    Ev::Room => {}
                     Ev::Tick => self.on_tick(Instant::now()),
                 }
                 if !stopping {
@@ -829,7 +906,16 @@ impl Supervisor {
         for c in self.conns.values_mut() {
             c.held = [c.holds_now(), c.held[0]];
         }
-        let max = self.shared.settings.max_in_flight as usize;
+        self.average_body_size();
+        if self.shared.settings.max_buffered_bytes > 0 {
+            // A connection lowers its own RDY as it finishes messages while the budget binds
+            // (see `on_commands`): it follows what was assigned again should the assignment
+            // not have changed.
+            for c in self.conns.values().filter(|c| c.ready) {
+                c.rdy.send_replace(c.sent);
+            }
+        }
+        let max = self.limit.max(1) as usize;
         let ready = self.conns.values().filter(|c| c.ready).count();
         let turn_over = self
             .turn_granted
@@ -857,16 +943,55 @@ impl Supervisor {
         }
     }
 
+    /// Folds the bodies received since the last tick into the running average (a quarter
+    /// weight per tick: it follows a change of message size within a second).
+    fn average_body_size(&mut self) {
+        let now = (
+            self.shared.received.load(Ordering::Relaxed),
+            self.shared.received_bytes.load(Ordering::Relaxed),
+        );
+        let (messages, bytes) = (now.0 - self.averaged.0, now.1 - self.averaged.1);
+        self.averaged = now;
+        if messages > 0 {
+            let size = bytes as f64 / messages as f64;
+            self.body_bytes = Some(self.body_bytes.map_or(size, |avg| avg + (size - avg) / 4.0));
+        }
+        self.shared.counters.buffered_bytes.set(self.shared.buffered_bytes.load(Ordering::Relaxed));
+    }
+
+    /// What the RDY of every connection may add up to: `max_in_flight`, or, with
+    /// `max_buffered_bytes`, what is in flight plus as many average bodies as still fit in
+    /// what is left of it (at least one when nothing is buffered, so that a body larger than
+    /// the whole budget still comes, alone). Until a first body has given the size, bodies
+    /// are taken to be as large as a frame may be: a backlog's first burst at full RDY would
+    /// be `max_in_flight` bodies at once.
+    fn in_flight_limit(&self) -> u32 {
+        let s = &self.shared.settings;
+        if s.max_buffered_bytes == 0 {
+            return s.max_in_flight;
+        }
+        let body_bytes = self.body_bytes.unwrap_or(s.connection.max_frame_bytes as f64);
+        let buffered = self.shared.buffered_bytes.load(Ordering::Relaxed);
+        let fits = (s.max_buffered_bytes.saturating_sub(buffered) as f64 / body_bytes.max(1.0)) as u64;
+        let fits = if buffered == 0 { fits.max(1) } else { fits };
+        let in_flight = self.conns.values().map(|c| c.stats.in_flight.load(Ordering::Relaxed)).sum::<u32>();
+        s.max_in_flight.min(in_flight.saturating_add(u32::try_from(fits).unwrap_or(u32::MAX)))
+    }
+
     /// Computes every connection's RDY and sends changes: decreases at once, increases only
     /// within what no connection holds (RDY or in flight) and is settled.
     fn apply_rdy(&mut self) {
-        let max = self.shared.settings.max_in_flight;
         let ready: Vec<String> = self.conns.iter().filter(|(_, c)| c.ready).map(|(a, _)| a.clone()).collect();
         let caps: Vec<u32> = ready.iter().map(|a| self.conns.get(a).map_or(0, |c| c.max_rdy)).collect();
-        let normal = rdy_targets(max, &caps, self.offset);
-        self.shared.capacity.store(normal.iter().sum(), Ordering::Relaxed);
+        // The capacity a holding application plans with is `max_in_flight`'s: bodies it has
+        // taken do not count against the byte budget.
+        let capacity = rdy_targets(self.shared.settings.max_in_flight, &caps, self.offset);
+        self.shared.capacity.store(capacity.iter().sum(), Ordering::Relaxed);
+        self.limit = self.in_flight_limit();
+        self.shared.budget_binds.store(self.limit < self.shared.settings.max_in_flight, Ordering::Relaxed);
+        let max = self.limit;
         let targets = match self.mode {
-            Mode::Normal => normal,
+            Mode::Normal => rdy_targets(max, &caps, self.offset),
             Mode::Waiting(_) => vec![0; ready.len()],
             Mode::Probing(_) => {
                 let mut t = vec![0; ready.len()];
@@ -940,6 +1065,8 @@ struct Session {
     close_wait: bool,
     /// A message arrived: the reconnect backoff starts over.
     answered: bool,
+    /// Commands taken in one go by `on_commands` (kept for its capacity).
+    commands: Vec<Cmd>,
 }
 
 /// How a session ended.
@@ -1022,6 +1149,7 @@ impl ConnTask {
             closing: None,
             close_wait: false,
             answered: false,
+            commands: Vec::new(),
         };
         loop {
             self.stats
@@ -1150,18 +1278,36 @@ impl ConnTask {
         first: Cmd,
         cmd_rx: &mut mpsc::Receiver<Cmd>,
     ) {
+        let mut commands = std::mem::take(&mut session.commands);
+        commands.push(first);
+        while commands.len() < 256 {
+            match cmd_rx.try_recv() {
+                Ok(c) => commands.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut settled = 0u32;
+        for c in &commands {
+            if let Cmd::Fin(id) | Cmd::Req(id, _) = c {
+                settled += u32::from(session.in_flight.remove(id));
+            }
+        }
+        if settled > 0 && session.rdy_sent > 0 && self.shared.budget_binds.load(Ordering::Relaxed) {
+            // While the byte budget limits RDY, a finished message frees no room for a body:
+            // what may come is what the supervisor computed from the bodies waiting. RDY goes
+            // down with the messages, ahead of their FINs on the same socket, or nsqd would
+            // fill what they free (a window's worth at once) before the supervisor's next RDY.
+            session.rdy_sent = session.rdy_sent.saturating_sub(settled);
+            protocol::encode_rdy(session.rdy_sent, conn.out());
+        }
         let (mut fin, mut req) = (0u64, 0u64);
-        let mut cmd = Some(first);
-        let mut budget = 256;
-        while let Some(c) = cmd {
+        for c in commands.drain(..) {
             match c {
                 Cmd::Fin(id) => {
-                    session.in_flight.remove(&id);
                     protocol::encode_fin(&id, conn.out());
                     fin += 1;
                 }
                 Cmd::Req(id, delay) => {
-                    session.in_flight.remove(&id);
                     protocol::encode_req(&id, delay, conn.out());
                     req += 1;
                 }
@@ -1171,9 +1317,8 @@ impl ConnTask {
                     }
                 }
             }
-            budget -= 1;
-            cmd = if budget > 0 { cmd_rx.try_recv().ok() } else { None };
         }
+        session.commands = commands;
         self.shared.counters.finished.add(fin);
         self.shared.counters.requeued.add(req);
     }
@@ -1206,7 +1351,12 @@ impl ConnTask {
 
     /// Hands a message to the application, gives it up, or requeues it at once. Returns
     /// whether the delivery receiver is gone.
-    fn on_message(&self, m: Message, conn: &mut Connection, session: &mut Session) -> bool {
+    fn on_message(&self, mut m: Message, conn: &mut Connection, session: &mut Session) -> bool {
+        if m.body.len() >= COPY_OUT_BODY_BYTES {
+            m.body = Bytes::copy_from_slice(&m.body);
+        }
+        self.shared.received.fetch_add(1, Ordering::Relaxed);
+        self.shared.received_bytes.fetch_add(m.body.len() as u64, Ordering::Relaxed);
         let in_flight = &mut session.in_flight;
         if self.deliveries.is_closed() {
             // Before the give-up check: a message nobody can handle is not given up.
@@ -1232,6 +1382,9 @@ impl ConnTask {
         }
         let id = m.id;
         in_flight.insert(id);
+        // Counted before the application can take it; a delivery not sent uncounts on drop.
+        let buffered = m.body.len() as u64;
+        self.shared.buffered_bytes.fetch_add(buffered, Ordering::Relaxed);
         let delivery = Delivery {
             message: m,
             conn: session.cmd_tx.clone(),
@@ -1239,6 +1392,7 @@ impl ConnTask {
             done: false,
             msg_timeout: session.limits.0,
             max_msg_timeout: session.limits.1,
+            buffered,
         };
         let (mut d, gone) = match self.deliveries.try_send(delivery) {
             Ok(()) => return false,
@@ -1303,7 +1457,11 @@ mod tests {
     }
 
     fn supervisor(max_in_flight: u32) -> Supervisor {
-        let settings = ConsumerSettings { max_in_flight, ..ConsumerSettings::default() };
+        budgeted(max_in_flight, 0)
+    }
+
+    fn budgeted(max_in_flight: u32, max_buffered_bytes: u64) -> Supervisor {
+        let settings = ConsumerSettings { max_in_flight, max_buffered_bytes, ..ConsumerSettings::default() };
         let shared = Arc::new(Shared::new(settings, None, &Telemetry::default()));
         let addresses = fixed_addresses(Vec::<String>::new());
         Supervisor::new(shared, addresses, None, TaskTracker::new(), CancellationToken::new())
@@ -1392,6 +1550,78 @@ mod tests {
         s.mode = Mode::Normal;
         s.apply_rdy();
         assert_eq!(*a.borrow(), 10);
+    }
+
+    /// A delivery of `body_bytes` received on a connection, as the connection task makes one.
+    fn delivered(s: &Supervisor, stats: &ConnStats, body_bytes: usize) -> Delivery {
+        let shared = s.shared.clone();
+        shared.received.fetch_add(1, Ordering::Relaxed);
+        shared.received_bytes.fetch_add(body_bytes as u64, Ordering::Relaxed);
+        shared.buffered_bytes.fetch_add(body_bytes as u64, Ordering::Relaxed);
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let body = Bytes::from(vec![b'x'; body_bytes]);
+        let message = Message { id: MessageId(*b"0123456789abcdef"), attempts: 1, timestamp_ns: 0, body };
+        Delivery {
+            message,
+            conn: mpsc::channel(1).0,
+            shared,
+            done: true,
+            msg_timeout: Duration::from_secs(60),
+            max_msg_timeout: Duration::from_secs(900),
+            buffered: body_bytes as u64,
+        }
+    }
+
+    #[test]
+    fn rdy_keeps_bodies_not_yet_taken_within_the_byte_budget() {
+        // 100 in flight at most, bodies of 1,000 bytes, 10,000 bytes of them buffered at most.
+        let mut s = budgeted(100, 10_000);
+        let (a, a_stats) = add(&mut s, "a");
+        s.apply_rdy();
+        assert_eq!(*a.borrow(), 1, "bodies as large as a frame until the size is known");
+        assert_eq!(s.shared.capacity.load(Ordering::Relaxed), 100, "holding plans with max_in_flight");
+        let mut first = delivered(&s, &a_stats, 1000);
+        settle(&mut s);
+        s.apply_rdy();
+        assert_eq!(*a.borrow(), 10, "1 in flight and 9 more bodies fit");
+        // The first body taken (held by the application): it counts in flight only.
+        drop(first.take_body());
+        assert_eq!(s.shared.buffered_bytes.load(Ordering::Relaxed), 0);
+        settle(&mut s);
+        s.apply_rdy();
+        assert_eq!(*a.borrow(), 11);
+        // Ten more arrive; four taken and held, six still buffered.
+        let mut more: Vec<Delivery> = (0..10).map(|_| delivered(&s, &a_stats, 1000)).collect();
+        for d in &mut more[..4] {
+            drop(d.take_body());
+        }
+        settle(&mut s);
+        s.apply_rdy();
+        assert_eq!(*a.borrow(), 11 + 4, "11 in flight, and the 4,000 bytes left");
+        // Settled without being taken (requeued, dropped): no longer buffered either.
+        more.truncate(4);
+        a_stats.in_flight.store(3, Ordering::Relaxed);
+        assert_eq!(s.shared.buffered_bytes.load(Ordering::Relaxed), 0);
+        s.apply_rdy();
+        assert_eq!(*a.borrow(), 3 + 10, "decreased at once: 3 in flight and 10 bodies");
+        // Never above max_in_flight, however small the bodies.
+        let mut s = budgeted(100, 10_000);
+        let (a, a_stats) = add(&mut s, "a");
+        drop(delivered(&s, &a_stats, 1).take_body());
+        settle(&mut s);
+        s.apply_rdy();
+        assert_eq!(*a.borrow(), 100);
+        // A body larger than the budget still comes, one at a time.
+        let mut s = budgeted(100, 10_000);
+        let (a, a_stats) = add(&mut s, "a");
+        let mut big = delivered(&s, &a_stats, 50_000);
+        settle(&mut s);
+        s.apply_rdy();
+        assert_eq!(*a.borrow(), 1, "nothing more while it waits");
+        drop(big.take_body());
+        settle(&mut s);
+        s.apply_rdy();
+        assert_eq!(*a.borrow(), 2, "held, and room for one more");
     }
 
     #[test]
