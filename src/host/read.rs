@@ -647,7 +647,7 @@ fn gather_netstat(ctx: &HostContext, files: &mut KeptFiles, tables: &mut SocketT
     // Counts missing a table would read as fewer sockets, not as unknown: no point then, as
     // Telegraf writes none when a table cannot be read.
     if !g.problems.iter().any(|p| p.reason == "read_failed") {
-        g.points.push(netstat::netstat_point(tables.counter.counts()));
+        g.points.push(netstat::netstat_point(&tables.counter.counts()));
     }
 }
 
@@ -1063,7 +1063,7 @@ mod tests {
         proc_sockets(&ctx, &mut KeptFiles::default(), &mut counter, &mut g);
         let malformed = counter.add_unix(&std::fs::read_to_string("/proc/net/unix").unwrap());
         assert!(g.problems.is_empty() && malformed.is_empty(), "{:?} {malformed:?}", g.problems);
-        counter.counts().clone()
+        counter.counts()
     }
 
     /// Netlink counts the sockets the `/proc/net` tables list, in every field, on this
@@ -1104,7 +1104,7 @@ mod tests {
         let mut tables = SocketTables::default();
         let unix = tables.sample_netlink().expect("netlink on this machine");
         let netlink = {
-            let mut c = tables.counter.counts().clone();
+            let mut c = tables.counter.counts();
             let unix = unix.expect("unix_diag on this machine");
             c.tcp_none += unix.stream;
             c.udp_socket += unix.dgram;
