@@ -174,6 +174,7 @@ enum State {
     /// The online-CPU list and the physical core count it gave: topology only changes with
     /// CPU hotplug, which changes that list, so the per-CPU files are read again only then.
     System(Option<(String, Option<u64>)>),
+    Disk(MountTable),
     Netstat(SocketTables),
     Processes(ProcessFiles),
 }
@@ -192,6 +193,7 @@ impl FileInput {
             HostInput::Cpu => State::Cpu(None),
             HostInput::Diskio => State::Diskio(None),
             HostInput::System => State::System(None),
+            HostInput::Disk => State::Disk(MountTable::default()),
             HostInput::Netstat => State::Netstat(SocketTables::default()),
             HostInput::Processes => State::Processes(ProcessFiles::new()),
             _ => State::Stateless,
@@ -216,7 +218,7 @@ impl FileInput {
             (HostInput::Cpu, State::Cpu(previous)) => gather_cpu(ctx, files, previous, &mut g),
             (HostInput::Mem, _) => gather_mem(ctx, files, &mut g),
             (HostInput::Swap, _) => gather_swap(ctx, files, &mut g),
-            (HostInput::Disk, _) => gather_disk(ctx, files, &mut g),
+            (HostInput::Disk, State::Disk(table)) => gather_disk(ctx, files, table, &mut g),
             (HostInput::Diskio, State::Diskio(previous)) => gather_diskio(ctx, files, previous, &mut g),
             (HostInput::Net, _) => gather_net(ctx, files, &mut g),
             (HostInput::Netstat, State::Netstat(tables)) => gather_netstat(ctx, files, tables, &mut g),
@@ -332,38 +334,125 @@ fn link_name(path: &Path) -> Option<String> {
     Some(target.file_name()?.to_string_lossy().into_owned())
 }
 
-fn gather_disk(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
-    let primary = ctx.proc("1/mountinfo");
-    let (path, text) = match files.read(&primary) {
-        Ok(t) => (primary, t.to_owned()),
+/// The disk input's state: the mounts it measures, kept until the mount table changes.
+///
+/// `mountinfo` is printed afresh on every read (a few dozen µs, most of the input's cost
+/// besides `statfs`), yet changes only when something is mounted or unmounted, which procfs
+/// announces: poll(2) on an open `mountinfo` reports `POLLPRI | POLLERR` after each change of
+/// the mount namespace (proc_pid_mountinfo(5)). So the file stays open, is polled each cycle
+/// without waiting, and read again only when it says so, with the device names and labels
+/// resolved from it. A file that is not on procfs (a test tree) announces nothing and is read
+/// every cycle.
+#[derive(Debug, Default)]
+pub(crate) struct MountTable {
+    /// `mountinfo`, its path, and whether it is on procfs.
+    file: Option<(std::fs::File, PathBuf, bool)>,
+    /// The mounts to measure, each with its device-mapper label.
+    selected: Vec<(disk::Selected, Option<String>)>,
+    malformed: Vec<super::Malformed>,
+}
+
+/// `PROC_SUPER_MAGIC` of `<linux/magic.h>`.
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
+impl MountTable {
+    /// Whether the selection must be made again: never made, or the mount table changed.
+    fn stale(&mut self) -> bool {
+        let Some((file, _, on_procfs)) = &self.file else { return true };
+        if !*on_procfs {
+            return true;
+        }
+        let mut poll = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLPRI, revents: 0 };
+        // SAFETY: one valid pollfd, and its count; a timeout of 0 never blocks.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        ready != 0 || poll.revents & (libc::POLLPRI | libc::POLLERR) != 0
+    }
+
+    /// Opens and reads `/proc/1/mountinfo`, else the reader's own. The text, and the
+    /// problem when neither could be read.
+    fn open_and_read(&mut self, ctx: &HostContext, buf: &mut Vec<u8>) -> Result<String, Problem> {
         // Reading init's mountinfo needs ptrace-read access to pid 1; gopsutil falls back to
         // the reader's own mounts, and so does this.
-        Err(_) => {
-            let own = ctx.proc("self/mountinfo");
-            match files.read(&own) {
-                Ok(t) => (own, t.to_owned()),
-                Err(p) => return g.problems.push(p),
+        let mut last = None;
+        for path in [ctx.proc("1/mountinfo"), ctx.proc("self/mountinfo")] {
+            // Lossy: a mount point that is not UTF-8 costs its own `statfs`, not the input.
+            let read = std::fs::File::open(&path).and_then(|file| {
+                let n = read_whole(&file, buf)?;
+                Ok((file, String::from_utf8_lossy(&buf[..n]).into_owned()))
+            });
+            match read {
+                Ok((file, text)) => {
+                    // SAFETY: `stat` is a writable statfs the kernel fills; read only on success.
+                    let on_procfs = unsafe {
+                        let mut stat: libc::statfs = std::mem::zeroed();
+                        libc::fstatfs(file.as_raw_fd(), &mut stat) == 0
+                            && i64::from(stat.f_type as i32) == PROC_SUPER_MAGIC
+                    };
+                    self.file = Some((file, path, on_procfs));
+                    return Ok(text);
+                }
+                Err(e) => last = Some(Problem::new("read_failed", format!("{}: {e}", path.display()))),
             }
         }
-    };
-    let (mut mounts, malformed) = disk::parse_mountinfo(&text);
-    g.malformed(&path, &malformed);
-    let prefix = ctx.roots.mount_prefix.to_string_lossy().into_owned();
-    for m in &mut mounts {
-        // gopsutil resolves device-mapper links and `/dev/root` to the block device's name.
-        if let Some(name) = m.device.strip_prefix("/dev/mapper/") {
-            let link = Path::new(&prefix).join("dev/mapper").join(name);
-            if let Some(target) = link_name(&link) {
-                m.device = format!("/dev/{target}");
+        self.file = None;
+        Err(last.unwrap_or_else(|| Problem::new("read_failed", "mountinfo")))
+    }
+
+    /// Reads the mount table again and chooses the mounts to measure.
+    fn refresh(&mut self, ctx: &HostContext, files: &mut KeptFiles) -> Result<(), Problem> {
+        // Already open (on a change, or a tree that is not procfs): read it again; if that
+        // fails, open afresh.
+        let kept = self.file.as_ref().and_then(|(file, _, _)| read_whole(file, &mut files.buf).ok());
+        let text = match kept {
+            Some(n) => String::from_utf8_lossy(&files.buf[..n]).into_owned(),
+            None => self.open_and_read(ctx, &mut files.buf)?,
+        };
+        let (mut mounts, malformed) = disk::parse_mountinfo(&text);
+        self.malformed = malformed;
+        let prefix = ctx.roots.mount_prefix.to_string_lossy().into_owned();
+        for m in &mut mounts {
+            // gopsutil resolves device-mapper links and `/dev/root` to the block device's name.
+            if let Some(name) = m.device.strip_prefix("/dev/mapper/") {
+                let link = Path::new(&prefix).join("dev/mapper").join(name);
+                if let Some(target) = link_name(&link) {
+                    m.device = format!("/dev/{target}");
+                }
+            } else if m.device == "/dev/root" {
+                if let Some(target) = link_name(&ctx.sys(&format!("dev/block/{}", m.dev_id))) {
+                    m.device = format!("/dev/{target}");
+                }
             }
-        } else if m.device == "/dev/root" {
-            if let Some(target) = link_name(&ctx.sys(&format!("dev/block/{}", m.dev_id))) {
-                m.device = format!("/dev/{target}");
-            }
+        }
+        self.selected = disk::select(&mounts, &ctx.disk, &prefix)
+            .into_iter()
+            .map(|selected| {
+                let name = selected.mount.device.trim_start_matches("/dev/");
+                let label = if name.is_empty() || name.contains('/') {
+                    None
+                } else {
+                    std::fs::read_to_string(ctx.sys(&format!("block/{name}/dm/name")))
+                        .ok()
+                        .map(|l| l.trim().to_owned())
+                };
+                (selected, label)
+            })
+            .collect();
+        Ok(())
+    }
+}
+
+fn gather_disk(ctx: &HostContext, files: &mut KeptFiles, table: &mut MountTable, g: &mut Gathered) {
+    if table.stale() {
+        if let Err(p) = table.refresh(ctx, files) {
+            table.selected.clear();
+            return g.problems.push(p);
         }
     }
+    if let Some((_, path, _)) = &table.file {
+        g.malformed(path, &table.malformed);
+    }
     let mut failures = Vec::new();
-    for selected in disk::select(&mounts, &ctx.disk, &prefix) {
+    for (selected, label) in &table.selected {
         let stat = match statfs(&selected.statfs_path) {
             Ok(s) => s,
             Err(e) => {
@@ -371,13 +460,7 @@ fn gather_disk(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
                 continue;
             }
         };
-        let name = selected.mount.device.trim_start_matches("/dev/");
-        let label = if name.is_empty() || name.contains('/') {
-            None
-        } else {
-            files.read(&ctx.sys(&format!("block/{name}/dm/name"))).ok().map(|l| l.trim().to_owned())
-        };
-        g.points.extend(disk::disk_point(&selected, &stat, label.as_deref()));
+        g.points.extend(disk::disk_point(selected, &stat, label.as_deref()));
     }
     if let Some(first) = failures.first() {
         g.problem("statfs_failed", format!("{} mount(s) not measured (first: {first})", failures.len()));
@@ -564,7 +647,7 @@ fn gather_netstat(ctx: &HostContext, files: &mut KeptFiles, tables: &mut SocketT
     // Counts missing a table would read as fewer sockets, not as unknown: no point then, as
     // Telegraf writes none when a table cannot be read.
     if !g.problems.iter().any(|p| p.reason == "read_failed") {
-        g.points.push(netstat::netstat_point(tables.counter.counts()));
+        g.points.push(netstat::netstat_point(&tables.counter.counts()));
     }
 }
 
@@ -980,7 +1063,7 @@ mod tests {
         proc_sockets(&ctx, &mut KeptFiles::default(), &mut counter, &mut g);
         let malformed = counter.add_unix(&std::fs::read_to_string("/proc/net/unix").unwrap());
         assert!(g.problems.is_empty() && malformed.is_empty(), "{:?} {malformed:?}", g.problems);
-        counter.counts().clone()
+        counter.counts()
     }
 
     /// Netlink counts the sockets the `/proc/net` tables list, in every field, on this
@@ -1021,7 +1104,7 @@ mod tests {
         let mut tables = SocketTables::default();
         let unix = tables.sample_netlink().expect("netlink on this machine");
         let netlink = {
-            let mut c = tables.counter.counts().clone();
+            let mut c = tables.counter.counts();
             let unix = unix.expect("unix_diag on this machine");
             c.tcp_none += unix.stream;
             c.udp_socket += unix.dgram;
@@ -1096,5 +1179,38 @@ mod tests {
         assert_eq!(files.open.keys().collect::<Vec<_>>(), [uptime], "the file not read is closed");
         let missing = files.read(&dir.path().join("missing")).unwrap_err();
         assert!(missing.detail.contains("missing"), "{missing:?}");
+    }
+
+    /// The mounts are chosen again only when the mount table changes: procfs's `mountinfo`
+    /// announces it through poll(2); a tree that is not procfs is read every cycle.
+    #[test]
+    fn mount_table_kept_until_it_changes() {
+        let live = context(Path::new("/proc"), Path::new("/sys"));
+        let (mut table, mut files) = (MountTable::default(), KeptFiles::default());
+        assert!(table.stale(), "never read");
+        table.refresh(&live, &mut files).unwrap();
+        assert!(table.file.as_ref().is_some_and(|(_, _, on_procfs)| *on_procfs));
+        assert!(!table.stale(), "nothing mounted or unmounted in this namespace meanwhile");
+        let mut g = Gathered::default();
+        gather_disk(&live, &mut files, &mut table, &mut g);
+        assert!(g.points.iter().any(|p| p.tag_value("path") == Some("/")), "{:?} {:?}", g.points, g.problems);
+
+        let dir = tempfile::tempdir().unwrap();
+        let tree = context(&dir.path().join("proc"), &dir.path().join("sys"));
+        std::fs::create_dir_all(dir.path().join("proc/1")).unwrap();
+        let mountinfo = dir.path().join("proc/1/mountinfo");
+        let root = "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n";
+        std::fs::write(&mountinfo, root).unwrap();
+        let (mut table, mut files) = (MountTable::default(), KeptFiles::default());
+        let paths = |table: &mut MountTable, files: &mut KeptFiles| {
+            let mut g = Gathered::default();
+            gather_disk(&tree, files, table, &mut g);
+            assert!(g.problems.is_empty(), "{:?}", g.problems);
+            g.points.iter().map(|p| p.tag_value("path").unwrap_or_default().to_owned()).collect::<Vec<_>>()
+        };
+        assert_eq!(paths(&mut table, &mut files), ["/"]);
+        let second = format!("{root}23 22 254:0 / {} rw - ext4 /dev/vda rw\n", dir.path().display());
+        std::fs::write(&mountinfo, second).unwrap();
+        assert_eq!(paths(&mut table, &mut files), ["/".to_owned(), dir.path().display().to_string()]);
     }
 }
