@@ -52,6 +52,7 @@
 //! - [`backoff`]: capped exponential backoff with jitter, and the one jitter source. Pure.
 //! - `errors`: the one error-chain formatter.
 //! - `glob`: the one glob matcher (`*`, `?`, `[…]`), for names, sources and path components.
+//! - `heap`: freed heap memory handed back to the kernel after a burst (glibc keeps it).
 //! - [`config`]: TOML file + the old stack's environment → validated [`config::Settings`].
 //! - [`telemetry`]: the service's own `logmill_*` counters, Prometheus `/metrics`, `/healthz`,
 //!   and the same counters as points.
@@ -71,6 +72,7 @@ pub mod consume;
 pub mod derive;
 mod errors;
 mod glob;
+mod heap;
 pub mod host;
 pub mod influx;
 pub mod kube;

@@ -77,10 +77,17 @@ pub(crate) struct FileShipper {
     merger: Option<Merger>,
     max_msg_bytes: usize,
     /// `logs` records of the current read, back to back; split into messages at the end.
+    /// Both buffers leave with the read's messages ([`FileShipper::take`]): between reads a
+    /// shipper holds no buffer, however large its last read was.
     log_buf: BytesMut,
     log_ends: Vec<usize>,
     /// Line protocol of the current read.
     metric_buf: BytesMut,
+    /// The last read's sizes of both: the next read's buffers start there, one allocation
+    /// rather than a series of doublings, each copied and freed (heap churn that raised the
+    /// 4-file catch-up's peak RSS from 18 to 61 MiB).
+    log_hint: usize,
+    metric_hint: usize,
     counts: ShipCounts,
 }
 
@@ -127,6 +134,8 @@ impl FileShipper {
             log_buf: BytesMut::new(),
             log_ends: Vec::new(),
             metric_buf: BytesMut::new(),
+            log_hint: 0,
+            metric_hint: 0,
             counts: ShipCounts::default(),
         }
     }
@@ -166,6 +175,9 @@ impl FileShipper {
             None => true,
             Some(points) => {
                 let other_before = points.counts().other;
+                if self.metric_buf.capacity() == 0 {
+                    self.metric_buf.reserve(self.metric_hint);
+                }
                 points.process(&record.text, record.truncated, record.origin(), keys, &mut self.metric_buf);
                 points.counts().other > other_before
             }
@@ -235,6 +247,9 @@ impl FileShipper {
             self.counts.dropped += u64::from(other);
             return;
         }
+        if self.log_buf.capacity() == 0 {
+            self.log_buf.reserve(self.log_hint);
+        }
         let cut = self.logs.encode_into_capped(text, stream, time_ns, self.max_msg_bytes, &mut self.log_buf);
         self.log_ends.push(self.log_buf.len());
         self.counts.logs += 1;
@@ -242,17 +257,33 @@ impl FileShipper {
     }
 
     /// The messages of what was handed over since the last call.
+    ///
+    /// The read's buffers go with them (the messages are slices of them) and are freed when
+    /// the last message is acknowledged. `split()` instead would leave the shipper the rest
+    /// of each buffer, and with it the whole allocation, which a split `BytesMut` shares: one
+    /// 64 KiB read of short lines is ~350 KiB of `logs` JSON, kept for every followed file as
+    /// long as it is followed, idle or not (82 MiB of the agent's 84 with 200 files). A busy
+    /// file allocates its read's buffer afresh each time, which it mostly did anyway: the
+    /// previous one is still shared with messages in flight.
     pub(crate) fn take(&mut self) -> Outgoing {
+        (self.log_hint, self.metric_hint) = (self.log_buf.len(), self.metric_buf.len());
+        let all = std::mem::take(&mut self.log_buf).freeze();
         let mut logs = Vec::with_capacity(self.log_ends.len());
         let mut start = 0;
-        let all = self.log_buf.split().freeze();
-        for &end in &self.log_ends {
+        for end in std::mem::take(&mut self.log_ends) {
             logs.push(all.slice(start..end));
             start = end;
         }
-        self.log_ends.clear();
-        let metrics = split_lines(self.metric_buf.split().freeze(), self.max_msg_bytes);
+        let metrics = split_lines(std::mem::take(&mut self.metric_buf).freeze(), self.max_msg_bytes);
         Outgoing { logs, metrics }
+    }
+
+    /// Bytes of buffer capacity the shipper holds between reads.
+    #[cfg(test)]
+    fn retained_bytes(&self) -> usize {
+        self.log_buf.capacity()
+            + self.log_ends.capacity() * std::mem::size_of::<usize>()
+            + self.metric_buf.capacity()
     }
 
     pub(crate) fn counts(&self) -> ShipCounts {
@@ -338,6 +369,29 @@ pub(crate) mod tests {
             // error line goes to `logs` only when not dropped.
             assert_eq!(out.logs.len(), usize::from(!drop), "drop = {drop}");
             assert_eq!(s.counts().dropped, u64::from(drop));
+        }
+    }
+
+    #[test]
+    fn a_shipper_keeps_no_buffer_between_reads() {
+        // A read of a thousand records, `logs` JSON (an app) and line protocol (the router):
+        // the buffers leave with the messages, so an idle file costs no buffer however much
+        // its last read was.
+        for (name, line) in [("web", &b"GET /cart/1 200 served in 12 ms"[..]), ("deis-router", ROUTER_LINE)] {
+            let c = container(name);
+            let mut s = shipper(&c, true);
+            let mut keys = KeyGuard::default();
+            for i in 0..1000 {
+                s.record(&record(line, i * 300), &mut keys, 0, Instant::now());
+            }
+            let out = s.take();
+            let bytes: usize = out.logs.iter().chain(&out.metrics).map(|m| m.len()).sum();
+            assert!(bytes > 64 << 10, "{name}: {bytes} bytes of messages");
+            assert_eq!(s.retained_bytes(), 0, "{name}");
+            // The next read still ships.
+            s.record(&record(line, 1000 * 300), &mut keys, 0, Instant::now());
+            let out = s.take();
+            assert_eq!(out.logs.len() + out.metrics.len(), 1, "{name}");
         }
     }
 

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -98,10 +98,21 @@ impl SinkSettings {
     }
 }
 
+/// After this many bytes of messages acknowledged, the next idle moment gives free heap back
+/// to the kernel: a backlog (a restart after an outage, a node's files found at start) leaves
+/// megabytes of freed messages that glibc would otherwise keep for good. Live tailing ships
+/// small reads and rarely gets there; a trim costs a walk of the allocator's free lists.
+const RELEASE_AFTER_BYTES: u64 = 4 << 20;
+/// Idle: nothing new handed over for this long. A busy agent never waits this long between
+/// reads, so it never trims (the memory would be taken back at once).
+const RELEASE_WHEN_IDLE: Duration = Duration::from_millis(500);
+
 /// The messages of one read, on their way: acknowledged to the engine once all are.
 struct Chunk {
     file: FileId,
     resume: Resume,
+    /// Body bytes of its messages.
+    bytes: u64,
     /// (topic is `logs`, messages, their answer).
     acks: Vec<(bool, u64, Ack)>,
     /// When it was handed over (for the health check).
@@ -300,6 +311,7 @@ impl<P: Publish> AgentSink<P> {
     async fn publish(&mut self, file: FileId, resume: Resume, out: Outgoing) {
         let s = &self.settings;
         let mut acks = Vec::new();
+        let bytes = out.logs.iter().chain(&out.metrics).map(|b| b.len() as u64).sum();
         let mut submits: Vec<(bool, Vec<Bytes>)> = Vec::new();
         if s.send_logs {
             submits.extend(batches(out.logs, s.batch_max_messages, s.batch_max_bytes).map(|b| (true, b)));
@@ -328,7 +340,7 @@ impl<P: Publish> AgentSink<P> {
                 }
             }
         }
-        if self.chunks.send(Chunk { file, resume, acks, since_ms: now_ms() }).await.is_err() {
+        if self.chunks.send(Chunk { file, resume, bytes, acks, since_ms: now_ms() }).await.is_err() {
             self.stopped = true;
         }
     }
@@ -463,9 +475,27 @@ pub(crate) struct Acknowledger {
 
 impl Acknowledger {
     /// `acked` is told each read whose messages were all acknowledged (the tail engine's
-    /// [`crate::tail::TailHandle::acked`]).
+    /// [`crate::tail::TailHandle::acked`]). Once a burst is shipped and the agent idle, free
+    /// heap goes back to the kernel (see [`RELEASE_AFTER_BYTES`]).
     pub(crate) async fn run(mut self, mut acked: impl FnMut(FileId, Resume) + Send) {
-        while let Some(chunk) = self.rx.recv().await {
+        let mut shipped: u64 = 0;
+        loop {
+            let next = if shipped >= RELEASE_AFTER_BYTES {
+                tokio::time::timeout(RELEASE_WHEN_IDLE, self.rx.recv()).await
+            } else {
+                Ok(self.rx.recv().await)
+            };
+            let chunk = match next {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(_idle) => {
+                    // Every read handed over is acknowledged, its messages freed.
+                    crate::heap::release_free_memory();
+                    shipped = 0;
+                    continue;
+                }
+            };
+            shipped += chunk.bytes;
             let c = &self.counters;
             c.oldest_waiting_ms.store(chunk.since_ms, Ordering::Relaxed);
             let mut stored = true;

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 
 use super::container::{self, DecodeError, Fragment, Stream, Wrapping};
-use super::lines::{Line, LineSplitter};
+use super::lines::{Line, LineSplitter, KEEP_BUFFER_BYTES};
 use crate::access::{KeyGuard, LineOrigin};
 
 /// Where reading may start again: a byte offset at the start of a record, and the key state
@@ -105,6 +105,7 @@ impl FileDecoder {
         splitter.push(chunk, |line| {
             feed(line, wrapping, *max_line_bytes, reassembler, scratch, keys, counts, &mut on_record)
         });
+        release_large(scratch);
     }
 
     /// The end of a finished file (replay, or a rotated file read to its end): a last line
@@ -119,6 +120,13 @@ impl FileDecoder {
             counts.truncated += u64::from(record.truncated);
             on_record(record, keys);
         });
+        release_large(scratch);
+    }
+
+    /// Capacity of the buffers the decoder keeps between reads.
+    #[cfg(test)]
+    fn buffer_capacity(&self) -> usize {
+        self.scratch.capacity() + self.splitter.carry_capacity()
     }
 
     /// Where a restart must read from so that no record is lost: the start of the oldest
@@ -138,6 +146,13 @@ impl FileDecoder {
     /// point hands them over again.
     pub(crate) fn ahead_of_resume(&self) -> bool {
         self.reassembler.oldest_start().is_some_and(|start| self.last_record > start.offset)
+    }
+}
+
+/// The unescaping buffer is per line; a long escaped line's is freed once the read is decoded.
+fn release_large(scratch: &mut Vec<u8>) {
+    if scratch.capacity() > KEEP_BUFFER_BYTES {
+        *scratch = Vec::new();
     }
 }
 
@@ -314,6 +329,26 @@ mod tests {
         fn into_owned(self) -> Record<'static> {
             Record { text: Cow::Owned(self.text.into_owned()), ..self }
         }
+    }
+
+    #[test]
+    fn a_long_line_leaves_no_large_buffer_behind() {
+        // A 200 KiB line with escapes, read in 64 KiB chunks as the engine does: it is carried
+        // across reads and unescaped through the scratch buffer. Once it is handed over, a
+        // file that goes on with short lines keeps neither buffer at that size.
+        let text: String = "tab\there \"quoted\" ".chars().cycle().take(200 * 1024).collect();
+        let mut file = docker_line(&format!("{text}\n"), "stdout", "2016-10-20T18:39:20.1Z");
+        file.push(b'\n');
+        file.extend(docker_line("short\n", "stdout", "2016-10-20T18:39:20.2Z"));
+        file.push(b'\n');
+        let mut d = FileDecoder::new(None, 256 * 1024, Resume::default());
+        let mut got = Vec::new();
+        for chunk in file.chunks(64 * 1024) {
+            d.push(chunk, |r, _| got.push(r.text.len()));
+        }
+        assert_eq!(got, [200 * 1024, 5]);
+        // The short line's few bytes of unescaping, not the long line's 200 KiB and more.
+        assert!(d.buffer_capacity() < 4096, "{} bytes kept", d.buffer_capacity());
     }
 
     #[test]

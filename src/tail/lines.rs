@@ -7,6 +7,12 @@
 
 use memchr::memchr_iter;
 
+/// A per-file buffer (a carried line, a decoded line, a merged record) above this is freed once
+/// used, rather than kept for the next one: a node follows hundreds of files, and one long
+/// line each must not pin up to `max_line_bytes` per file for as long as it is followed.
+/// Below it, the buffer is reused (most lines fit in a few hundred bytes).
+pub(crate) const KEEP_BUFFER_BYTES: usize = 64 << 10;
+
 /// One complete line of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Line<'a> {
@@ -63,8 +69,7 @@ impl LineSplitter {
                     offset: self.committed,
                     truncated: self.carry_overflowed || overflow,
                 });
-                self.carry.clear();
-                self.carry_overflowed = false;
+                self.release_carry();
             } else {
                 let whole = &chunk[start..nl];
                 let cut = whole.len().min(self.max_line_bytes);
@@ -89,8 +94,7 @@ impl LineSplitter {
     pub(crate) fn finish(&mut self, mut on_line: impl FnMut(Line<'_>)) {
         if self.has_partial() {
             on_line(Line { bytes: &self.carry, offset: self.committed, truncated: self.carry_overflowed });
-            self.carry.clear();
-            self.carry_overflowed = false;
+            self.release_carry();
             self.committed = self.read;
         }
     }
@@ -105,6 +109,21 @@ impl LineSplitter {
     #[cfg(test)]
     fn pending_bytes(&self) -> usize {
         self.carry.len()
+    }
+
+    /// Capacity of the carry buffer, held or not.
+    #[cfg(test)]
+    pub(crate) fn carry_capacity(&self) -> usize {
+        self.carry.capacity()
+    }
+
+    /// The carried line was delivered: empty the buffer, and free it if a long line grew it.
+    fn release_carry(&mut self) {
+        self.carry.clear();
+        self.carry_overflowed = false;
+        if self.carry.capacity() > KEEP_BUFFER_BYTES {
+            self.carry = Vec::new();
+        }
     }
 
     fn has_partial(&self) -> bool {
@@ -245,6 +264,8 @@ mod tests {
             collect_push(&mut s, chunk, &mut out);
             assert!(s.carry.capacity() <= MIB);
         }
+        // Delivered, the long line's buffer is freed, not kept for the file's next lines.
+        assert_eq!(s.carry.capacity(), 0);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].0.len(), MIB);
         assert!(out[0].0.iter().all(|&b| b == b'x'));

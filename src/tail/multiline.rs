@@ -34,11 +34,8 @@ use regex::bytes::Regex;
 
 use super::container::Stream;
 use super::decoder::{Record, Resume};
+use super::lines::KEEP_BUFFER_BYTES;
 use crate::access::KeyGuard;
-
-/// A held record's buffer above this is freed after it is emitted, rather than kept for the
-/// next record: one huge stack trace must not pin `max_bytes` per stream for good.
-const KEEP_BUFFER_BYTES: usize = 64 << 10;
 
 /// A validated `[[multiline]]` rule.
 #[derive(Debug, Clone)]
@@ -195,6 +192,7 @@ impl Merger {
         });
         held.arrived = None;
         held.text.clear();
+        // One huge stack trace must not pin `max_bytes` per stream for good.
         if held.text.capacity() > KEEP_BUFFER_BYTES {
             held.text = Vec::new();
         }
