@@ -134,28 +134,33 @@ async fn once(collector: Collector, output: Output, destination: Destination) ->
     }
 }
 
-/// Every cycle until stopped. The batches already waiting when one arrives go out with it in
+/// Every cycle until stopped. The batches already waiting when some arrive go out with them in
 /// one submission: one write to stdout per cycle rather than one per input.
 async fn continuous(collector: Collector, output: Output, shutdown: &Shutdown) -> ExitCode {
-    let (tx, mut rx) = mpsc::channel::<Batch>(BATCH_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Vec<Batch>>(BATCH_QUEUE);
     shutdown.tracker.spawn(collector.run(tx, shutdown.token.clone()));
     // The output counts every refusal; this says once that points are being lost.
     let refused_logged = Arc::new(AtomicBool::new(false));
     // Kept between submissions: its memory comes back once the output has let go of the last
     // body cut from it.
     let mut joined = BytesMut::new();
+    let mut waiting = Vec::new();
     while let Some(first) = rx.recv().await {
-        let (mut body, mut points, input) = (first.body, first.points, first.input);
+        waiting.extend(first);
         while let Ok(more) = rx.try_recv() {
-            if joined.is_empty() {
-                joined.extend_from_slice(&body);
+            waiting.extend(more);
+        }
+        let Some(input) = waiting.first().map(|b| b.input) else { continue };
+        let points = waiting.iter().map(|b| b.points).sum();
+        let body = if waiting.len() == 1 {
+            waiting.pop().map(|b| b.body).unwrap_or_default()
+        } else {
+            for batch in waiting.drain(..) {
+                joined.extend_from_slice(&batch.body);
             }
-            joined.extend_from_slice(&more.body);
-            points += more.points;
-        }
-        if !joined.is_empty() {
-            body = joined.split().freeze();
-        }
+            joined.split().freeze()
+        };
+        waiting.clear();
         match output.submit(body, points).await {
             Ok(mut pending) => {
                 // Stdout's answer is known at once; only InfluxDB's is waited for in a task.
