@@ -241,8 +241,10 @@ impl Collector {
             wake: Condvar::new(),
             cancel: cancel.clone(),
             runtime: tokio::runtime::Handle::current(),
+            handover: Mutex::new(Handover::default()),
         });
         let mut tasks = tokio::task::JoinSet::new();
+        let mut leader_taken = false;
         for input in self.inputs {
             let run = InputRun {
                 members: input
@@ -264,10 +266,17 @@ impl Collector {
                 continue;
             };
             let label = run.label();
+            // The shared task (the first, when there is one) collects the others' batches.
+            let role = if !leader_taken && !files.iter().any(|f| runs_alone(f.kind())) {
+                leader_taken = true;
+                Role::Collects
+            } else {
+                Role::HandsOver
+            };
             let (done, finished) = tokio::sync::oneshot::channel::<()>();
             let thread_link = link.clone();
             let spawned = std::thread::Builder::new().name("logmill-collect".into()).spawn(move || {
-                run.run_thread(files, &thread_link);
+                run.run_thread(files, role, &thread_link);
                 drop(done);
             });
             match spawned {
@@ -561,6 +570,42 @@ struct ThreadLink {
     cancel: CancellationToken,
     /// Runs a send on the thread, so that a full channel can be waited on until cancelled.
     runtime: tokio::runtime::Handle,
+    handover: Mutex<Handover>,
+}
+
+/// A file-input thread's part in delivering a cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The shared task: sends its batches with those handed over for the same tick.
+    Collects,
+    /// A task of an input that can block: hands its batches to the shared task if that is
+    /// still at the same tick, else sends them itself.
+    HandsOver,
+}
+
+/// Batches handed to the shared task, so that a cycle normally reaches the channel as one
+/// message: one wake-up of its consumer and one write to stdout per cycle instead of one per
+/// task. The shared task never waits for them: what comes after it sent its cycle goes out on
+/// its own, and a task that can block only hands over for the tick the shared task is at, so
+/// its points are held at most for the rest of that one cycle of the shared task.
+#[derive(Debug, Default)]
+struct Handover {
+    /// The tick the shared task is about to gather or gathering, if it runs.
+    at_tick: Option<i64>,
+    batches: Vec<Batch>,
+}
+
+/// While held by the shared task's thread, other tasks may hand over to it; when it stops or
+/// panics, they no longer do.
+struct Collecting<'a>(&'a ThreadLink);
+
+impl Drop for Collecting<'_> {
+    fn drop(&mut self) {
+        let mut handover = self.0.handover.lock().unwrap_or_else(PoisonError::into_inner);
+        handover.at_tick = None;
+        // It stops when the runner does or the channel closed: nothing would take them.
+        handover.batches.clear();
+    }
 }
 
 impl ThreadLink {
@@ -586,6 +631,30 @@ impl ThreadLink {
                 Err(poisoned) => poisoned.into_inner().0,
             };
         }
+    }
+
+    /// The shared task is about to gather `tick_ns` and will take what is handed over for it.
+    fn expect(&self, tick_ns: i64) {
+        self.handover.lock().unwrap_or_else(PoisonError::into_inner).at_tick = Some(tick_ns);
+    }
+
+    /// What was handed over to the shared task for its cycle, added to `batches`; nothing more
+    /// is taken until the next [`ThreadLink::expect`].
+    fn collect(&self, batches: &mut Vec<Batch>) {
+        let mut handover = self.handover.lock().unwrap_or_else(PoisonError::into_inner);
+        handover.at_tick = None;
+        batches.append(&mut handover.batches);
+    }
+
+    /// Hands `batches` of cycle `tick_ns` to the shared task if it is at that tick; else
+    /// gives them back, to be sent.
+    fn hand_over(&self, tick_ns: i64, mut batches: Vec<Batch>) -> Option<Vec<Batch>> {
+        let mut handover = self.handover.lock().unwrap_or_else(PoisonError::into_inner);
+        if handover.at_tick != Some(tick_ns) {
+            return Some(batches);
+        }
+        handover.batches.append(&mut batches);
+        None
     }
 
     /// Hands `batches` over, waiting while the channel is full; false once stopped or closed.
@@ -651,7 +720,8 @@ impl InputRun {
     }
 
     /// File inputs on this thread until stopped.
-    fn run_thread(mut self, mut files: Vec<FileInput>, link: &ThreadLink) {
+    fn run_thread(mut self, mut files: Vec<FileInput>, role: Role, link: &ThreadLink) {
+        let _collecting = (role == Role::Collects).then(|| Collecting(link));
         for file in files.iter_mut().filter(|f| f.needs_two_samples()) {
             gather_caught(file, &self.ctx);
         }
@@ -659,13 +729,26 @@ impl InputRun {
         let mut overrun_logged = false;
         loop {
             let tick_ns = self.schedule.tick_ns(k);
+            if role == Role::Collects {
+                link.expect(tick_ns);
+            }
             if !link.sleep_until(tick_ns) {
                 return;
             }
             let ctx = self.ctx.clone();
-            let batches = self.finish(files.iter_mut().map(|file| gather_caught(file, &ctx)), tick_ns);
-            if !batches.is_empty() && !link.send(batches) {
-                return;
+            let mut batches = self.finish(files.iter_mut().map(|file| gather_caught(file, &ctx)), tick_ns);
+            let to_send = match role {
+                Role::Collects => {
+                    link.collect(&mut batches);
+                    Some(batches)
+                }
+                Role::HandsOver if batches.is_empty() => None,
+                Role::HandsOver => link.hand_over(tick_ns, batches),
+            };
+            if let Some(batches) = to_send.filter(|b| !b.is_empty()) {
+                if !link.send(batches) {
+                    return;
+                }
             }
             k = self.advance(k, &mut overrun_logged);
         }
@@ -782,6 +865,75 @@ mod tests {
             collector.input_names(),
             ["kernel", "processes", "system", "netstat", "net", "diskio", "disk", "swap", "mem", "cpu"]
         );
+    }
+
+    fn link(out: mpsc::Sender<Vec<Batch>>, cancel: &CancellationToken) -> ThreadLink {
+        ThreadLink {
+            out: Mutex::new(Some(out)),
+            stopped: Mutex::new(false),
+            wake: Condvar::new(),
+            cancel: cancel.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            handover: Mutex::new(Handover::default()),
+        }
+    }
+
+    fn batch(input: &'static str, timestamp_ns: i64) -> Batch {
+        Batch { input, timestamp_ns, body: Bytes::from_static(b"x v=1i\n"), points: 1 }
+    }
+
+    /// Stopping wakes a thread sleeping until a far tick at once, and takes the channel from
+    /// the threads: it closes though a thread (here: none) might still hold the link.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn stop_wakes_sleepers_and_closes_the_channel() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let cancel = CancellationToken::new();
+        let link = Arc::new(link(tx, &cancel));
+        assert!(link.sleep_until(crate::timefmt::now_ns() - 1), "a tick already past: no sleep");
+        let sleeper = {
+            let link = link.clone();
+            std::thread::spawn(move || link.sleep_until(crate::timefmt::now_ns() + 60 * SEC))
+        };
+        let sender = {
+            let link = link.clone();
+            tokio::task::spawn_blocking(move || link.send(vec![batch("cpu", 1)]))
+        };
+        assert!(sender.await.unwrap(), "sent while running");
+        assert_eq!(rx.recv().await.unwrap()[0].input, "cpu");
+        let started = std::time::Instant::now();
+        link.stop();
+        assert!(!tokio::task::spawn_blocking(move || sleeper.join().unwrap()).await.unwrap(), "stopped");
+        assert!(started.elapsed() < Duration::from_secs(5), "woken, not timed out");
+        assert!(rx.recv().await.is_none(), "closed while the link lives on");
+        let link2 = link.clone();
+        assert!(!tokio::task::spawn_blocking(move || link2.send(vec![batch("cpu", 2)])).await.unwrap());
+    }
+
+    /// A task that can block hands its cycle to the shared task only while that is at the same
+    /// tick; otherwise (before, after, or no shared task running) it sends it itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn handover_only_for_the_shared_tasks_tick() {
+        let (tx, _rx) = mpsc::channel(4);
+        let link = link(tx, &CancellationToken::new());
+        let back = link.hand_over(10, vec![batch("disk", 10)]);
+        assert_eq!(back.map(|b| b.len()), Some(1), "no shared task running: sent by its own task");
+        {
+            let _collecting = Collecting(&link);
+            link.expect(10);
+            assert!(link.hand_over(10, vec![batch("disk", 10)]).is_none(), "taken for tick 10");
+            assert!(link.hand_over(10, vec![batch("net", 10)]).is_none());
+            assert!(link.hand_over(20, vec![batch("net", 20)]).is_some(), "another tick: not taken");
+            let mut cycle = vec![batch("cpu", 10)];
+            link.collect(&mut cycle);
+            let inputs: Vec<&str> = cycle.iter().map(|b| b.input).collect();
+            assert_eq!(inputs, ["cpu", "disk", "net"]);
+            assert!(link.hand_over(10, vec![batch("system", 10)]).is_some(), "too late for tick 10");
+            link.expect(20);
+            assert!(link.hand_over(20, vec![batch("system", 20)]).is_none());
+        }
+        // The shared task stopped (or panicked) at tick 20: nothing is handed to it any more.
+        assert!(link.hand_over(20, vec![batch("disk", 20)]).is_some());
+        assert!(link.handover.lock().unwrap().batches.is_empty());
     }
 
     #[test]
