@@ -84,7 +84,8 @@ pub enum CollectError {
 /// One task of the runner.
 #[derive(Debug)]
 enum Input {
-    /// File inputs, gathered one after the other on one blocking thread.
+    /// File inputs, gathered one after the other on one thread (their own in `run`, a blocking
+    /// one in `once`).
     Files(Vec<FileInput>),
     // Boxed: an HTTP client and its settings are many times a `Vec`'s size.
     Kubelet(Box<KubeletInput>),
