@@ -39,24 +39,27 @@ async fn aligned_cycles_and_a_slow_input_delays_nobody() {
     let settings = settings_from(&text);
     let telemetry = Telemetry::default();
     let collector = Collector::new(&settings.collect, "node-1", &telemetry).unwrap();
-    let (tx, mut rx) = mpsc::channel::<Batch>(64);
+    let (tx, mut rx) = mpsc::channel::<Vec<Batch>>(64);
     let cancel = CancellationToken::new();
     let runner = tokio::spawn(collector.run(tx, cancel.clone()));
 
     let started = Instant::now();
     let mut by_time: BTreeMap<i64, Vec<&'static str>> = BTreeMap::new();
     while started.elapsed() < Duration::from_millis(2300) {
-        let Ok(Some(batch)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await else {
+        let Ok(Some(batches)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await else {
             panic!("no batch for 500 ms: the slow input held the others up? {by_time:?}");
         };
-        assert_eq!(batch.timestamp_ns % (INTERVAL_MS * 1_000_000), 0, "on a multiple of the interval");
-        let text = std::str::from_utf8(&batch.body).unwrap();
-        assert!(
-            text.lines().all(|l| l.ends_with(&format!(" {}", batch.timestamp_ns))),
-            "one timestamp: {text}"
-        );
-        assert!(text.lines().all(|l| l.contains(",host=node-1")));
-        by_time.entry(batch.timestamp_ns).or_default().push(batch.input);
+        assert!(!batches.is_empty(), "a message holds a batch at least");
+        for batch in batches {
+            assert_eq!(batch.timestamp_ns % (INTERVAL_MS * 1_000_000), 0, "on a multiple of the interval");
+            let text = std::str::from_utf8(&batch.body).unwrap();
+            assert!(
+                text.lines().all(|l| l.ends_with(&format!(" {}", batch.timestamp_ns))),
+                "one timestamp: {text}"
+            );
+            assert!(text.lines().all(|l| l.contains(",host=node-1")));
+            by_time.entry(batch.timestamp_ns).or_default().push(batch.input);
+        }
     }
     cancel.cancel();
     tokio::time::timeout(Duration::from_secs(5), runner).await.expect("stops on cancel").unwrap();

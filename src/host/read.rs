@@ -2,7 +2,7 @@
 //! roots), `statfs(2)`, and the state kept between two samples. Parsing is the pure modules'.
 //!
 //! Everything here blocks (a `statfs` of a hung NFS mount can block for good), so the runner
-//! calls [`FileInput::gather`] on a blocking thread, one input at a time per input.
+//! calls [`FileInput::gather`] on a thread of the input's task, never on the runtime.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -1,5 +1,6 @@
 //! The collector runner: every enabled input on one clock, each in its own task, each cycle's
-//! points as one [`Batch`] of line protocol into a bounded channel.
+//! points as one [`Batch`] of line protocol per input, a task's batches of a cycle sent
+//! together into a bounded channel.
 //!
 //! - **Aligned cycles.** Cycles fall on multiples of the interval on the wall clock (Telegraf's
 //!   `round_interval`), and every point of a cycle carries that tick's time: all inputs of one
@@ -7,9 +8,10 @@
 //! - **Isolation.** Each input that can wait on something outside the kernel's own tables
 //!   runs in its own task: `disk` (a `statfs` of a dead NFS server blocks), `net`, `system`,
 //!   `kubernetes`, `nsq`. The file inputs that only read procfs, plain sysfs attributes and
-//!   netlink dumps, which the kernel answers from memory, share one: one blocking thread woken
-//!   per cycle instead of one per input, whose wake-ups and cold starts cost more than most of
-//!   these inputs' reads. A slow or failing input delays no input outside its task. An input
+//!   netlink dumps, which the kernel answers from memory, share one. A file input's task is a
+//!   thread that sleeps until its tick, then reads, encodes and sends (one wake-up per cycle;
+//!   see [`ThreadLink`]); the kubelet and nsqd inputs are runtime tasks. A slow or failing
+//!   input delays no input outside its task. An input
 //!   still busy when its next tick comes skips that tick; the skipped cycles are counted
 //!   (`logmill_collect_cycles_missed_total{input}`) and logged once.
 //! - **Quiet errors.** A problem (a missing file, a malformed line, a kubelet that does not
@@ -23,7 +25,7 @@
 //! first cycle already has rates; `once` samples them twice, `once_sample_gap` apart.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -82,7 +84,8 @@ pub enum CollectError {
 /// One task of the runner.
 #[derive(Debug)]
 enum Input {
-    /// File inputs, gathered one after the other on one blocking thread.
+    /// File inputs, gathered one after the other on one thread (their own in `run`, a blocking
+    /// one in `once`).
     Files(Vec<FileInput>),
     // Boxed: an HTTP client and its settings are many times a `Vec`'s size.
     Kubelet(Box<KubeletInput>),
@@ -222,8 +225,10 @@ impl Collector {
     }
 
     /// Runs every input on its schedule until `cancel` fires (or `out` is closed), sending each
-    /// cycle's points as one batch per input. Spawn it; it returns once every input has stopped.
-    pub async fn run(self, out: mpsc::Sender<Batch>, cancel: CancellationToken) {
+    /// cycle's batches of a task (one per input that produced points) as one message. Spawn it;
+    /// it returns once every input has stopped, or at once on `cancel` (a file input stuck in
+    /// the kernel is left to its thread).
+    pub async fn run(self, out: mpsc::Sender<Vec<Batch>>, cancel: CancellationToken) {
         let schedule = Schedule::new(crate::timefmt::now_ns(), self.interval, self.round_interval);
         tracing::info!(
             inputs = %self.input_names().join(","),
@@ -231,7 +236,16 @@ impl Collector {
             round_interval = self.round_interval,
             "collectors started"
         );
+        let link = Arc::new(ThreadLink {
+            out: Mutex::new(Some(out.clone())),
+            stopped: Mutex::new(false),
+            wake: Condvar::new(),
+            cancel: cancel.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            handover: Mutex::new(Handover::default()),
+        });
         let mut tasks = tokio::task::JoinSet::new();
+        let mut leader_taken = false;
         for input in self.inputs {
             let run = InputRun {
                 members: input
@@ -246,10 +260,47 @@ impl Collector {
                 ctx: self.ctx.clone(),
                 host: self.host.clone(),
                 schedule,
+                buf: BytesMut::new(),
             };
-            tasks.spawn(run.run(input, out.clone(), cancel.clone()));
+            let Input::Files(files) = input else {
+                tasks.spawn(run.run(input, out.clone(), cancel.clone()));
+                continue;
+            };
+            let label = run.label();
+            // The shared task (the first, when there is one) collects the others' batches.
+            let role = if !leader_taken && !files.iter().any(|f| runs_alone(f.kind())) {
+                leader_taken = true;
+                Role::Collects
+            } else {
+                Role::HandsOver
+            };
+            let (done, finished) = tokio::sync::oneshot::channel::<()>();
+            let thread_link = link.clone();
+            let spawned = std::thread::Builder::new().name("logmill-collect".into()).spawn(move || {
+                run.run_thread(files, role, &thread_link);
+                drop(done);
+            });
+            match spawned {
+                Ok(_) => {
+                    let cancel = cancel.clone();
+                    tasks.spawn(async move {
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            _ = finished => {}
+                        }
+                    });
+                }
+                Err(error) => tracing::error!(inputs = %label, %error, "collector thread not started"),
+            }
         }
         drop(out);
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = async { while tasks.join_next().await.is_some() {} } => {}
+        }
+        // Threads wait for their ticks on the link, not on the runtime: woken here, and the
+        // channel closed for them even if one is stuck in a read.
+        link.stop();
         while tasks.join_next().await.is_some() {}
     }
 
@@ -282,9 +333,11 @@ impl Collector {
                 timed_out(task_names, &mut report);
                 continue;
             };
+            let mut buf = BytesMut::new();
             for (name, gathered) in task_names.into_iter().zip(samples) {
                 let counters = InputCounters::new(&telemetry, name);
-                let (batch, problems) = finish_cycle(name, gathered, &host, timestamp_ns, &counters);
+                let (batch, problems) =
+                    finish_cycle(name, gathered, &host, timestamp_ns, &counters, &mut buf);
                 report.batches.extend(batch);
                 report.problems.extend(problems.into_iter().map(|p| (name, p)));
             }
@@ -350,17 +403,20 @@ async fn gather_all(
     results
 }
 
-/// Encodes a cycle's points and counts its problems; the batch, if any point was written.
+/// Encodes a cycle's points into `buf` (emptied first; the batch is cut from it, so one buffer
+/// serves every input of a task) and counts its problems; the batch, if any point was written.
 fn finish_cycle(
     name: &'static str,
     gathered: Gathered,
     host: &str,
     timestamp_ns: i64,
     counters: &InputCounters,
+    buf: &mut BytesMut,
 ) -> (Option<Batch>, Vec<Problem>) {
     let Gathered { points, mut problems } = gathered;
-    let mut body = BytesMut::with_capacity(points.len() * 256);
-    let (written, errors) = encode_points(&points, host, timestamp_ns, &mut body);
+    buf.clear();
+    buf.reserve(points.len() * 256);
+    let (written, errors) = encode_points(&points, host, timestamp_ns, buf);
     if let Some(first) = errors.first() {
         problems.push(Problem::new(
             "unencodable",
@@ -371,8 +427,12 @@ fn finish_cycle(
     for p in &problems {
         counters.problem(p);
     }
-    let batch =
-        (written > 0).then(|| Batch { input: name, timestamp_ns, body: body.freeze(), points: written });
+    let batch = (written > 0).then(|| Batch {
+        input: name,
+        timestamp_ns,
+        body: buf.split().freeze(),
+        points: written,
+    });
     (batch, problems)
 }
 
@@ -496,6 +556,122 @@ struct Member {
     log: ProblemLog,
 }
 
+/// What the runner shares with the threads of its file inputs: the way out, and the signal to
+/// stop.
+///
+/// A file input's task is a thread of its own that sleeps until its tick, reads, encodes and
+/// hands the cycle's batches over, rather than a runtime task moving each cycle's reads to a
+/// blocking thread and back: that hop woke three threads per task and cycle (a worker, a
+/// blocking thread, the worker again), which cost more CPU than most inputs' reads.
+struct ThreadLink {
+    /// Taken away on stop, so that the channel closes even while a thread is stuck.
+    out: Mutex<Option<mpsc::Sender<Vec<Batch>>>>,
+    stopped: Mutex<bool>,
+    wake: Condvar,
+    cancel: CancellationToken,
+    /// Runs a send on the thread, so that a full channel can be waited on until cancelled.
+    runtime: tokio::runtime::Handle,
+    handover: Mutex<Handover>,
+}
+
+/// A file-input thread's part in delivering a cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The shared task: sends its batches with those handed over for the same tick.
+    Collects,
+    /// A task of an input that can block: hands its batches to the shared task if that is
+    /// still at the same tick, else sends them itself.
+    HandsOver,
+}
+
+/// Batches handed to the shared task, so that a cycle normally reaches the channel as one
+/// message: one wake-up of its consumer and one write to stdout per cycle instead of one per
+/// task. The shared task never waits for them: what comes after it sent its cycle goes out on
+/// its own, and a task that can block only hands over for the tick the shared task is at, so
+/// its points are held at most for the rest of that one cycle of the shared task.
+#[derive(Debug, Default)]
+struct Handover {
+    /// The tick the shared task is about to gather or gathering, if it runs.
+    at_tick: Option<i64>,
+    batches: Vec<Batch>,
+}
+
+/// While held by the shared task's thread, other tasks may hand over to it; when it stops or
+/// panics, they no longer do.
+struct Collecting<'a>(&'a ThreadLink);
+
+impl Drop for Collecting<'_> {
+    fn drop(&mut self) {
+        let mut handover = self.0.handover.lock().unwrap_or_else(PoisonError::into_inner);
+        handover.at_tick = None;
+        // It stops when the runner does or the channel closed: nothing would take them.
+        handover.batches.clear();
+    }
+}
+
+impl ThreadLink {
+    fn stop(&self) {
+        *self.out.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.wake.notify_all();
+    }
+
+    /// Sleeps until the wall clock reaches `tick_ns`; false when stopped first.
+    fn sleep_until(&self, tick_ns: i64) -> bool {
+        let mut stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if *stopped {
+                return false;
+            }
+            let left = u64::try_from(tick_ns.saturating_sub(crate::timefmt::now_ns())).unwrap_or(0);
+            if left == 0 {
+                return true;
+            }
+            stopped = match self.wake.wait_timeout(stopped, Duration::from_nanos(left)) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// The shared task is about to gather `tick_ns` and will take what is handed over for it.
+    fn expect(&self, tick_ns: i64) {
+        self.handover.lock().unwrap_or_else(PoisonError::into_inner).at_tick = Some(tick_ns);
+    }
+
+    /// What was handed over to the shared task for its cycle, added to `batches`; nothing more
+    /// is taken until the next [`ThreadLink::expect`].
+    fn collect(&self, batches: &mut Vec<Batch>) {
+        let mut handover = self.handover.lock().unwrap_or_else(PoisonError::into_inner);
+        handover.at_tick = None;
+        batches.append(&mut handover.batches);
+    }
+
+    /// Hands `batches` of cycle `tick_ns` to the shared task if it is at that tick; else
+    /// gives them back, to be sent.
+    fn hand_over(&self, tick_ns: i64, mut batches: Vec<Batch>) -> Option<Vec<Batch>> {
+        let mut handover = self.handover.lock().unwrap_or_else(PoisonError::into_inner);
+        if handover.at_tick != Some(tick_ns) {
+            return Some(batches);
+        }
+        handover.batches.append(&mut batches);
+        None
+    }
+
+    /// Hands `batches` over, waiting while the channel is full; false once stopped or closed.
+    fn send(&self, batches: Vec<Batch>) -> bool {
+        let out = self.out.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let Some(out) = out else { return false };
+        // Neither future needs the runtime's timers or I/O, so this works on a thread outside it.
+        self.runtime.block_on(async {
+            tokio::select! {
+                _ = self.cancel.cancelled() => false,
+                sent = out.send(batches) => sent.is_ok(),
+            }
+        })
+    }
+}
+
 /// What one task owns besides its inputs.
 struct InputRun {
     /// In the order of `Input::names`.
@@ -503,11 +679,84 @@ struct InputRun {
     ctx: Arc<HostContext>,
     host: Arc<str>,
     schedule: Schedule,
+    /// Line protocol of every input of a cycle; each batch is cut from it.
+    buf: BytesMut,
 }
 
 impl InputRun {
-    async fn run(mut self, mut input: Input, out: mpsc::Sender<Batch>, cancel: CancellationToken) {
-        let label = input.names().join(",");
+    fn label(&self) -> String {
+        self.members.iter().map(|m| m.name).collect::<Vec<_>>().join(",")
+    }
+
+    /// A cycle's samples, in the order of the members: problems reported, points encoded.
+    fn finish(&mut self, samples: impl IntoIterator<Item = Gathered>, tick_ns: i64) -> Vec<Batch> {
+        let mut batches = Vec::with_capacity(self.members.len());
+        for (member, gathered) in self.members.iter_mut().zip(samples) {
+            member.log.report(&gathered.problems);
+            let (batch, _) =
+                finish_cycle(member.name, gathered, &self.host, tick_ns, &member.counters, &mut self.buf);
+            batches.extend(batch);
+        }
+        batches
+    }
+
+    /// The tick after cycle `k` ended; ticks skipped meanwhile are counted (and logged once).
+    fn advance(&self, k: u64, overrun_logged: &mut bool) -> u64 {
+        let next = self.schedule.next_after(crate::timefmt::now_ns(), Some(k));
+        let missed = next - k - 1;
+        if missed > 0 {
+            for member in &self.members {
+                member.counters.missed.add(missed);
+            }
+            if !*overrun_logged {
+                tracing::warn!(
+                    input = %self.label(),
+                    missed,
+                    "collector cycle overran its interval (slow input, or its output waiting); skipping ticks (logged once)"
+                );
+                *overrun_logged = true;
+            }
+        }
+        next
+    }
+
+    /// File inputs on this thread until stopped.
+    fn run_thread(mut self, mut files: Vec<FileInput>, role: Role, link: &ThreadLink) {
+        let _collecting = (role == Role::Collects).then(|| Collecting(link));
+        for file in files.iter_mut().filter(|f| f.needs_two_samples()) {
+            gather_caught(file, &self.ctx);
+        }
+        let mut k = self.schedule.next_after(crate::timefmt::now_ns(), None);
+        let mut overrun_logged = false;
+        loop {
+            let tick_ns = self.schedule.tick_ns(k);
+            if role == Role::Collects {
+                link.expect(tick_ns);
+            }
+            if !link.sleep_until(tick_ns) {
+                return;
+            }
+            let ctx = self.ctx.clone();
+            let mut batches = self.finish(files.iter_mut().map(|file| gather_caught(file, &ctx)), tick_ns);
+            let to_send = match role {
+                Role::Collects => {
+                    link.collect(&mut batches);
+                    Some(batches)
+                }
+                Role::HandsOver if batches.is_empty() => None,
+                Role::HandsOver => link.hand_over(tick_ns, batches),
+            };
+            if let Some(batches) = to_send.filter(|b| !b.is_empty()) {
+                if !link.send(batches) {
+                    return;
+                }
+            }
+            k = self.advance(k, &mut overrun_logged);
+        }
+    }
+
+    /// The kubelet and nsqd inputs, as runtime tasks.
+    async fn run(mut self, mut input: Input, out: mpsc::Sender<Vec<Batch>>, cancel: CancellationToken) {
         if input.needs_two_samples() {
             let primed = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -531,32 +780,14 @@ impl InputRun {
                 result = input.gather(self.ctx.clone()) => result,
             };
             input = next_input;
-            for (member, gathered) in self.members.iter_mut().zip(samples) {
-                member.log.report(&gathered.problems);
-                let (batch, _) = finish_cycle(member.name, gathered, &self.host, tick_ns, &member.counters);
-                if let Some(batch) = batch {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        sent = out.send(batch) => if sent.is_err() { return },
-                    }
+            let batches = self.finish(samples, tick_ns);
+            if !batches.is_empty() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    sent = out.send(batches) => if sent.is_err() { return },
                 }
             }
-            let next = self.schedule.next_after(crate::timefmt::now_ns(), Some(k));
-            let missed = next - k - 1;
-            if missed > 0 {
-                for member in &self.members {
-                    member.counters.missed.add(missed);
-                }
-                if !overrun_logged {
-                    tracing::warn!(
-                        input = %label,
-                        missed,
-                        "collector cycle overran its interval (slow input, or its output waiting); skipping ticks (logged once)"
-                    );
-                    overrun_logged = true;
-                }
-            }
-            k = next;
+            k = self.advance(k, &mut overrun_logged);
         }
     }
 }
@@ -635,6 +866,75 @@ mod tests {
             collector.input_names(),
             ["kernel", "processes", "system", "netstat", "net", "diskio", "disk", "swap", "mem", "cpu"]
         );
+    }
+
+    fn link(out: mpsc::Sender<Vec<Batch>>, cancel: &CancellationToken) -> ThreadLink {
+        ThreadLink {
+            out: Mutex::new(Some(out)),
+            stopped: Mutex::new(false),
+            wake: Condvar::new(),
+            cancel: cancel.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            handover: Mutex::new(Handover::default()),
+        }
+    }
+
+    fn batch(input: &'static str, timestamp_ns: i64) -> Batch {
+        Batch { input, timestamp_ns, body: Bytes::from_static(b"x v=1i\n"), points: 1 }
+    }
+
+    /// Stopping wakes a thread sleeping until a far tick at once, and takes the channel from
+    /// the threads: it closes though a thread (here: none) might still hold the link.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn stop_wakes_sleepers_and_closes_the_channel() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let cancel = CancellationToken::new();
+        let link = Arc::new(link(tx, &cancel));
+        assert!(link.sleep_until(crate::timefmt::now_ns() - 1), "a tick already past: no sleep");
+        let sleeper = {
+            let link = link.clone();
+            std::thread::spawn(move || link.sleep_until(crate::timefmt::now_ns() + 60 * SEC))
+        };
+        let sender = {
+            let link = link.clone();
+            tokio::task::spawn_blocking(move || link.send(vec![batch("cpu", 1)]))
+        };
+        assert!(sender.await.unwrap(), "sent while running");
+        assert_eq!(rx.recv().await.unwrap()[0].input, "cpu");
+        let started = std::time::Instant::now();
+        link.stop();
+        assert!(!tokio::task::spawn_blocking(move || sleeper.join().unwrap()).await.unwrap(), "stopped");
+        assert!(started.elapsed() < Duration::from_secs(5), "woken, not timed out");
+        assert!(rx.recv().await.is_none(), "closed while the link lives on");
+        let link2 = link.clone();
+        assert!(!tokio::task::spawn_blocking(move || link2.send(vec![batch("cpu", 2)])).await.unwrap());
+    }
+
+    /// A task that can block hands its cycle to the shared task only while that is at the same
+    /// tick; otherwise (before, after, or no shared task running) it sends it itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn handover_only_for_the_shared_tasks_tick() {
+        let (tx, _rx) = mpsc::channel(4);
+        let link = link(tx, &CancellationToken::new());
+        let back = link.hand_over(10, vec![batch("disk", 10)]);
+        assert_eq!(back.map(|b| b.len()), Some(1), "no shared task running: sent by its own task");
+        {
+            let _collecting = Collecting(&link);
+            link.expect(10);
+            assert!(link.hand_over(10, vec![batch("disk", 10)]).is_none(), "taken for tick 10");
+            assert!(link.hand_over(10, vec![batch("net", 10)]).is_none());
+            assert!(link.hand_over(20, vec![batch("net", 20)]).is_some(), "another tick: not taken");
+            let mut cycle = vec![batch("cpu", 10)];
+            link.collect(&mut cycle);
+            let inputs: Vec<&str> = cycle.iter().map(|b| b.input).collect();
+            assert_eq!(inputs, ["cpu", "disk", "net"]);
+            assert!(link.hand_over(10, vec![batch("system", 10)]).is_some(), "too late for tick 10");
+            link.expect(20);
+            assert!(link.hand_over(20, vec![batch("system", 20)]).is_none());
+        }
+        // The shared task stopped (or panicked) at tick 20: nothing is handed to it any more.
+        assert!(link.hand_over(20, vec![batch("disk", 20)]).is_some());
+        assert!(link.handover.lock().unwrap().batches.is_empty());
     }
 
     #[test]

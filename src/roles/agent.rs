@@ -190,9 +190,11 @@ fn start_collectors<P: Publish + Clone + Sync>(
     shutdown.tracker.spawn(collector.run(tx, shutdown.token.clone()));
     let max = settings.nsq.producer.max_message_bytes;
     shutdown.tracker.spawn(async move {
-        while let Some(batch) = rx.recv().await {
-            if !lines.send(batch.body, max).await {
-                return;
+        while let Some(batches) = rx.recv().await {
+            for batch in batches {
+                if !lines.send(batch.body, max).await {
+                    return;
+                }
             }
         }
     });

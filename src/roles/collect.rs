@@ -8,17 +8,22 @@
 //! stderr, and an exit status that says whether every enabled input produced points (and, with
 //! InfluxDB, whether InfluxDB took them).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+
+use bytes::BytesMut;
 
 use tokio::sync::mpsc;
 
 use crate::config::Settings;
 use crate::host::{Batch, Collector};
 use crate::influx::writer::InfluxWriter;
-use crate::output::{DeliverySummary, Output, Pending};
+use crate::output::{DeliverySummary, Outcome, Output, Pending};
 use crate::roles::replay::Destination;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Telemetry;
@@ -42,7 +47,10 @@ pub fn run(
     destination: Destination,
 ) -> anyhow::Result<ExitCode> {
     let influx = destination.influx(&settings)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // One thread: the collectors' reads run on threads of their own, and what is left here
+    // (a timer for the remote inputs, a write per cycle, the InfluxDB writer) is a few wake-ups
+    // a cycle, which worker threads stealing from each other would multiply.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let shutdown = Shutdown::new();
     let telemetry = Telemetry::default();
     let collector = Collector::new(&settings.collect, &settings.host, &telemetry)?;
@@ -126,16 +134,43 @@ async fn once(collector: Collector, output: Output, destination: Destination) ->
     }
 }
 
-/// Every cycle until stopped.
+/// Every cycle until stopped. The batches already waiting when some arrive go out with them in
+/// one submission: one write to stdout per cycle rather than one per input.
 async fn continuous(collector: Collector, output: Output, shutdown: &Shutdown) -> ExitCode {
-    let (tx, mut rx) = mpsc::channel::<Batch>(BATCH_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Vec<Batch>>(BATCH_QUEUE);
     shutdown.tracker.spawn(collector.run(tx, shutdown.token.clone()));
     // The output counts every refusal; this says once that points are being lost.
     let refused_logged = Arc::new(AtomicBool::new(false));
-    while let Some(batch) = rx.recv().await {
-        match output.submit(batch.body, batch.points).await {
-            Ok(pending) => {
-                shutdown.tracker.spawn(report_outcome(batch.input, pending, refused_logged.clone()));
+    // Kept between submissions: its memory comes back once the output has let go of the last
+    // body cut from it.
+    let mut joined = BytesMut::new();
+    let mut waiting = Vec::new();
+    while let Some(first) = rx.recv().await {
+        waiting.extend(first);
+        while let Ok(more) = rx.try_recv() {
+            waiting.extend(more);
+        }
+        let Some(input) = waiting.first().map(|b| b.input) else { continue };
+        let points = waiting.iter().map(|b| b.points).sum();
+        let body = if waiting.len() == 1 {
+            waiting.pop().map(|b| b.body).unwrap_or_default()
+        } else {
+            for batch in waiting.drain(..) {
+                joined.extend_from_slice(&batch.body);
+            }
+            joined.split().freeze()
+        };
+        waiting.clear();
+        match output.submit(body, points).await {
+            Ok(mut pending) => {
+                // Stdout's answer is known at once; only InfluxDB's is waited for in a task.
+                let mut cx = Context::from_waker(Waker::noop());
+                match Pin::new(&mut pending).poll(&mut cx) {
+                    Poll::Ready(outcome) => report_refusal(input, &outcome, &refused_logged),
+                    Poll::Pending => {
+                        shutdown.tracker.spawn(report_outcome(input, pending, refused_logged.clone()));
+                    }
+                }
             }
             Err(error) => {
                 eprintln!("logmill collect: {error}");
@@ -148,7 +183,11 @@ async fn continuous(collector: Collector, output: Output, shutdown: &Shutdown) -
 }
 
 async fn report_outcome(input: &'static str, pending: Pending, logged: Arc<AtomicBool>) {
-    let outcome = pending.await;
+    report_refusal(input, &pending.await, &logged);
+}
+
+/// `input`: the first input of the submission.
+fn report_refusal(input: &'static str, outcome: &Outcome, logged: &AtomicBool) {
     if (outcome.dropped > 0 || outcome.rejected > 0) && !logged.swap(true, Ordering::Relaxed) {
         tracing::warn!(
             input,
