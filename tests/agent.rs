@@ -170,6 +170,15 @@ impl Agent {
         (status, started.elapsed())
     }
 
+    /// The agent's log lines (every start) about truncations and rotations found late: what
+    /// tells where copytruncate's duplicates came from.
+    fn rotation_log(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let keep = ["truncated", "rotation not seen", "vanished", "cannot reopen"];
+        let lines: Vec<&str> = text.lines().filter(|l| keep.iter().any(|k| l.contains(k))).collect();
+        lines[lines.len().saturating_sub(200)..].join("\n")
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let start = text.len().saturating_sub(8000);
@@ -653,8 +662,9 @@ async fn torture_kill_9_rotations_and_an_nsqd_restart_lose_no_line() {
     assert_eq!(health_up, 200, "/healthz recovers once nsqd is back");
     assert!(
         dup_pct < 1.0,
-        "duplicates {dups} of {lines} lines ({dup_pct:.3} %) are over 1 %: {}",
-        tally.duplicated_ranges()
+        "duplicates {dups} of {lines} lines ({dup_pct:.3} %) are over 1 %: {}\nthe agent's truncations and late rotations:\n{}",
+        tally.duplicated_ranges(),
+        agent.rotation_log()
     );
 }
 
