@@ -17,7 +17,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use logmill::tail::{StartAt, WatchMode};
+use logmill::tail::{StartAt, TailSettings, WatchMode};
 use tail_harness::*;
 
 struct Dirs {
@@ -27,6 +27,15 @@ struct Dirs {
     /// Where the files really are (`/var/log/pods`).
     pods: PathBuf,
     state: PathBuf,
+}
+
+/// Settings under which reading pauses within a test's few files: 16 KiB read and not
+/// acknowledged, read 4 KiB at a time.
+fn pausing_settings(d: &Dirs) -> TailSettings {
+    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
+    set.max_unacked_bytes = 16 * 1024;
+    set.read_chunk_bytes = 4 * 1024;
+    set
 }
 
 fn dirs() -> Dirs {
@@ -215,9 +224,7 @@ async fn copytruncate_reads_the_rest_from_the_copy_and_the_file_from_0() {
     let path = d.containers.join("app.log");
     let mut w = Writer::create(&path, "ct");
     w.write(1000);
-    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
-    set.max_unacked_bytes = 16 * 1024;
-    set.read_chunk_bytes = 4 * 1024;
+    let set = pausing_settings(&d);
     let run = start(set, false);
     run.until("reading starts", |s| !s.records.is_empty()).await;
     let copy = w.copytruncate("1");
@@ -268,9 +275,7 @@ async fn copytruncate_twice_during_a_pause_reads_the_stream_only_a_copy_holds() 
     let path = d.containers.join("twice.log");
     let mut w = Writer::create(&path, "c2");
     w.write(1000);
-    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
-    set.max_unacked_bytes = 16 * 1024;
-    set.read_chunk_bytes = 4 * 1024;
+    let set = pausing_settings(&d);
     let run = start(set, false);
     run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
     let first = w.copytruncate("1");
@@ -294,9 +299,7 @@ async fn copytruncate_twice_during_a_pause_then_kill_9_reads_every_stream() {
     let path = d.containers.join("twice.log");
     let mut w = Writer::create(&path, "k2");
     w.write(1000);
-    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
-    set.max_unacked_bytes = 16 * 1024;
-    set.read_chunk_bytes = 4 * 1024;
+    let set = pausing_settings(&d);
     let run = start(set.clone(), false);
     run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
     let first = w.copytruncate("1");
@@ -326,9 +329,7 @@ async fn a_checkpointed_rotation_gzipped_while_down_is_found_as_its_gz() {
     let (_, real) = d.container("gz");
     let mut w = Writer::create(&real, "g");
     w.write(2000);
-    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
-    set.max_unacked_bytes = 16 * 1024;
-    set.read_chunk_bytes = 4 * 1024;
+    let set = pausing_settings(&d);
     let run = start(set.clone(), false);
     run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
     run.kill(&d.state).await;
@@ -406,9 +407,7 @@ async fn a_checkpointed_rotation_renamed_again_while_down_is_found_beside_the_li
     let (_, real) = d.container("shift");
     let mut w = Writer::create(&real, "s");
     w.write(2000);
-    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
-    set.max_unacked_bytes = 16 * 1024;
-    set.read_chunk_bytes = 4 * 1024;
+    let set = pausing_settings(&d);
     let run = start(set.clone(), false);
     run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
     run.kill(&d.state).await;
@@ -445,9 +444,7 @@ async fn a_file_rewritten_past_the_offset_during_a_pause_restarts_at_0() {
     let path = d.containers.join("rw.log");
     let mut w = Writer::create(&path, "rw");
     w.write(1000);
-    let mut set = settings(&d.glob(), &d.state, WatchMode::Notify);
-    set.max_unacked_bytes = 16 * 1024;
-    set.read_chunk_bytes = 4 * 1024;
+    let mut set = pausing_settings(&d);
     set.rescan_interval = Duration::from_secs(3600);
     let run = start(set, false);
     run.until("reading starts, then pauses", |_| run.counter("logmill_tail_pauses_total") >= 1).await;
