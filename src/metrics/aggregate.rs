@@ -55,7 +55,7 @@ pub(crate) struct AggregateStats {
     pub(crate) lines: u64,
     pub(crate) points: u64,
     pub(crate) evictions: u64,
-    /// Samples whose window had already been flushed.
+    /// Requests (as `lines`) whose window had already been flushed.
     pub(crate) late_lines: u64,
 }
 
@@ -210,17 +210,6 @@ pub(crate) struct RequestSeries {
 }
 
 impl RequestSeries {
-    fn add(&mut self, s: &RequestSample) {
-        self.count += s.requests;
-        self.bytes_sent = self.bytes_sent.saturating_add(s.bytes_sent);
-        if let Some(t) = s.request_time {
-            self.request_time.insert(t);
-        }
-        if let Some(t) = s.upstream_time {
-            self.upstream_time.insert(t);
-        }
-    }
-
     fn take_back(&mut self, s: &RequestSample) {
         self.count = self.count.saturating_sub(s.requests);
         self.bytes_sent = self.bytes_sent.saturating_sub(s.bytes_sent);
@@ -312,21 +301,14 @@ impl Aggregator {
 
     /// Adds a sample to its series.
     pub fn observe(&mut self, series: SeriesRef<'_>, sample: &RequestSample) {
-        self.lines += sample.requests;
-        let window_start = self.windows.window_start(sample.time_ns);
-        if self.windows.is_late(window_start) {
-            self.late_lines += 1;
-        }
-        self.build_key(window_start, &series);
-        let consumer = &self.consumer;
-        let tags = || Self::tags(&series, consumer);
-        self.windows.series(window_start, &self.key, tags).add(sample);
-        self.windows.advance_to(sample.time_ns);
+        let times = (sample.request_time.as_slice(), sample.upstream_time.as_slice());
+        self.observe_group(series, sample.time_ns, (sample.requests, sample.bytes_sent), times.0, times.1);
     }
 
     /// Adds what several samples of one series, all at `time_ns`, add: `requests` and
     /// `bytes_sent` summed, and their times. The same as [`Aggregator::observe`] of each (a
-    /// consumer's samples of one message, grouped), with the series looked up once.
+    /// consumer's samples of one message, grouped), with the series looked up once. Samples
+    /// that add nothing make no series.
     pub(crate) fn observe_group(
         &mut self,
         series: SeriesRef<'_>,
@@ -335,15 +317,13 @@ impl Aggregator {
         request_times: &[f64],
         upstream_times: &[f64],
     ) {
-        let counts = u64::from(requests > 0 || bytes_sent > 0);
-        let samples = counts + request_times.len() as u64 + upstream_times.len() as u64;
-        if samples == 0 {
+        if requests == 0 && bytes_sent == 0 && request_times.is_empty() && upstream_times.is_empty() {
             return;
         }
         self.lines += requests;
         let window_start = self.windows.window_start(time_ns);
         if self.windows.is_late(window_start) {
-            self.late_lines += samples;
+            self.late_lines += requests;
         }
         self.build_key(window_start, &series);
         let consumer = &self.consumer;
