@@ -111,10 +111,19 @@ instance = "c1"
         let counters = influxd
             .scalar(DB, "SELECT count(\"value\") FROM \"logmill_files_watched\" WHERE \"host\"='node-1'")
             .await;
-        if cpu >= 1.0 && counters >= 1.0 {
+        // A cycle's points may reach InfluxDB in more than one write (NSQ messages are
+        // bounded, and the consumer flushes on its own clock), so wait for each measurement.
+        let mem =
+            influxd.scalar(DB, "SELECT count(\"used_percent\") FROM \"mem\" WHERE \"host\"='node-1'").await;
+        let load =
+            influxd.scalar(DB, "SELECT count(\"load1\") FROM \"system\" WHERE \"host\"='node-1'").await;
+        if cpu >= 1.0 && counters >= 1.0 && mem >= 1.0 && load >= 1.0 {
             break;
         }
-        assert!(Instant::now() < until, "no cpu-total ({cpu}) or logmill_* ({counters}) points in 60 s");
+        assert!(
+            Instant::now() < until,
+            "in 60 s: cpu-total {cpu}, logmill_files_watched {counters}, mem {mem}, system {load} points"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Telegraf's queries over what came through NSQ.
@@ -123,8 +132,10 @@ instance = "c1"
     assert!((0.0..=100.0).contains(&usage), "usage_idle {usage}");
     let used = influxd.scalar(DB, "SELECT last(\"used_percent\") FROM \"mem\" WHERE \"host\"='node-1'").await;
     assert!(used > 0.0 && used < 100.0, "used_percent {used}");
-    let load = influxd.scalar(DB, "SELECT count(\"load1\") FROM \"system\" WHERE \"host\"='node-1'").await;
-    assert!(load >= 1.0, "system points");
+    let n_cpus = influxd.scalar(DB, "SELECT last(\"n_cpus\") FROM \"system\" WHERE \"host\"='node-1'").await;
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let cpus = stat.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")).count();
+    assert_eq!(n_cpus, cpus as f64, "system.n_cpus against /proc/stat's cpuN lines");
 
     sigterm_and_wait(agent, "the agent").await;
     sigterm_and_wait(consume, "the consumer").await;
