@@ -176,9 +176,9 @@ impl Telemetry {
             for (labels, value) in &family.series {
                 let mut p = Point::new(*name);
                 for (k, v) in labels {
-                    p.tags.push(((*k).to_owned(), v.clone()));
+                    p.tags.push(((*k).into(), v.clone().into()));
                 }
-                p.tags.push(("host".to_owned(), host.to_owned()));
+                p.tags.push(("host".into(), host.to_owned().into()));
                 let v = value.load(Ordering::Relaxed).min(i64::MAX as u64) as i64;
                 points.push(p.field("value", FieldValue::Int(v)).timestamp(now_ns));
             }

@@ -924,7 +924,7 @@ async fn router_lines_become_one_influxdb_point_per_access_line() {
     for (i, point) in logmill::metrics::line_protocol::parse_lines(body.as_bytes()) {
         let point =
             point.unwrap_or_else(|e| panic!("line {i} is not line protocol ({e:?}): {}", lines[i - 1]));
-        assert!(MEASUREMENTS.contains(&point.measurement.as_str()), "{}", lines[i - 1]);
+        assert!(MEASUREMENTS.contains(&point.measurement.as_ref()), "{}", lines[i - 1]);
     }
     // Field by field, by the independent reader.
     for m in MEASUREMENTS {

@@ -191,7 +191,7 @@ async fn replaying_fresh_nginx_output_counts_exactly() {
             let tag = |k| p.tag_value(k).unwrap().to_owned();
             (tag("app"), tag("status_code"), tag("method"))
         };
-        match p.measurement.as_str() {
+        match p.measurement.as_ref() {
             "router_requests" => *counted.entry(key()).or_default() += int(p, "count"),
             "deis_router_response_time_ms" => *compat.entry(key()).or_default() += 1,
             _ => {}

@@ -72,9 +72,10 @@ fn count_by(points: &[Point], measurement: &str, tag: &str) -> BTreeMap<String, 
 
 /// The (measurement, sorted tags, timestamp) key under which InfluxDB stores a point.
 fn series_key(p: &Point) -> (String, Vec<(String, String)>, Option<i64>) {
-    let mut tags = p.tags.clone();
+    let mut tags: Vec<(String, String)> =
+        p.tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     tags.sort();
-    (p.measurement.clone(), tags, p.timestamp_ns)
+    (p.measurement.to_string(), tags, p.timestamp_ns)
 }
 
 fn expected(table: &[(&str, i64)]) -> BTreeMap<String, i64> {

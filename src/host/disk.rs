@@ -294,7 +294,7 @@ pub(crate) fn disk_point(selected: &Selected, stat: &FsStat, label: Option<&str>
         .tag("fstype", m.fstype.clone())
         .tag("mode", mode);
     if let Some(label) = label.filter(|l| !l.is_empty()) {
-        p = p.tag("label", label);
+        p = p.tag("label", label.to_owned());
     }
     Some(
         p.field("total", int(total))

@@ -108,7 +108,7 @@ pub(crate) fn diskio_point(
 ) -> Point {
     let mut p = Point::new("diskio").tag("name", current.name.clone());
     if let Some(wwid) = wwid.filter(|w| !w.is_empty()) {
-        p = p.tag("wwid", wwid);
+        p = p.tag("wwid", wwid.to_owned());
     }
     p = p
         .field("reads", int(current.reads))

@@ -119,7 +119,12 @@ fn text<'a>(v: &'a Value, path: &[&str]) -> &'a str {
     lookup(v, path).and_then(Value::as_str).unwrap_or("")
 }
 
-fn with_fields(mut p: Point, stats: &Value, fields: &[(&str, &[&str])], odd: &mut u64) -> Option<Point> {
+fn with_fields(
+    mut p: Point,
+    stats: &Value,
+    fields: &[(&'static str, &[&str])],
+    odd: &mut u64,
+) -> Option<Point> {
     for (name, path) in fields {
         match lookup(stats, path) {
             None | Some(Value::Null) => {}
@@ -147,35 +152,35 @@ pub(crate) fn summary_points(body: &[u8]) -> Result<SummaryPoints, SummaryError>
 
     for container in array(node, "systemContainers") {
         let p = Point::new("kubernetes_system_container")
-            .tag("node_name", node_name)
-            .tag("container_name", text(container, &["name"]));
+            .tag("node_name", node_name.to_owned())
+            .tag("container_name", text(container, &["name"]).to_owned());
         out.points.extend(with_fields(p, container, SYSTEM_CONTAINER_FIELDS, odd));
     }
-    let p = Point::new("kubernetes_node").tag("node_name", node_name);
+    let p = Point::new("kubernetes_node").tag("node_name", node_name.to_owned());
     out.points.extend(with_fields(p, node, NODE_FIELDS, odd));
 
     for pod in array(&summary, "pods") {
         let (pod_name, namespace) = (text(pod, &["podRef", "name"]), text(pod, &["podRef", "namespace"]));
         for container in array(pod, "containers") {
             let p = Point::new("kubernetes_pod_container")
-                .tag("node_name", node_name)
-                .tag("namespace", namespace)
-                .tag("container_name", text(container, &["name"]))
-                .tag("pod_name", pod_name);
+                .tag("node_name", node_name.to_owned())
+                .tag("namespace", namespace.to_owned())
+                .tag("container_name", text(container, &["name"]).to_owned())
+                .tag("pod_name", pod_name.to_owned());
             out.points.extend(with_fields(p, container, POD_CONTAINER_FIELDS, odd));
         }
         for volume in array(pod, "volume") {
             let p = Point::new("kubernetes_pod_volume")
-                .tag("node_name", node_name)
-                .tag("pod_name", pod_name)
-                .tag("namespace", namespace)
-                .tag("volume_name", text(volume, &["name"]));
+                .tag("node_name", node_name.to_owned())
+                .tag("pod_name", pod_name.to_owned())
+                .tag("namespace", namespace.to_owned())
+                .tag("volume_name", text(volume, &["name"]).to_owned());
             out.points.extend(with_fields(p, volume, POD_VOLUME_FIELDS, odd));
         }
         let p = Point::new("kubernetes_pod_network")
-            .tag("node_name", node_name)
-            .tag("pod_name", pod_name)
-            .tag("namespace", namespace);
+            .tag("node_name", node_name.to_owned())
+            .tag("pod_name", pod_name.to_owned())
+            .tag("namespace", namespace.to_owned());
         out.points.extend(with_fields(p, pod, POD_NETWORK_FIELDS, odd));
     }
     Ok(out)

@@ -213,7 +213,7 @@ pub(crate) fn encode_points(
     let mut tags: Vec<(&str, &str)> = Vec::new();
     for point in points {
         tags.clear();
-        tags.extend(point.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        tags.extend(point.tags.iter().map(|(k, v)| (k.as_ref(), v.as_ref())));
         if !tags.iter().any(|(k, _)| *k == "host") {
             tags.push(("host", host));
         }
@@ -235,7 +235,7 @@ pub(crate) fn encode_points(
 
 /// Fields of a test point in a stable order, for comparisons.
 #[cfg(test)]
-pub(crate) fn sorted_fields(p: &Point) -> Vec<(String, FieldValue)> {
+pub(crate) fn sorted_fields(p: &Point) -> Vec<(crate::metrics::point::Name, FieldValue)> {
     let mut f = p.fields.clone();
     f.sort_by(|a, b| a.0.cmp(&b.0));
     f

@@ -56,7 +56,7 @@ fn count(n: usize) -> FieldValue {
 }
 
 /// Adds `(field, key)` pairs of `v` that are integers.
-fn with_numbers(mut p: Point, v: &Value, fields: &[(&str, &str)], odd: &mut u64) -> Point {
+fn with_numbers(mut p: Point, v: &Value, fields: &[(&'static str, &str)], odd: &mut u64) -> Point {
     for (field, key) in fields {
         match v.get(key) {
             None | Some(Value::Null) => {}
@@ -86,8 +86,8 @@ pub(crate) fn stats_points(body: &[u8], server_host: &str) -> Result<StatsPoints
     let topics = array(data, "topics");
     out.points.push(
         Point::new("nsq_server")
-            .tag("server_host", server_host)
-            .tag("server_version", version)
+            .tag("server_host", server_host.to_owned())
+            .tag("server_version", version.to_owned())
             .field("server_count", FieldValue::Int(i64::from(text(data, "health") == "OK")))
             .field("topic_count", count(topics.len())),
     );
@@ -95,9 +95,9 @@ pub(crate) fn stats_points(body: &[u8], server_host: &str) -> Result<StatsPoints
         let topic = text(t, "topic_name");
         let channels = array(t, "channels");
         let p = Point::new("nsq_topic")
-            .tag("server_host", server_host)
-            .tag("server_version", version)
-            .tag("topic", topic);
+            .tag("server_host", server_host.to_owned())
+            .tag("server_version", version.to_owned())
+            .tag("topic", topic.to_owned());
         let p = with_numbers(
             p,
             t,
@@ -109,10 +109,10 @@ pub(crate) fn stats_points(body: &[u8], server_host: &str) -> Result<StatsPoints
             let channel = text(c, "channel_name");
             let clients = array(c, "clients");
             let p = Point::new("nsq_channel")
-                .tag("server_host", server_host)
-                .tag("server_version", version)
-                .tag("topic", topic)
-                .tag("channel", channel);
+                .tag("server_host", server_host.to_owned())
+                .tag("server_version", version.to_owned())
+                .tag("topic", topic.to_owned())
+                .tag("channel", channel.to_owned());
             let p = with_numbers(
                 p,
                 c,
@@ -130,21 +130,21 @@ pub(crate) fn stats_points(body: &[u8], server_host: &str) -> Result<StatsPoints
             out.points.push(p.field("client_count", count(clients.len())));
             for cl in clients {
                 let mut p = Point::new("nsq_client")
-                    .tag("server_host", server_host)
-                    .tag("server_version", version)
-                    .tag("topic", topic)
-                    .tag("channel", channel)
-                    .tag("client_id", text(cl, "client_id"))
-                    .tag("client_hostname", text(cl, "hostname"))
-                    .tag("client_version", text(cl, "version"))
-                    .tag("client_address", text(cl, "remote_address"))
-                    .tag("client_user_agent", text(cl, "user_agent"))
+                    .tag("server_host", server_host.to_owned())
+                    .tag("server_version", version.to_owned())
+                    .tag("topic", topic.to_owned())
+                    .tag("channel", channel.to_owned())
+                    .tag("client_id", text(cl, "client_id").to_owned())
+                    .tag("client_hostname", text(cl, "hostname").to_owned())
+                    .tag("client_version", text(cl, "version").to_owned())
+                    .tag("client_address", text(cl, "remote_address").to_owned())
+                    .tag("client_user_agent", text(cl, "user_agent").to_owned())
                     .tag("client_tls", flag(cl, "tls"))
                     .tag("client_snappy", flag(cl, "snappy"))
                     .tag("client_deflate", flag(cl, "deflate"));
                 let name = text(cl, "name");
                 if !name.is_empty() {
-                    p = p.tag("client_name", name);
+                    p = p.tag("client_name", name.to_owned());
                 }
                 let p = with_numbers(
                     p,
@@ -252,7 +252,7 @@ mod tests {
         let body = std::fs::read(format!("{}/testdata/nsqd/stats.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
         let out = stats_points(&body, "127.0.0.1:4151").unwrap();
         assert_eq!(out.odd_values, 0);
-        let kinds: Vec<&str> = out.points.iter().map(|p| p.measurement.as_str()).collect();
+        let kinds: Vec<&str> = out.points.iter().map(|p| p.measurement.as_ref()).collect();
         assert_eq!(kinds, ["nsq_server", "nsq_topic", "nsq_topic", "nsq_channel", "nsq_client"]);
         assert!(out.points.iter().all(|p| p.tag_value("server_version") == Some("1.3.0")));
         assert_eq!((i(&out.points[0], "server_count"), i(&out.points[0], "topic_count")), (Some(1), Some(2)));

@@ -10,7 +10,7 @@
 //! time of the record, or the access second plus the line's offset): the only time a consumer
 //! that sees the points has, so replay windows by it too.
 
-use super::point::{FieldValue, Point};
+use super::point::{FieldValue, Name, Point};
 use super::sketch::Sketch;
 use super::window::{SeriesState, WindowSettings, WindowStats, Windows};
 use crate::access::{AccessRecord, Method};
@@ -19,8 +19,45 @@ pub(crate) const MEASUREMENT: &str = "router_requests";
 
 /// Upper bounds of the histogram buckets, seconds; a last bucket `inf` takes the rest.
 pub(crate) const BUCKET_BOUNDS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+#[cfg(test)]
 const BUCKET_NAMES: [&str; 12] =
     ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "inf"];
+
+/// The field names of one time distribution, fixed so that a window's point allocates none.
+struct TimeFields {
+    sum: &'static str,
+    max: &'static str,
+    quantiles: [(&'static str, f64); 3],
+    /// By `BUCKET_NAMES`.
+    buckets: [&'static str; 12],
+}
+
+macro_rules! time_fields {
+    ($p:literal) => {
+        TimeFields {
+            sum: concat!($p, "_sum"),
+            max: concat!($p, "_max"),
+            quantiles: [(concat!($p, "_p50"), 0.5), (concat!($p, "_p90"), 0.9), (concat!($p, "_p99"), 0.99)],
+            buckets: [
+                concat!($p, "_bucket_le_0.005"),
+                concat!($p, "_bucket_le_0.01"),
+                concat!($p, "_bucket_le_0.025"),
+                concat!($p, "_bucket_le_0.05"),
+                concat!($p, "_bucket_le_0.1"),
+                concat!($p, "_bucket_le_0.25"),
+                concat!($p, "_bucket_le_0.5"),
+                concat!($p, "_bucket_le_1"),
+                concat!($p, "_bucket_le_2.5"),
+                concat!($p, "_bucket_le_5"),
+                concat!($p, "_bucket_le_10"),
+                concat!($p, "_bucket_le_inf"),
+            ],
+        }
+    };
+}
+
+const REQUEST_TIME: TimeFields = time_fields!("request_time");
+const UPSTREAM_TIME: TimeFields = time_fields!("upstream_time");
 
 /// How the aggregator windows and bounds its state.
 #[derive(Debug, Clone)]
@@ -183,19 +220,19 @@ impl Distribution {
         self.sketch.count()
     }
 
-    fn write_fields(&self, prefix: &str, fields: &mut Vec<(String, FieldValue)>) {
+    fn write_fields(&self, names: &TimeFields, fields: &mut Vec<(Name, FieldValue)>) {
         if self.sketch.count() == 0 {
             return;
         }
-        fields.push((format!("{prefix}_sum"), FieldValue::Float(self.sum)));
-        fields.push((format!("{prefix}_max"), FieldValue::Float(self.max)));
-        for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+        fields.push((names.sum.into(), FieldValue::Float(self.sum)));
+        fields.push((names.max.into(), FieldValue::Float(self.max)));
+        for (name, q) in names.quantiles {
             if let Some(v) = self.sketch.quantile(q) {
-                fields.push((format!("{prefix}_{name}"), FieldValue::Float(v)));
+                fields.push((name.into(), FieldValue::Float(v)));
             }
         }
-        for (name, &count) in BUCKET_NAMES.iter().zip(&self.buckets) {
-            fields.push((format!("{prefix}_bucket_le_{name}"), FieldValue::Int(count as i64)));
+        for (name, &count) in names.buckets.iter().zip(&self.buckets) {
+            fields.push(((*name).into(), FieldValue::Int(count as i64)));
         }
     }
 }
@@ -230,11 +267,11 @@ impl SeriesState for RequestSeries {
             && self.upstream_time.count() == 0
     }
 
-    fn write_fields(&self, fields: &mut Vec<(String, FieldValue)>) {
-        fields.push(("count".to_owned(), FieldValue::Int(self.count.min(i64::MAX as u64) as i64)));
-        fields.push(("bytes_sent".to_owned(), FieldValue::Int(self.bytes_sent.min(i64::MAX as u64) as i64)));
-        self.request_time.write_fields("request_time", fields);
-        self.upstream_time.write_fields("upstream_time", fields);
+    fn write_fields(&self, fields: &mut Vec<(Name, FieldValue)>) {
+        fields.push(("count".into(), FieldValue::Int(self.count.min(i64::MAX as u64) as i64)));
+        fields.push(("bytes_sent".into(), FieldValue::Int(self.bytes_sent.min(i64::MAX as u64) as i64)));
+        self.request_time.write_fields(&REQUEST_TIME, fields);
+        self.upstream_time.write_fields(&UPSTREAM_TIME, fields);
     }
 }
 
@@ -289,13 +326,13 @@ impl Aggregator {
     }
 
     /// A new series' tags.
-    fn tags(series: &SeriesRef<'_>, consumer: &str) -> Vec<(String, String)> {
+    fn tags(series: &SeriesRef<'_>, consumer: &str) -> Vec<(Name, Name)> {
         vec![
-            ("app".to_owned(), series.app.to_owned()),
-            ("status_code".to_owned(), crate::access::StatusText::new(series.status).as_str().to_owned()),
-            ("method".to_owned(), series.method.as_str().to_owned()),
-            ("host".to_owned(), series.host.to_owned()),
-            ("consumer".to_owned(), consumer.to_owned()),
+            ("app".into(), series.app.to_owned().into()),
+            ("status_code".into(), crate::access::StatusText::new(series.status).as_str().to_owned().into()),
+            ("method".into(), series.method.as_str().into()),
+            ("host".into(), series.host.to_owned().into()),
+            ("consumer".into(), consumer.to_owned().into()),
         ]
     }
 
@@ -375,6 +412,23 @@ mod tests {
     use std::num::NonZeroUsize;
 
     const SEC: i64 = 1_000_000_000;
+
+    #[test]
+    fn time_field_names_are_the_prefix_and_the_bucket_bounds() {
+        for (names, prefix) in [(&REQUEST_TIME, "request_time"), (&UPSTREAM_TIME, "upstream_time")] {
+            assert_eq!((names.sum, names.max), (&*format!("{prefix}_sum"), &*format!("{prefix}_max")));
+            let quantiles: Vec<String> = names.quantiles.iter().map(|(n, q)| format!("{n}={q}")).collect();
+            assert_eq!(quantiles, [0.5, 0.9, 0.99].map(|q| format!("{prefix}_p{}={q}", (q * 100.0) as u32)));
+            let buckets: Vec<String> =
+                BUCKET_NAMES.iter().map(|b| format!("{prefix}_bucket_le_{b}")).collect();
+            assert_eq!(names.buckets.as_slice(), buckets);
+            // One name per bound, and `inf` last.
+            assert_eq!(BUCKET_NAMES.len(), BUCKET_BOUNDS.len() + 1);
+            for (name, bound) in BUCKET_NAMES.iter().zip(BUCKET_BOUNDS) {
+                assert_eq!(name.parse::<f64>().unwrap(), bound);
+            }
+        }
+    }
 
     fn settings(max_series: usize) -> AggregateSettings {
         AggregateSettings {

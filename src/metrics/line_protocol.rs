@@ -679,9 +679,9 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<Point, ParseError> {
     let mut view = LineView::default();
     parse_line_into(line, &mut view)?;
     Ok(Point {
-        measurement: view.measurement.into_owned(),
-        tags: view.tags.into_iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect(),
-        fields: view.fields.into_iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect(),
+        measurement: view.measurement.into_owned().into(),
+        tags: view.tags.into_iter().map(|(k, v)| (k.into_owned().into(), v.into_owned().into())).collect(),
+        fields: view.fields.into_iter().map(|(k, v)| (k.into_owned().into(), v.into_owned())).collect(),
         timestamp_ns: view.timestamp_ns,
     })
 }
@@ -1542,6 +1542,20 @@ mod tests {
             ]
         }
 
+        fn owned_point(
+            measurement: String,
+            tags: Vec<(String, String)>,
+            fields: Vec<(String, FieldValue)>,
+            timestamp_ns: Option<i64>,
+        ) -> Point {
+            Point {
+                measurement: measurement.into(),
+                tags: tags.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+                fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+                timestamp_ns,
+            }
+        }
+
         fn point() -> impl Strategy<Value = Point> {
             (
                 measurement(),
@@ -1549,11 +1563,8 @@ mod tests {
                 prop::collection::vec((field_key(), field_value()), 1..4),
                 any::<Option<i64>>(),
             )
-                .prop_map(|(measurement, tags, fields, timestamp_ns)| Point {
-                    measurement,
-                    tags,
-                    fields,
-                    timestamp_ns,
+                .prop_map(|(measurement, tags, fields, timestamp_ns)| {
+                    owned_point(measurement, tags, fields, timestamp_ns)
                 })
         }
 
@@ -1693,7 +1704,7 @@ mod tests {
                 fields in prop::collection::vec((any_text(), any_field_value()), 0..3),
                 timestamp_ns in any::<Option<i64>>(),
             ) {
-                let p = Point { measurement, tags, fields, timestamp_ns };
+                let p = owned_point(measurement, tags, fields, timestamp_ns);
                 let mut out = BytesMut::from(&b"earlier v=1i\n"[..]);
                 let before = out.clone();
                 match encode_point(&p, &mut out) {
@@ -1708,12 +1719,12 @@ mod tests {
                         prop_assert_eq!(&out, &before);
                         // The error has a cause in the input.
                         let names = || {
-                            std::iter::once(&p.measurement)
-                                .chain(p.tags.iter().flat_map(|(k, v)| [k, v]))
-                                .chain(p.fields.iter().map(|(k, _)| k))
+                            std::iter::once(p.measurement.as_ref())
+                                .chain(p.tags.iter().flat_map(|(k, v)| [k.as_ref(), v.as_ref()]))
+                                .chain(p.fields.iter().map(|(k, _)| k.as_ref()))
                         };
                         let strings = || p.fields.iter().filter_map(|(_, v)| match v {
-                            FieldValue::Str(s) => Some(s),
+                            FieldValue::Str(s) => Some(s.as_str()),
                             _ => None,
                         });
                         let justified = match e {

@@ -4,7 +4,7 @@
 //! on `router_requests`, so that two consumers never write the same key); one integer field,
 //! `count`.
 
-use super::point::{FieldValue, Point};
+use super::point::{FieldValue, Name, Point};
 use super::window::{SeriesState, WindowSettings, Windows};
 
 pub(crate) const MEASUREMENT: &str = "app_log_lines";
@@ -26,8 +26,8 @@ impl SeriesState for LineCount {
         self.0 == 0
     }
 
-    fn write_fields(&self, fields: &mut Vec<(String, FieldValue)>) {
-        fields.push(("count".to_owned(), FieldValue::Int(self.0.min(i64::MAX as u64) as i64)));
+    fn write_fields(&self, fields: &mut Vec<(Name, FieldValue)>) {
+        fields.push(("count".into(), FieldValue::Int(self.0.min(i64::MAX as u64) as i64)));
     }
 }
 
@@ -70,15 +70,15 @@ impl LogVolume {
         self.build_key(window_start, &series);
         let consumer = &self.consumer;
         let tags = || {
-            let mut tags = vec![
-                ("app".to_owned(), series.app.to_owned()),
-                ("stream".to_owned(), series.stream.to_owned()),
+            let mut tags: Vec<(Name, Name)> = vec![
+                ("app".into(), series.app.to_owned().into()),
+                ("stream".into(), series.stream.to_owned().into()),
             ];
             if let Some(level) = series.level {
-                tags.push(("level".to_owned(), level.to_owned()));
+                tags.push(("level".into(), level.to_owned().into()));
             }
-            tags.push(("host".to_owned(), series.host.to_owned()));
-            tags.push(("consumer".to_owned(), consumer.clone()));
+            tags.push(("host".into(), series.host.to_owned().into()));
+            tags.push(("consumer".into(), consumer.clone().into()));
             tags
         };
         let count = self.windows.series(window_start, &self.key, tags);
@@ -156,7 +156,7 @@ mod tests {
             summary,
             [(Some("bar"), None, 1), (Some("foo"), None, 1), (Some("foo"), Some("error"), 3)]
         );
-        let tags: Vec<&str> = points[2].tags.iter().map(|(k, _)| k.as_str()).collect();
+        let tags: Vec<&str> = points[2].tags.iter().map(|(k, _)| k.as_ref()).collect();
         assert_eq!(tags, ["app", "stream", "level", "host", "consumer"]);
         // Window start + the sequence base.
         assert!(points.iter().all(|p| p.timestamp_ns == Some(100 * SEC + 7)));

@@ -18,14 +18,14 @@ use std::num::NonZeroUsize;
 
 use lru::LruCache;
 
-use super::point::{FieldValue, Point};
+use super::point::{FieldValue, Name, Point};
 
 /// What a series accumulates; the window and tags are kept beside it.
 pub(crate) trait SeriesState: Default {
     /// Nothing is left in it (every contribution was retracted): dropped rather than written.
     fn is_empty(&self) -> bool;
     /// Its fields, in the order they are written.
-    fn write_fields(&self, fields: &mut Vec<(String, FieldValue)>);
+    fn write_fields(&self, fields: &mut Vec<(Name, FieldValue)>);
 }
 
 /// How windows are cut and bounded.
@@ -48,7 +48,7 @@ pub(crate) struct WindowStats {
 
 struct Entry<S> {
     window_start: i64,
-    tags: Vec<(String, String)>,
+    tags: Vec<(Name, Name)>,
     state: S,
 }
 
@@ -140,7 +140,7 @@ impl<S: SeriesState> Windows<S> {
         &mut self,
         window_start: i64,
         key: &[u8],
-        tags: impl FnOnce() -> Vec<(String, String)>,
+        tags: impl FnOnce() -> Vec<(Name, Name)>,
     ) -> &mut S {
         if !self.series.contains(key) {
             let fresh = Entry { window_start, tags: tags(), state: S::default() };
@@ -241,7 +241,7 @@ impl<S: SeriesState> Windows<S> {
         entry.state.write_fields(&mut fields);
         let offset = (self.sequence % self.settings.window_ns as u64) as i64;
         self.ready.push(Point {
-            measurement: self.measurement.to_owned(),
+            measurement: self.measurement.into(),
             tags: entry.tags,
             fields,
             timestamp_ns: Some(entry.window_start + offset),
