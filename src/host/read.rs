@@ -4,7 +4,7 @@
 //! Everything here blocks (a `statfs` of a hung NFS mount can block for good), so the runner
 //! calls [`FileInput::gather`] on a thread of the input's task, never on the runtime.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -165,12 +165,36 @@ impl KeptFiles {
     }
 }
 
+/// The text of the files that more than one input of a task reads (`/proc/stat` for cpu and
+/// kernel, `/proc/meminfo` for mem and swap), read once per cycle: printing `/proc/stat` sums
+/// every CPU's counters and every interrupt, and reading it twice was 1 % of a cycle. The
+/// inputs of one cycle also see one snapshot. Empty it (or make a new one) between cycles.
+#[derive(Debug, Default)]
+pub(crate) struct CycleReads {
+    texts: Vec<(PathBuf, String)>,
+}
+
+impl CycleReads {
+    /// `path`'s text: as read earlier in this cycle, else read now through `files`.
+    fn read(&mut self, files: &mut KeptFiles, path: &Path) -> Result<&str, Problem> {
+        let i = match self.texts.iter().position(|(p, _)| p == path) {
+            Some(i) => i,
+            None => {
+                let text = files.read(path)?.to_owned();
+                self.texts.push((path.to_owned(), text));
+                self.texts.len() - 1
+            }
+        };
+        Ok(&self.texts[i].1)
+    }
+}
+
 /// State kept between samples.
 #[derive(Debug)]
 enum State {
     Stateless,
     Cpu(Option<Vec<CpuTimes>>),
-    Diskio(Option<(Instant, HashMap<String, DiskStats>)>),
+    Diskio(DiskioState),
     /// The online-CPU list and the physical core count it gave: topology only changes with
     /// CPU hotplug, which changes that list, so the per-CPU files are read again only then.
     System(Option<(String, Option<u64>)>),
@@ -191,7 +215,7 @@ impl FileInput {
     pub fn new(kind: HostInput) -> Self {
         let state = match kind {
             HostInput::Cpu => State::Cpu(None),
-            HostInput::Diskio => State::Diskio(None),
+            HostInput::Diskio => State::Diskio(DiskioState::default()),
             HostInput::System => State::System(None),
             HostInput::Disk => State::Disk(MountTable::default()),
             HostInput::Netstat => State::Netstat(SocketTables::default()),
@@ -210,21 +234,28 @@ impl FileInput {
         matches!(self.kind, HostInput::Cpu | HostInput::Diskio)
     }
 
-    /// Reads the input's files and makes its points.
+    /// Reads the input's files and makes its points, as the only input of its cycle.
+    #[cfg(test)]
     pub fn gather(&mut self, ctx: &HostContext) -> Gathered {
+        self.gather_with(ctx, &mut CycleReads::default())
+    }
+
+    /// [`FileInput::gather`], with the files other inputs of the cycle read shared through
+    /// `reads`.
+    pub fn gather_with(&mut self, ctx: &HostContext, reads: &mut CycleReads) -> Gathered {
         let mut g = Gathered::default();
         let files = &mut self.files;
         match (self.kind, &mut self.state) {
-            (HostInput::Cpu, State::Cpu(previous)) => gather_cpu(ctx, files, previous, &mut g),
-            (HostInput::Mem, _) => gather_mem(ctx, files, &mut g),
-            (HostInput::Swap, _) => gather_swap(ctx, files, &mut g),
+            (HostInput::Cpu, State::Cpu(previous)) => gather_cpu(ctx, files, reads, previous, &mut g),
+            (HostInput::Mem, _) => gather_mem(ctx, files, reads, &mut g),
+            (HostInput::Swap, _) => gather_swap(ctx, files, reads, &mut g),
             (HostInput::Disk, State::Disk(table)) => gather_disk(ctx, files, table, &mut g),
-            (HostInput::Diskio, State::Diskio(previous)) => gather_diskio(ctx, files, previous, &mut g),
+            (HostInput::Diskio, State::Diskio(state)) => gather_diskio(ctx, files, state, &mut g),
             (HostInput::Net, _) => gather_net(ctx, files, &mut g),
             (HostInput::Netstat, State::Netstat(tables)) => gather_netstat(ctx, files, tables, &mut g),
             (HostInput::System, State::System(cache)) => gather_system(ctx, files, cache, &mut g),
             (HostInput::Processes, State::Processes(pids)) => gather_processes(ctx, pids, &mut g),
-            (HostInput::Kernel, _) => gather_kernel(ctx, files, &mut g),
+            (HostInput::Kernel, _) => gather_kernel(ctx, files, reads, &mut g),
             // `new` pairs every kind with its state; nothing else is constructed.
             (kind, _) => g.problem("internal", format!("{} input without its state", kind.name())),
         }
@@ -236,11 +267,12 @@ impl FileInput {
 fn gather_cpu(
     ctx: &HostContext,
     files: &mut KeptFiles,
+    reads: &mut CycleReads,
     previous: &mut Option<Vec<CpuTimes>>,
     g: &mut Gathered,
 ) {
     let path = ctx.proc("stat");
-    let text = match files.read(&path) {
+    let text = match reads.read(files, &path) {
         Ok(t) => t,
         Err(p) => return g.problems.push(p),
     };
@@ -254,9 +286,14 @@ fn gather_cpu(
     *previous = Some(current);
 }
 
-fn read_meminfo(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) -> Option<memory::Meminfo> {
+fn read_meminfo(
+    ctx: &HostContext,
+    files: &mut KeptFiles,
+    reads: &mut CycleReads,
+    g: &mut Gathered,
+) -> Option<memory::Meminfo> {
     let path = ctx.proc("meminfo");
-    match files.read(&path) {
+    match reads.read(files, &path) {
         Ok(text) => {
             let (info, malformed) = memory::parse_meminfo(text);
             g.malformed(&path, &malformed);
@@ -269,8 +306,8 @@ fn read_meminfo(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) -> O
     }
 }
 
-fn gather_mem(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
-    let Some(info) = read_meminfo(ctx, files, g) else { return };
+fn gather_mem(ctx: &HostContext, files: &mut KeptFiles, reads: &mut CycleReads, g: &mut Gathered) {
+    let Some(info) = read_meminfo(ctx, files, reads, g) else { return };
     // Kernels before 3.14: the estimate needs the zones' watermarks. A zoneinfo that cannot be
     // read falls back to Cached + Free, as gopsutil does.
     let low = if info.needs_zoneinfo() {
@@ -284,8 +321,8 @@ fn gather_mem(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
     }
 }
 
-fn gather_swap(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
-    let Some(info) = read_meminfo(ctx, files, g) else { return };
+fn gather_swap(ctx: &HostContext, files: &mut KeptFiles, reads: &mut CycleReads, g: &mut Gathered) {
+    let Some(info) = read_meminfo(ctx, files, reads, g) else { return };
     let (pswpin, pswpout) = match files.read(&ctx.proc("vmstat")) {
         Ok(text) => memory::parse_vmstat_swap(text),
         Err(p) => {
@@ -467,12 +504,17 @@ fn gather_disk(ctx: &HostContext, files: &mut KeptFiles, table: &mut MountTable,
     }
 }
 
-fn gather_diskio(
-    ctx: &HostContext,
-    files: &mut KeptFiles,
-    previous: &mut Option<(Instant, HashMap<String, DiskStats>)>,
-    g: &mut Gathered,
-) {
+/// The previous sample of each device, and the devices without a `wwid` attribute: an
+/// attribute is there for a device's whole life, and a failing sysfs lookup every cycle was
+/// 1 % of a collection cycle. A device that leaves `/proc/diskstats` is forgotten.
+#[derive(Debug, Default)]
+pub(crate) struct DiskioState {
+    previous: Option<(Instant, HashMap<String, DiskStats>)>,
+    no_wwid: HashSet<String>,
+}
+
+fn gather_diskio(ctx: &HostContext, files: &mut KeptFiles, state: &mut DiskioState, g: &mut Gathered) {
+    let DiskioState { previous, no_wwid } = state;
     let path = ctx.proc("diskstats");
     let text = match files.read(&path) {
         Ok(t) => t,
@@ -490,10 +532,23 @@ fn gather_diskio(
             let elapsed_ms = u64::try_from(now.duration_since(*at).as_millis()).unwrap_or(u64::MAX);
             map.get(&d.name).map(|last| (last, elapsed_ms))
         });
-        let wwid = files.read(&ctx.sys(&format!("block/{}/wwid", d.name))).ok();
+        let wwid = if no_wwid.contains(&d.name) {
+            None
+        } else {
+            match files.read_text(&ctx.sys(&format!("block/{}/wwid", d.name))) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        no_wwid.insert(d.name.clone());
+                    }
+                    None
+                }
+            }
+        };
         g.points.push(diskio::diskio_point(&d, last, wwid.map(|w| w.trim_end_matches('\n'))));
         current.insert(d.name.clone(), d);
     }
+    no_wwid.retain(|name| current.contains_key(name));
     *previous = Some((now, current));
 }
 
@@ -924,9 +979,9 @@ fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathere
     g.points.push(processes::processes_point(&counts));
 }
 
-fn gather_kernel(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
+fn gather_kernel(ctx: &HostContext, files: &mut KeptFiles, reads: &mut CycleReads, g: &mut Gathered) {
     let path = ctx.proc("stat");
-    let stat = match files.read(&path) {
+    let stat = match reads.read(files, &path) {
         Ok(t) => kernel::parse_stat(t),
         Err(p) => return g.problems.push(p),
     };
@@ -1053,6 +1108,66 @@ mod tests {
         let g = FileInput::new(HostInput::Kernel).gather(&ctx);
         assert_eq!(g.points.len(), 1, "stat is there");
         assert!(g.problems[0].detail.contains("entropy_avail"));
+    }
+
+    /// mem and swap of one cycle read one `/proc/meminfo`: a change between them shows in
+    /// neither until the next cycle.
+    #[test]
+    fn inputs_of_one_cycle_share_one_read_of_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (proc, sys) = (dir.path().join("proc"), dir.path().join("sys"));
+        std::fs::create_dir_all(&proc).unwrap();
+        let meminfo = |swap_free: u64| {
+            format!("MemTotal: 1000 kB\nMemAvailable: 250 kB\nSwapTotal: 100 kB\nSwapFree: {swap_free} kB\n")
+        };
+        std::fs::write(proc.join("meminfo"), meminfo(100)).unwrap();
+        let ctx = context(&proc, &sys);
+        let (mut mem, mut swap) = (FileInput::new(HostInput::Mem), FileInput::new(HostInput::Swap));
+        let swap_used = |g: &Gathered| g.points[0].field_value("used").cloned();
+
+        let mut reads = CycleReads::default();
+        assert_eq!(
+            mem.gather_with(&ctx, &mut reads).points[0].field_value("total"),
+            Some(&FieldValue::Int(1000 * 1024))
+        );
+        std::fs::write(proc.join("meminfo"), meminfo(40)).unwrap();
+        assert_eq!(swap_used(&swap.gather_with(&ctx, &mut reads)), Some(FieldValue::Int(0)));
+
+        let mut reads = CycleReads::default();
+        mem.gather_with(&ctx, &mut reads);
+        assert_eq!(swap_used(&swap.gather_with(&ctx, &mut reads)), Some(FieldValue::Int(60 * 1024)));
+    }
+
+    /// A device's `wwid` is looked up until it is found missing, and again once the device
+    /// has left `/proc/diskstats` and come back.
+    #[test]
+    fn diskio_wwid_is_looked_up_again_only_for_a_device_that_came_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (proc, sys) = (dir.path().join("proc"), dir.path().join("sys"));
+        std::fs::create_dir_all(&proc).unwrap();
+        for d in ["sda", "sdb"] {
+            std::fs::create_dir_all(sys.join("block").join(d)).unwrap();
+        }
+        std::fs::write(sys.join("block/sda/wwid"), "naa.5000c500a1b2c3d4\n").unwrap();
+        let line = |name: &str| format!("   8       0 {name} 1 2 3 4 5 6 7 8 9 10 11\n");
+        let both = format!("{}{}", line("sda"), line("sdb"));
+        std::fs::write(proc.join("diskstats"), &both).unwrap();
+        let ctx = context(&proc, &sys);
+        let wwids = |g: &Gathered| -> Vec<Option<String>> {
+            g.points.iter().map(|p| p.tag_value("wwid").map(str::to_owned)).collect()
+        };
+        let mut diskio = FileInput::new(HostInput::Diskio);
+        let first = diskio.gather(&ctx);
+        assert!(first.problems.is_empty(), "{:?}", first.problems);
+        assert_eq!(wwids(&first), [Some("naa.5000c500a1b2c3d4".to_owned()), None]);
+        // sdb gets a wwid while it stays: not seen (the attribute is the device's for life).
+        std::fs::write(sys.join("block/sdb/wwid"), "eui.0025385b71b0d0f1\n").unwrap();
+        assert_eq!(wwids(&diskio.gather(&ctx))[1], None);
+        // sdb leaves and comes back: looked up again.
+        std::fs::write(proc.join("diskstats"), line("sda")).unwrap();
+        assert_eq!(diskio.gather(&ctx).points.len(), 1);
+        std::fs::write(proc.join("diskstats"), &both).unwrap();
+        assert_eq!(wwids(&diskio.gather(&ctx))[1].as_deref(), Some("eui.0025385b71b0d0f1"));
     }
 
     /// The socket tables of this machine through `/proc/net` text (Telegraf's source).

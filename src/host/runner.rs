@@ -32,7 +32,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::read::{FileInput, Gathered, HostContext};
+use super::read::{CycleReads, FileInput, Gathered, HostContext};
 use super::remote::{KubeletInput, NsqStatsInput, RemoteError};
 use super::{encode_points, CollectSettings, HostInput, Problem};
 use crate::telemetry::{Counter, Telemetry};
@@ -122,7 +122,7 @@ impl Input {
             Input::Files(mut files) => {
                 let kinds: Vec<HostInput> = files.iter().map(FileInput::kind).collect();
                 let joined = tokio::task::spawn_blocking(move || {
-                    let samples = files.iter_mut().map(|file| gather_caught(file, &ctx)).collect();
+                    let samples = gather_files(&mut files, &ctx);
                     (files, samples)
                 })
                 .await;
@@ -153,10 +153,16 @@ impl Input {
     }
 }
 
+/// One sample of each of `files`, one cycle: the files several of them read are read once.
+fn gather_files<'a>(files: impl IntoIterator<Item = &'a mut FileInput>, ctx: &HostContext) -> Vec<Gathered> {
+    let mut reads = CycleReads::default();
+    files.into_iter().map(|file| gather_caught(file, ctx, &mut reads)).collect()
+}
+
 /// One sample of `file`. Only a bug panics in there; the input then starts afresh, and the
 /// inputs sharing its thread are not held up.
-fn gather_caught(file: &mut FileInput, ctx: &HostContext) -> Gathered {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| file.gather(ctx))) {
+fn gather_caught(file: &mut FileInput, ctx: &HostContext, reads: &mut CycleReads) -> Gathered {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| file.gather_with(ctx, reads))) {
         Ok(g) => g,
         Err(panic) => {
             *file = FileInput::new(file.kind());
@@ -355,8 +361,9 @@ impl Collector {
         let mut batches = Vec::new();
         for input in &mut self.inputs {
             let Input::Files(files) = input else { continue };
+            let mut reads = CycleReads::default();
             for file in files {
-                let g = file.gather(&self.ctx);
+                let g = file.gather_with(&self.ctx, &mut reads);
                 let mut body = BytesMut::with_capacity(4096);
                 let (points, _) = encode_points(&g.points, &self.host, timestamp_ns, &mut body);
                 if points > 0 {
@@ -723,9 +730,7 @@ impl InputRun {
     /// File inputs on this thread until stopped.
     fn run_thread(mut self, mut files: Vec<FileInput>, role: Role, link: &ThreadLink) {
         let _collecting = (role == Role::Collects).then(|| Collecting(link));
-        for file in files.iter_mut().filter(|f| f.needs_two_samples()) {
-            gather_caught(file, &self.ctx);
-        }
+        gather_files(files.iter_mut().filter(|f| f.needs_two_samples()), &self.ctx);
         let mut k = self.schedule.next_after(crate::timefmt::now_ns(), None);
         let mut overrun_logged = false;
         loop {
@@ -737,7 +742,7 @@ impl InputRun {
                 return;
             }
             let ctx = self.ctx.clone();
-            let mut batches = self.finish(files.iter_mut().map(|file| gather_caught(file, &ctx)), tick_ns);
+            let mut batches = self.finish(gather_files(&mut files, &ctx), tick_ns);
             let to_send = match role {
                 Role::Collects => {
                     link.collect(&mut batches);
