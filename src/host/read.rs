@@ -2,7 +2,7 @@
 //! roots), `statfs(2)`, and the state kept between two samples. Parsing is the pure modules'.
 //!
 //! Everything here blocks (a `statfs` of a hung NFS mount can block for good), so the runner
-//! calls [`FileInput::gather`] on a thread of the input's task, never on the runtime.
+//! calls [`FileInput::gather_with`] on a thread of the input's task, never on the runtime.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -240,8 +240,8 @@ impl FileInput {
         self.gather_with(ctx, &mut CycleReads::default())
     }
 
-    /// [`FileInput::gather`], with the files other inputs of the cycle read shared through
-    /// `reads`.
+    /// Reads the input's files and makes its points, sharing through `reads` the files that
+    /// other inputs of the cycle read too.
     pub fn gather_with(&mut self, ctx: &HostContext, reads: &mut CycleReads) -> Gathered {
         let mut g = Gathered::default();
         let files = &mut self.files;
