@@ -614,9 +614,17 @@ async fn torture_kill_9_rotations_and_an_nsqd_restart_lose_no_line() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The agent started during the outage waits on nsqd: its reading paused at the budget,
-    // and /healthz says publishing is stuck.
-    let pauses = agent_metric(listen, "logmill_tail_pauses_total").await;
-    let health_down = agent_health(listen).await;
+    // and /healthz says publishing is stuck (once its oldest read has waited
+    // `publish_stall_secs`, counted from the restarted agent's start: polled, within the
+    // broker's 8 s).
+    let (pauses, health_down) = loop {
+        let pauses = agent_metric(listen, "logmill_tail_pauses_total").await;
+        let health = agent_health(listen).await;
+        if (pauses > 0 && health == 503) || down_at.elapsed() > Duration::from_secs(7) {
+            break (pauses, health);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     server.come_back().await;
     let outage = down_at.elapsed();
     let rotated_in_outage: Vec<u64> = writer.rotations().iter().zip(&before).map(|(n, b)| n - b).collect();

@@ -46,8 +46,10 @@ async fn aligned_cycles_and_a_slow_input_delays_nobody() {
     let started = Instant::now();
     let mut by_time: BTreeMap<i64, Vec<&'static str>> = BTreeMap::new();
     while started.elapsed() < Duration::from_millis(2300) {
-        let Ok(Some(batches)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await else {
-            panic!("no batch for 500 ms: the slow input held the others up? {by_time:?}");
+        // The silent nsqd holds its input for 1 s (its timeout): a gap that long is the slow
+        // input holding the others up; a shorter one can be a loaded machine.
+        let Ok(Some(batches)) = tokio::time::timeout(Duration::from_millis(900), rx.recv()).await else {
+            panic!("no batch for 900 ms: the slow input held the others up? {by_time:?}");
         };
         assert!(!batches.is_empty(), "a message holds a batch at least");
         for batch in batches {
@@ -76,7 +78,12 @@ async fn aligned_cycles_and_a_slow_input_delays_nobody() {
         assert_eq!(sorted, ["cpu", "kernel", "mem"], "{by_time:?}");
     }
     let times: Vec<i64> = by_time.keys().copied().collect();
-    assert!(times.windows(2).all(|w| w[1] - w[0] == INTERVAL_MS * 1_000_000), "consecutive ticks: {times:?}");
+    // Consecutive ticks; a loaded machine may make the thread miss one now and then, never
+    // the five of the slow input's timeout.
+    let step = INTERVAL_MS * 1_000_000;
+    let gaps: Vec<i64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.iter().all(|g| *g == step || *g == 2 * step), "consecutive ticks: {times:?}");
+    assert!(gaps.iter().filter(|g| **g != step).count() <= 1, "consecutive ticks: {times:?}");
 
     // The silent nsqd: counted as a problem, its skipped ticks counted, never a batch.
     let prometheus = telemetry.render_prometheus();
@@ -90,6 +97,6 @@ async fn aligned_cycles_and_a_slow_input_delays_nobody() {
     };
     assert!(value("logmill_collect_problems_total{input=\"nsq\",reason=\"http\"}") >= 1, "{prometheus}");
     assert!(value("logmill_collect_cycles_missed_total{input=\"nsq\"}") >= 3, "{prometheus}");
-    assert_eq!(value("logmill_collect_cycles_missed_total{input=\"mem\"}"), 0, "{prometheus}");
+    assert!(value("logmill_collect_cycles_missed_total{input=\"mem\"}") <= 1, "{prometheus}");
     assert!(value("logmill_collect_points_total{input=\"kernel\"}") >= 8);
 }

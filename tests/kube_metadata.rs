@@ -253,14 +253,16 @@ async fn rotated_tokens_are_read_again() {
     // Re-read every 200 ms.
     let agent = start(&KubeSettings {
         token_file: Some(token.clone()),
-        token_reload: Duration::from_millis(200),
+        // Long enough that the third token below comes before the reload is due, however
+        // slow the machine.
+        token_reload: Duration::from_millis(1500),
         ..settings(api.url())
     });
     assert_eq!(known(&agent.meta.resolve(&PodKey::new("foo", "web-0")).await).uid, "uid-0");
     // kubelet writes the next token; the API stops taking the old one.
     std::fs::write(&token, "second").unwrap();
     api.require_token(Some("second"));
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(known(&agent.meta.resolve(&PodKey::new("foo", "web-1")).await).uid, "uid-1");
     let auth: Vec<Option<String>> = api.requests().into_iter().map(|r| r.authorization).collect();
     assert_eq!(

@@ -707,7 +707,11 @@ async fn a_backoff_probe_on_an_idle_nsqd_moves_to_the_next() {
         let (busy, idle) = if addrs[0] < addrs[1] { (&a, &b) } else { (&b, &a) };
         busy.create_channel("probe", "logmill").await;
         idle.create_channel("probe", "logmill").await;
-        let run = start_consumer(consumer_settings("probe", 2), consumer::fixed_addresses(addrs.clone()));
+        let mut settings = consumer_settings("probe", 2);
+        // Long enough for the polling below to see the probe on the idle nsqd on a loaded
+        // machine (two /stats calls a round); it moves on after that either way.
+        settings.probe_idle_timeout = Duration::from_secs(2);
+        let run = start_consumer(settings, consumer::fixed_addresses(addrs.clone()));
         let mut deliveries = run.deliveries;
         eventually_async(WAIT, "RDY 1 on each", || async {
             total_rdy(busy, "probe").await == 1 && total_rdy(idle, "probe").await == 1
