@@ -1062,9 +1062,11 @@ async fn a_message_held_past_a_real_msg_timeout_is_redelivered() {
         let client_before = nsqd.stats().await.clients("timeout", "logmill")[0].remote_address.clone();
         let second =
             timeout(WAIT, deliveries.recv()).await.expect("redelivered after the msg_timeout").unwrap();
-        // nsqd delivered the first at most one output-buffer flush (250 ms) before we got it.
+        // nsqd's clock started when it queued the first for us, up to one output-buffer flush
+        // (250 ms) and this task's own scheduling before `received`: half the timeout tells a
+        // redelivery on the timeout from one at once, whatever the load.
         let waited = received.elapsed();
-        assert!(waited >= msg_timeout - Duration::from_millis(300), "redelivered after {waited:?}");
+        assert!(waited >= msg_timeout / 2, "redelivered after {waited:?}");
         assert_eq!((second.id(), second.attempts(), second.body().as_ref()), (first.id(), 2, &b"slow"[..]));
         let stats = nsqd.stats().await;
         assert_eq!(stats.channel("timeout", "logmill").map(|c| c.timeout_count), Some(1));

@@ -713,8 +713,9 @@ async fn http_api_answers_as_nsqd() {
 /// How nsqd paces messages to a subscriber, the broker against a real nsqd (skipped, and said
 /// so, without one). nsqd buffers message frames and flushes them at its output buffer ticker,
 /// when the client's RDY window is full, or behind a response; its Go 1.19 ticker channel
-/// keeps one tick that fired while nothing was buffered. The consumer asks for a 1 s
-/// `output_buffer_timeout`, so "held" (up to a tick, ≥ 0.4 s here) and "at once" are far apart.
+/// keeps one tick that fired while nothing was buffered. The consumer asks for a 2 s
+/// `output_buffer_timeout`, so "held" (up to a tick, ≥ 1.4 s here) and "at once" are far apart
+/// (0.8 s between either and the line drawn, for a loaded machine).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_pacing_matches_nsqd() {
     let Some(nsqd) = Nsqd::start(NsqdOptions::default()).await else {
@@ -735,11 +736,11 @@ async fn pacing(addr: std::net::SocketAddr) -> Vec<(&'static str, Duration)> {
     };
     let identify = IdentifyConfig {
         feature_negotiation: true,
-        output_buffer_timeout: 1000,
+        output_buffer_timeout: 2000,
         ..IdentifyConfig::default()
     };
     let mut sub = Raw::connect_to(addr).await;
-    // The output buffer ticker restarts here: ticks at 1 s, 2 s, … from now.
+    // The output buffer ticker restarts here: ticks at 2 s, 4 s, … from now.
     sub.send(|b| encode_identify(&identify, b).expect("identify")).await;
     assert!(matches!(sub.frame().await, Some(logmill::nsq::protocol::Frame::Response(_))));
     sub.send(|b| encode_sub("pace", "c", b).expect("names")).await;
@@ -762,14 +763,14 @@ async fn pacing(addr: std::net::SocketAddr) -> Vec<(&'static str, Duration)> {
         assert_eq!(m.body.as_ref(), body);
         ids.push(m.id);
         let delay = published.elapsed();
-        delays.push((if delay >= Duration::from_millis(400) { "held" } else { "at once" }, delay));
+        delays.push((if delay >= Duration::from_millis(800) { "held" } else { "at once" }, delay));
     }
     // 1. Before the first tick: buffered until it (RDY 10, 1 in flight: room for more).
     one(&mut sub, &mut publisher, b"m1", &mut ids, &mut delays).await;
     // 2. Right after the tick that flushed m1, which took that tick: until the next.
     one(&mut sub, &mut publisher, b"m2", &mut ids, &mut delays).await;
     // 3. A tick fires while nothing is buffered and stays pending: the next message goes at once.
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(2600)).await;
     one(&mut sub, &mut publisher, b"m3", &mut ids, &mut delays).await;
     // 4. Right after: that pending tick is spent; until the next tick.
     one(&mut sub, &mut publisher, b"m4", &mut ids, &mut delays).await;
