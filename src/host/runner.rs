@@ -242,14 +242,7 @@ impl Collector {
             round_interval = self.round_interval,
             "collectors started"
         );
-        let link = Arc::new(ThreadLink {
-            out: Mutex::new(Some(out.clone())),
-            stopped: Mutex::new(false),
-            wake: Condvar::new(),
-            cancel: cancel.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            handover: Mutex::new(Handover::default()),
-        });
+        let link = Arc::new(ThreadLink::new(out.clone(), &cancel));
         let mut tasks = tokio::task::JoinSet::new();
         let mut leader_taken = false;
         for input in self.inputs {
@@ -617,6 +610,18 @@ impl Drop for Collecting<'_> {
 }
 
 impl ThreadLink {
+    /// On the runtime that `send` will run on.
+    fn new(out: mpsc::Sender<Vec<Batch>>, cancel: &CancellationToken) -> Self {
+        ThreadLink {
+            out: Mutex::new(Some(out)),
+            stopped: Mutex::new(false),
+            wake: Condvar::new(),
+            cancel: cancel.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            handover: Mutex::new(Handover::default()),
+        }
+    }
+
     fn stop(&self) {
         *self.out.lock().unwrap_or_else(PoisonError::into_inner) = None;
         *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = true;
@@ -741,8 +746,8 @@ impl InputRun {
             if !link.sleep_until(tick_ns) {
                 return;
             }
-            let ctx = self.ctx.clone();
-            let mut batches = self.finish(gather_files(&mut files, &ctx), tick_ns);
+            let samples = gather_files(&mut files, &self.ctx);
+            let mut batches = self.finish(samples, tick_ns);
             let to_send = match role {
                 Role::Collects => {
                     link.collect(&mut batches);
@@ -873,17 +878,6 @@ mod tests {
         );
     }
 
-    fn link(out: mpsc::Sender<Vec<Batch>>, cancel: &CancellationToken) -> ThreadLink {
-        ThreadLink {
-            out: Mutex::new(Some(out)),
-            stopped: Mutex::new(false),
-            wake: Condvar::new(),
-            cancel: cancel.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            handover: Mutex::new(Handover::default()),
-        }
-    }
-
     fn batch(input: &'static str, timestamp_ns: i64) -> Batch {
         Batch { input, timestamp_ns, body: Bytes::from_static(b"x v=1i\n"), points: 1 }
     }
@@ -894,7 +888,7 @@ mod tests {
     async fn stop_wakes_sleepers_and_closes_the_channel() {
         let (tx, mut rx) = mpsc::channel(4);
         let cancel = CancellationToken::new();
-        let link = Arc::new(link(tx, &cancel));
+        let link = Arc::new(ThreadLink::new(tx, &cancel));
         assert!(link.sleep_until(crate::timefmt::now_ns() - 1), "a tick already past: no sleep");
         let sleeper = {
             let link = link.clone();
@@ -920,7 +914,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn handover_only_for_the_shared_tasks_tick() {
         let (tx, _rx) = mpsc::channel(4);
-        let link = link(tx, &CancellationToken::new());
+        let link = ThreadLink::new(tx, &CancellationToken::new());
         let back = link.hand_over(10, vec![batch("disk", 10)]);
         assert_eq!(back.map(|b| b.len()), Some(1), "no shared task running: sent by its own task");
         {

@@ -38,21 +38,13 @@ macro_rules! time_fields {
             sum: concat!($p, "_sum"),
             max: concat!($p, "_max"),
             quantiles: [(concat!($p, "_p50"), 0.5), (concat!($p, "_p90"), 0.9), (concat!($p, "_p99"), 0.99)],
-            buckets: [
-                concat!($p, "_bucket_le_0.005"),
-                concat!($p, "_bucket_le_0.01"),
-                concat!($p, "_bucket_le_0.025"),
-                concat!($p, "_bucket_le_0.05"),
-                concat!($p, "_bucket_le_0.1"),
-                concat!($p, "_bucket_le_0.25"),
-                concat!($p, "_bucket_le_0.5"),
-                concat!($p, "_bucket_le_1"),
-                concat!($p, "_bucket_le_2.5"),
-                concat!($p, "_bucket_le_5"),
-                concat!($p, "_bucket_le_10"),
-                concat!($p, "_bucket_le_inf"),
-            ],
+            // `BUCKET_NAMES`, checked by a test.
+            buckets: time_fields!(@buckets $p;
+                "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "inf"),
         }
+    };
+    (@buckets $p:literal; $($bound:literal),*) => {
+        [$(concat!($p, "_bucket_le_", $bound)),*]
     };
 }
 
