@@ -114,6 +114,14 @@ fn parse_count(digits: &[u8]) -> Option<u64> {
     })
 }
 
+/// The number of tasks (threads, kernel threads included) in `/proc/loadavg`: the `76` of
+/// `0.24 0.91 0.88 1/76 12345` (proc_loadavg(5): runnable / existing scheduling entities).
+pub(crate) fn loadavg_tasks(text: &[u8]) -> Option<u64> {
+    let field = text.split(u8::is_ascii_whitespace).filter(|f| !f.is_empty()).nth(3)?;
+    let slash = memchr::memchr(b'/', field)?;
+    parse_count(&field[slash + 1..])
+}
+
 /// The `processes` point.
 pub(crate) fn processes_point(c: &ProcessCounts) -> Point {
     let mut p = Point::new("processes")
@@ -183,6 +191,22 @@ mod tests {
         assert_eq!(p.field_value("unknown"), Some(&FieldValue::Int(0)));
         assert_eq!(p.field_value("total_threads"), Some(&FieldValue::Int(16)));
         assert!(processes_point(&ProcessCounts::default()).field_value("parked").is_none());
+    }
+
+    #[test]
+    fn tasks_in_loadavg() {
+        let captured =
+            std::fs::read(format!("{}/testdata/proc/captured/loadavg", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let text = String::from_utf8(captured.clone()).unwrap();
+        let fourth = text.split_whitespace().nth(3).unwrap();
+        let expected: u64 = fourth.split_once('/').unwrap().1.parse().unwrap();
+        assert_eq!(loadavg_tasks(&captured), Some(expected));
+        assert_eq!(loadavg_tasks(b"0.24 0.91 0.88 1/76 12345\n"), Some(76));
+        assert_eq!(loadavg_tasks(b"0.24  0.91 0.88 12/4096 1\n"), Some(4096));
+        assert_eq!(loadavg_tasks(b"0.24 0.91 0.88 76 12345\n"), None, "no slash");
+        assert_eq!(loadavg_tasks(b"0.24 0.91 0.88 1/ 12345\n"), None);
+        assert_eq!(loadavg_tasks(b"0.24 0.91 0.88 1/7x 12345\n"), None);
+        assert_eq!(loadavg_tasks(b"0.24 0.91\n"), None);
     }
 
     /// One `struct linux_dirent64` as getdents64(2) lays it out: inode, offset, record length,

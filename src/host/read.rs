@@ -805,7 +805,12 @@ fn gather_system(
 ///
 /// `<host_proc>` itself stays open too: it is listed with `getdents64(2)` into a kept buffer
 /// (no allocation per entry, as `std::fs::read_dir` makes) and new pids' files are opened
-/// relative to it.
+/// relative to it. It is listed only when some task is not in a held process: every task
+/// (thread) belongs to one process, so when the held processes' thread counts add up to the
+/// tasks `loadavg` says the kernel has, no other process exists. Short-lived processes that
+/// come and go between cycles (a scrape's curl, a probe's exec) leave that sum as it was; a
+/// procfs of a child pid namespace never reaches it (the kernel's threads are outside), and
+/// is listed every cycle.
 #[derive(Debug)]
 pub(crate) struct ProcessFiles {
     /// By pid, ascending, as the listing is sorted: a cycle merges the two.
@@ -817,6 +822,8 @@ pub(crate) struct ProcessFiles {
     buf: Vec<u8>,
     dir: Option<OwnedFd>,
     dents: Vec<u8>,
+    /// `<host_proc>/loadavg`, for the number of tasks.
+    loadavg: Option<std::fs::File>,
 }
 
 /// A stat line is a few hundred bytes; a longer one is read again with more room.
@@ -839,6 +846,26 @@ impl ProcessFiles {
             buf: vec![0; STAT_READ_BYTES],
             dir: None,
             dents: vec![0; DENTS_READ_BYTES],
+            loadavg: None,
+        }
+    }
+
+    /// How many tasks (threads) the kernel has, from `<host_proc>/loadavg`: `None` when it
+    /// cannot be read, which only costs the shortcut it would allow.
+    fn tasks(&mut self, root: &Path) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        if self.loadavg.is_none() {
+            self.loadavg = std::fs::File::open(root.join("loadavg")).ok();
+        }
+        // `0.24 0.91 0.88 1/76 12345`: well under 128 bytes.
+        let mut text = [0u8; 128];
+        let read = self.loadavg.as_ref()?.read_at(&mut text, 0);
+        match read {
+            Ok(n) => processes::loadavg_tasks(&text[..n]),
+            Err(_) => {
+                self.loadavg = None;
+                None
+            }
         }
     }
 
@@ -909,64 +936,58 @@ fn read_stat(file: &std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<usize> 
     }
 }
 
-fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathered) {
-    if let Err(e) = files.list(&ctx.roots.proc) {
-        // Opened again next time: the root may have been mounted meanwhile.
-        files.dir = None;
-        return g.problem("read_failed", format!("{}: {e}", ctx.roots.proc.display()));
-    }
-    let ProcessFiles { open, next, budget, pids, buf, dir, .. } = files;
-    let Some(dir) = dir.as_ref() else { return };
+/// What one cycle of the processes input has read so far.
+#[derive(Default)]
+struct ProcessTally {
+    counts: ProcessCounts,
+    malformed: u64,
+    unreadable: u64,
+    first_error: Option<String>,
+    /// Every stat read gave its thread count, so `counts.total_threads` is their sum.
+    threads_known: bool,
+}
 
-    let mut counts = ProcessCounts::default();
-    let (mut unreadable, mut malformed) = (0u64, 0u64);
-    let mut first_error = None;
-    let gone = |e: &std::io::Error| {
-        e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
-    };
-    // Both lists ascend: files of pids no longer listed are passed over, and so closed.
-    next.clear();
-    let mut kept = std::mem::take(open).into_iter().peekable();
-    for &pid in pids.iter() {
-        while kept.next_if(|(open_pid, _)| *open_pid < pid).is_some() {}
-        let mut read = None;
-        if let Some((_, file)) = kept.next_if(|(open_pid, _)| *open_pid == pid) {
-            match read_stat(&file, buf) {
-                Ok(n) if n > 0 => {
-                    read = Some(n);
-                    next.push((pid, file));
-                }
-                // Reaped since the last cycle: the pid, if listed, is a new process.
-                _ => {}
-            }
-        }
-        if read.is_none() {
-            match open_stat(dir, pid).and_then(|f| read_stat(&f, buf).map(|n| (f, n))) {
-                Ok((file, n)) => {
-                    read = Some(n);
-                    if next.len() < *budget {
-                        next.push((pid, file));
-                    }
-                }
-                // The process ended between the listing and the read: it is simply gone, as
-                // Telegraf treats it.
-                Err(e) if gone(&e) => {}
-                Err(e) => {
-                    unreadable += 1;
-                    first_error.get_or_insert_with(|| {
-                        format!("{}: {e}", ctx.roots.proc.join(format!("{pid}/stat")).display())
-                    });
-                }
-            }
-        }
-        if let Some(n) = read {
-            if let Err(StatError::NoState | StatError::BadThreads) = counts.add(&buf[..n]) {
-                malformed += 1;
-            }
+impl ProcessTally {
+    fn add(&mut self, stat: &[u8]) {
+        if let Err(StatError::NoState | StatError::BadThreads) = self.counts.add(stat) {
+            self.malformed += 1;
+            self.threads_known = false;
         }
     }
-    drop(kept);
-    std::mem::swap(open, next);
+}
+
+/// Reads a held stat file; `None` once its process has been reaped (`ESRCH`, or nothing).
+fn read_held(file: &std::fs::File, buf: &mut Vec<u8>) -> Option<usize> {
+    read_stat(file, buf).ok().filter(|&n| n > 0)
+}
+
+fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathered) {
+    let mut tally = ProcessTally { threads_known: true, ..ProcessTally::default() };
+    // The processes held since the last cycle first, in pid order.
+    files.next.clear();
+    for (pid, file) in files.open.drain(..) {
+        if let Some(n) = read_held(&file, &mut files.buf) {
+            tally.add(&files.buf[..n]);
+            files.next.push((pid, file));
+        }
+    }
+    std::mem::swap(&mut files.open, &mut files.next);
+
+    // Listing `/proc` (a tenth of a cycle) finds the processes not held yet. When the held
+    // ones' threads add up to every task the kernel has, there are none: skipped.
+    let all_held = tally.threads_known
+        && !files.open.is_empty()
+        && files.tasks(&ctx.roots.proc) == Some(tally.counts.total_threads);
+    if !all_held {
+        if let Err(e) = files.list(&ctx.roots.proc) {
+            // Opened again next time: the root may have been mounted meanwhile.
+            files.dir = None;
+            return g.problem("read_failed", format!("{}: {e}", ctx.roots.proc.display()));
+        }
+        add_unheld(ctx, files, &mut tally);
+    }
+
+    let ProcessTally { counts, malformed, unreadable, first_error, .. } = tally;
     if malformed > 0 {
         g.problem("malformed_line", format!("{malformed} /proc/[pid]/stat file(s) not understood"));
     }
@@ -977,6 +998,46 @@ fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathere
         );
     }
     g.points.push(processes::processes_point(&counts));
+}
+
+/// Opens, reads and counts the listed processes that are not held, and holds them (within
+/// the budget). A held process missing from the listing was reaped after its read, which
+/// counted it; its file goes at the next cycle's read.
+fn add_unheld(ctx: &HostContext, files: &mut ProcessFiles, tally: &mut ProcessTally) {
+    let ProcessFiles { open, next, budget, pids, buf, dir, .. } = files;
+    let Some(dir) = dir.as_ref() else { return };
+    let gone = |e: &std::io::Error| {
+        e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
+    };
+    // Both lists ascend; merged into `next`, which becomes `open`.
+    next.clear();
+    let mut held = open.drain(..).peekable();
+    for &pid in pids.iter() {
+        next.extend(std::iter::from_fn(|| held.next_if(|(held_pid, _)| *held_pid < pid)));
+        if let Some(entry) = held.next_if(|(held_pid, _)| *held_pid == pid) {
+            next.push(entry);
+            continue;
+        }
+        match open_stat(dir, pid).and_then(|f| read_stat(&f, buf).map(|n| (f, n))) {
+            Ok((file, n)) => {
+                tally.add(&buf[..n]);
+                if next.len() < *budget {
+                    next.push((pid, file));
+                }
+            }
+            // The process ended between the listing and the read: it is simply gone, as
+            // Telegraf treats it.
+            Err(e) if gone(&e) => {}
+            Err(e) => {
+                tally.unreadable += 1;
+                tally.first_error.get_or_insert_with(|| {
+                    format!("{}: {e}", ctx.roots.proc.join(format!("{pid}/stat")).display())
+                });
+            }
+        }
+    }
+    next.extend(held);
+    std::mem::swap(open, next);
 }
 
 fn gather_kernel(ctx: &HostContext, files: &mut KeptFiles, reads: &mut CycleReads, g: &mut Gathered) {
@@ -1083,16 +1144,32 @@ mod tests {
         let g = processes.gather(&ctx);
         assert_eq!(g.points[0].field_value("sleeping"), Some(&FieldValue::Int(1)));
         assert_eq!(g.points[0].field_value("total_threads"), Some(&FieldValue::Int(3)));
-        // Its file stays open between cycles; a process that leaves the listing is not
-        // counted from it any more, a new one is.
+        // Its file stays open between cycles; a process reaped (its held file reads nothing:
+        // ESRCH on procfs, emptied here) is not counted from it any more, a new one is.
+        std::fs::write(proc.join("42/stat"), "").unwrap();
         std::fs::remove_dir_all(proc.join("42")).unwrap();
-        std::fs::create_dir_all(proc.join("43")).unwrap();
-        std::fs::write(proc.join("43/stat"), "43 (y) Z 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 1 0\n")
-            .unwrap();
+        let stat = |pid: u32, state: char, threads: u32| {
+            std::fs::create_dir_all(proc.join(pid.to_string())).unwrap();
+            let line = format!("{pid} (y) {state} 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 {threads} 0\n");
+            std::fs::write(proc.join(format!("{pid}/stat")), line).unwrap();
+        };
+        stat(43, 'Z', 1);
         let g = processes.gather(&ctx);
         assert_eq!(g.points[0].field_value("total"), Some(&FieldValue::Int(1)));
         assert_eq!(g.points[0].field_value("zombies"), Some(&FieldValue::Int(1)));
         assert_eq!(g.points[0].field_value("sleeping"), Some(&FieldValue::Int(0)));
+        // When the held processes' threads are every task loadavg counts, the listing is
+        // skipped: a process this tree adds without counting its task is not seen...
+        std::fs::write(proc.join("loadavg"), "1.00 2.00 3.00 1/1 5\n").unwrap();
+        stat(44, 'R', 2);
+        let g = processes.gather(&ctx);
+        assert_eq!(g.points[0].field_value("total"), Some(&FieldValue::Int(1)));
+        // ... and is once they are not.
+        std::fs::write(proc.join("loadavg"), "1.00 2.00 3.00 1/3 5\n").unwrap();
+        let g = processes.gather(&ctx);
+        assert_eq!(g.points[0].field_value("total"), Some(&FieldValue::Int(2)));
+        assert_eq!(g.points[0].field_value("running"), Some(&FieldValue::Int(1)));
+        assert_eq!(g.points[0].field_value("total_threads"), Some(&FieldValue::Int(3)));
 
         // Files this tree does not have: problems naming them, no panic, no points.
         for kind in [HostInput::Swap, HostInput::Diskio, HostInput::Netstat, HostInput::Disk] {
@@ -1108,6 +1185,40 @@ mod tests {
         let g = FileInput::new(HostInput::Kernel).gather(&ctx);
         assert_eq!(g.points.len(), 1, "stat is there");
         assert!(g.problems[0].detail.contains("entropy_avail"));
+    }
+
+    /// On the real `/proc`: a process started between two cycles is counted by the second,
+    /// and is not held once it has been reaped, whether the cycle lists `/proc` or not.
+    #[test]
+    fn processes_started_and_reaped_between_cycles() {
+        let ctx = context(Path::new("/proc"), Path::new("/sys"));
+        let mut input = FileInput::new(HostInput::Processes);
+        let held = |input: &FileInput| match &input.state {
+            State::Processes(files) => files.open.iter().map(|(pid, _)| *pid).collect::<Vec<_>>(),
+            _ => unreachable!(),
+        };
+        for _ in 0..3 {
+            let g = input.gather(&ctx);
+            assert!(g.problems.is_empty(), "{:?}", g.problems);
+        }
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let g = input.gather(&ctx);
+        assert!(g.problems.is_empty(), "{:?}", g.problems);
+        assert!(held(&input).contains(&child.id()), "the new process is held");
+        let total = |g: &Gathered| match g.points[0].field_value("total") {
+            Some(FieldValue::Int(n)) => *n,
+            other => panic!("{other:?}"),
+        };
+        let listed = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_str().unwrap().parse::<u32>().is_ok())
+            .count() as i64;
+        assert!(total(&g) > 1 && total(&g) <= listed + 10, "total {} vs {listed} listed", total(&g));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        input.gather(&ctx);
+        input.gather(&ctx);
+        assert!(!held(&input).contains(&child.id()), "the reaped process is let go");
     }
 
     /// mem and swap of one cycle read one `/proc/meminfo`: a change between them shows in
