@@ -74,17 +74,27 @@ impl ProcessCounts {
 /// `d_type` (u8), then the NUL-terminated name, each record padded to 8 bytes.
 const DIRENT_NAME_AT: usize = 19;
 
+/// What one `getdents64` read of a `/proc` directory held.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Dirents {
+    /// `d_off` of a record (the directory position of the next one) minus the pid of the next
+    /// one, when that is a pid: `/proc` lists pid P at position P + this constant, so a seek
+    /// there lists the pids from P on.
+    pub pid_position: Option<i64>,
+}
+
 /// Appends the pids among one `getdents64` read of a `/proc` directory: the names made of
-/// digits only. False when a record is cut short or mis-sized.
-pub(crate) fn pids_in_dirents(buf: &[u8], pids: &mut Vec<u32>) -> bool {
+/// digits only. `None` when a record is cut short or mis-sized.
+pub(crate) fn pids_in_dirents(buf: &[u8], pids: &mut Vec<u32>) -> Option<Dirents> {
+    let mut dirents = Dirents::default();
+    let mut previous_off = None;
     let mut at = 0;
     while at < buf.len() {
-        let Some(reclen) = buf.get(at + 16..at + 18).map(|r| usize::from(u16::from_ne_bytes([r[0], r[1]])))
-        else {
-            return false;
-        };
+        let record = buf.get(at..at + DIRENT_NAME_AT)?;
+        let d_off = i64::from_ne_bytes(record[8..16].try_into().ok()?);
+        let reclen = usize::from(u16::from_ne_bytes([record[16], record[17]]));
         if reclen <= DIRENT_NAME_AT || at + reclen > buf.len() {
-            return false;
+            return None;
         }
         let name = &buf[at + DIRENT_NAME_AT..at + reclen];
         let name = &name[..memchr::memchr(0, name).unwrap_or(name.len())];
@@ -94,11 +104,15 @@ pub(crate) fn pids_in_dirents(buf: &[u8], pids: &mut Vec<u32>) -> bool {
                 name.iter().try_fold(0u32, |n, d| n.checked_mul(10)?.checked_add(u32::from(d - b'0')))
             {
                 pids.push(pid);
+                if let Some(off) = previous_off {
+                    dirents.pid_position = Some(off - i64::from(pid));
+                }
             }
         }
+        previous_off = Some(d_off);
         at += reclen;
     }
-    true
+    Some(dirents)
 }
 
 /// A decimal count: ASCII digits only, within a u64.
@@ -114,12 +128,23 @@ fn parse_count(digits: &[u8]) -> Option<u64> {
     })
 }
 
-/// The number of tasks (threads, kernel threads included) in `/proc/loadavg`: the `76` of
-/// `0.24 0.91 0.88 1/76 12345` (proc_loadavg(5): runnable / existing scheduling entities).
-pub(crate) fn loadavg_tasks(text: &[u8]) -> Option<u64> {
-    let field = text.split(u8::is_ascii_whitespace).filter(|f| !f.is_empty()).nth(3)?;
-    let slash = memchr::memchr(b'/', field)?;
-    parse_count(&field[slash + 1..])
+/// What `/proc/loadavg` says of tasks (proc_loadavg(5)): `0.24 0.91 0.88 1/76 12345` has 76
+/// (runnable / existing scheduling entities: threads, kernel threads included), and 12345 is
+/// the pid handed out last (in the reader's pid namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LoadavgTasks {
+    pub tasks: u64,
+    pub last_pid: u32,
+}
+
+pub(crate) fn loadavg_tasks(text: &[u8]) -> Option<LoadavgTasks> {
+    let mut fields = text.split(u8::is_ascii_whitespace).filter(|f| !f.is_empty()).skip(3);
+    let (tasks, last_pid) = (fields.next()?, fields.next()?);
+    let slash = memchr::memchr(b'/', tasks)?;
+    Some(LoadavgTasks {
+        tasks: parse_count(&tasks[slash + 1..])?,
+        last_pid: u32::try_from(parse_count(last_pid)?).ok()?,
+    })
 }
 
 /// The `processes` point.
@@ -198,24 +223,30 @@ mod tests {
         let captured =
             std::fs::read(format!("{}/testdata/proc/captured/loadavg", env!("CARGO_MANIFEST_DIR"))).unwrap();
         let text = String::from_utf8(captured.clone()).unwrap();
-        let fourth = text.split_whitespace().nth(3).unwrap();
-        let expected: u64 = fourth.split_once('/').unwrap().1.parse().unwrap();
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let expected = LoadavgTasks {
+            tasks: words[3].split_once('/').unwrap().1.parse().unwrap(),
+            last_pid: words[4].parse().unwrap(),
+        };
         assert_eq!(loadavg_tasks(&captured), Some(expected));
-        assert_eq!(loadavg_tasks(b"0.24 0.91 0.88 1/76 12345\n"), Some(76));
-        assert_eq!(loadavg_tasks(b"0.24  0.91 0.88 12/4096 1\n"), Some(4096));
-        assert_eq!(loadavg_tasks(b"0.24 0.91 0.88 76 12345\n"), None, "no slash");
-        assert_eq!(loadavg_tasks(b"0.24 0.91 0.88 1/ 12345\n"), None);
-        assert_eq!(loadavg_tasks(b"0.24 0.91 0.88 1/7x 12345\n"), None);
-        assert_eq!(loadavg_tasks(b"0.24 0.91\n"), None);
+        let tasks = |text: &[u8]| loadavg_tasks(text).map(|t| (t.tasks, t.last_pid));
+        assert_eq!(tasks(b"0.24 0.91 0.88 1/76 12345\n"), Some((76, 12345)));
+        assert_eq!(tasks(b"0.24  0.91 0.88 12/4096 1"), Some((4096, 1)));
+        assert_eq!(tasks(b"0.24 0.91 0.88 76 12345\n"), None, "no slash");
+        assert_eq!(tasks(b"0.24 0.91 0.88 1/ 12345\n"), None);
+        assert_eq!(tasks(b"0.24 0.91 0.88 1/7x 12345\n"), None);
+        assert_eq!(tasks(b"0.24 0.91 0.88 1/76\n"), None, "no last pid");
+        assert_eq!(tasks(b"0.24 0.91 0.88 1/76 4294967296\n"), None, "no u32");
+        assert_eq!(tasks(b"0.24 0.91\n"), None);
     }
 
     /// One `struct linux_dirent64` as getdents64(2) lays it out: inode, offset, record length,
     /// type, NUL-terminated name, padded to a multiple of 8 bytes.
-    fn dirent(name: &str, d_type: u8) -> Vec<u8> {
+    fn dirent(name: &str, d_type: u8, d_off: i64) -> Vec<u8> {
         let reclen = (19 + name.len() + 1).div_ceil(8) * 8;
         let mut r = vec![0u8; reclen];
         r[0..8].copy_from_slice(&4026531842u64.to_ne_bytes());
-        r[8..16].copy_from_slice(&7i64.to_ne_bytes());
+        r[8..16].copy_from_slice(&d_off.to_ne_bytes());
         r[16..18].copy_from_slice(&(reclen as u16).to_ne_bytes());
         r[18] = d_type;
         r[19..19 + name.len()].copy_from_slice(name.as_bytes());
@@ -229,20 +260,38 @@ mod tests {
     fn pids_from_a_proc_listing() {
         let mut buf = Vec::new();
         for (name, d_type) in [(".", 4), ("..", 4), ("fb", 8), ("self", 10), ("1", 4), ("000012345678", 4)] {
-            buf.extend(dirent(name, d_type));
+            buf.extend(dirent(name, d_type, 7));
         }
-        assert_eq!(dirent("000012345678", 4).len(), 32);
+        assert_eq!(dirent("000012345678", 4, 7).len(), 32);
         for (name, d_type) in [("4294967295", 4), ("4294967296", 4), ("2a", 4), ("sys", 4), ("77", 4)] {
-            buf.extend(dirent(name, d_type));
+            buf.extend(dirent(name, d_type, 7));
         }
         let mut pids = vec![9];
-        assert!(pids_in_dirents(&buf, &mut pids));
+        assert!(pids_in_dirents(&buf, &mut pids).is_some());
         assert_eq!(pids, [9, 1, 12345678, 4294967295, 77], "appended; too large for a u32: not a pid");
-        assert!(pids_in_dirents(&[], &mut pids));
+        assert!(pids_in_dirents(&[], &mut pids).is_some());
         let cut = &buf[..buf.len() - 3];
-        assert!(!pids_in_dirents(cut, &mut Vec::new()), "last record cut short");
-        let mut zero = dirent("5", 4);
+        assert!(pids_in_dirents(cut, &mut Vec::new()).is_none(), "last record cut short");
+        assert!(pids_in_dirents(&buf[..10], &mut Vec::new()).is_none(), "cut inside the header");
+        let mut zero = dirent("5", 4, 7);
         zero[16..18].copy_from_slice(&0u16.to_ne_bytes());
-        assert!(!pids_in_dirents(&zero, &mut Vec::new()), "a record length of 0 would never end");
+        assert!(pids_in_dirents(&zero, &mut Vec::new()).is_none(), "a record length of 0 would never end");
+    }
+
+    /// Each record's `d_off` is the position of the next one; fs/proc/base.c puts pid P at
+    /// P + 258 (`FIRST_PROCESS_ENTRY` 256, then `self` and `thread-self`).
+    #[test]
+    fn pid_position_from_the_record_before_a_pid() {
+        let records = [("thread-self", 258 + 1), ("1", 258 + 2), ("2", 258 + 17), ("17", 258 + 4_194_304)];
+        let mut buf = Vec::new();
+        for (name, d_off) in records {
+            buf.extend(dirent(name, 4, d_off));
+        }
+        let mut pids = Vec::new();
+        let dirents = pids_in_dirents(&buf, &mut pids).unwrap();
+        assert_eq!(pids, [1, 2, 17]);
+        assert_eq!(dirents.pid_position, Some(258));
+        let first_only = pids_in_dirents(&dirent("1", 4, 260), &mut Vec::new()).unwrap();
+        assert_eq!(first_only.pid_position, None, "no record before it in this read");
     }
 }

@@ -808,9 +808,12 @@ fn gather_system(
 /// relative to it. It is listed only when some task is not in a held process: every task
 /// (thread) belongs to one process, so when the held processes' thread counts add up to the
 /// tasks `loadavg` says the kernel has, no other process exists. Short-lived processes that
-/// come and go between cycles (a scrape's curl, a probe's exec) leave that sum as it was; a
-/// procfs of a child pid namespace never reaches it (the kernel's threads are outside), and
-/// is listed every cycle.
+/// come and go between cycles (a scrape's curl, a probe's exec) leave that sum as it was.
+/// When it falls short, `/proc` is listed from the pid after `loadavg`'s last pid of the
+/// previous cycle (a seek to where a whole listing showed pids to be), and whole only if the
+/// sum still falls short: the count, not the guess, decides. A procfs of a child pid
+/// namespace never reaches the sum (the kernel's threads are outside) and is listed whole
+/// every cycle.
 #[derive(Debug)]
 pub(crate) struct ProcessFiles {
     /// By pid, ascending, as the listing is sorted: a cycle merges the two.
@@ -824,6 +827,13 @@ pub(crate) struct ProcessFiles {
     dents: Vec<u8>,
     /// `<host_proc>/loadavg`, for the number of tasks.
     loadavg: Option<std::fs::File>,
+    /// Where `/proc` lists pid 0, learnt from a whole listing ([`processes::Dirents`]).
+    pid_position: Option<i64>,
+    /// The last pid handed out, as `loadavg` said at the last cycle.
+    last_pid: Option<u32>,
+    /// Pids read (or failed to be) this cycle but not held, ascending: a second listing in
+    /// the cycle passes them over.
+    seen: Vec<u32>,
 }
 
 /// A stat line is a few hundred bytes; a longer one is read again with more room.
@@ -847,12 +857,15 @@ impl ProcessFiles {
             dir: None,
             dents: vec![0; DENTS_READ_BYTES],
             loadavg: None,
+            pid_position: None,
+            last_pid: None,
+            seen: Vec::new(),
         }
     }
 
-    /// How many tasks (threads) the kernel has, from `<host_proc>/loadavg`: `None` when it
-    /// cannot be read, which only costs the shortcut it would allow.
-    fn tasks(&mut self, root: &Path) -> Option<u64> {
+    /// How many tasks (threads) the kernel has and the last pid, from `<host_proc>/loadavg`:
+    /// `None` when it cannot be read, which only costs the shortcut it would allow.
+    fn tasks(&mut self, root: &Path) -> Option<processes::LoadavgTasks> {
         use std::os::unix::fs::FileExt;
         if self.loadavg.is_none() {
             self.loadavg = std::fs::File::open(root.join("loadavg")).ok();
@@ -869,8 +882,9 @@ impl ProcessFiles {
         }
     }
 
-    /// Lists the pids of `<host_proc>` into `pids`, sorted.
-    fn list(&mut self, root: &Path) -> std::io::Result<()> {
+    /// Lists the pids of `<host_proc>` into `pids`, sorted: all of them, or those from `from`
+    /// on (once a whole listing has shown where pids are).
+    fn list(&mut self, root: &Path, from: Option<u32>) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         let dir = match &self.dir {
             Some(dir) => dir,
@@ -879,9 +893,14 @@ impl ProcessFiles {
             ),
         };
         self.pids.clear();
-        // SAFETY: lseek on a descriptor this struct owns; rewinding a directory makes the next
-        // getdents64 list it again from the start.
-        if unsafe { libc::lseek(dir.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
+        let position = match (from, self.pid_position) {
+            (None, _) => 0,
+            (Some(pid), Some(offset)) => i64::from(pid) + offset,
+            (Some(_), None) => return Err(std::io::Error::other("no whole listing yet")),
+        };
+        // SAFETY: lseek on a descriptor this struct owns; the next getdents64 lists the
+        // directory from that position.
+        if unsafe { libc::lseek(dir.as_raw_fd(), position, libc::SEEK_SET) } < 0 {
             return Err(std::io::Error::last_os_error());
         }
         loop {
@@ -898,8 +917,10 @@ impl ProcessFiles {
             if n == 0 {
                 break;
             }
-            if !processes::pids_in_dirents(&self.dents[..n], &mut self.pids) {
-                return Err(std::io::Error::other("getdents64 returned a malformed record"));
+            let dirents = processes::pids_in_dirents(&self.dents[..n], &mut self.pids)
+                .ok_or_else(|| std::io::Error::other("getdents64 returned a malformed record"))?;
+            if from.is_none() && dirents.pid_position.is_some() {
+                self.pid_position = dirents.pid_position;
             }
         }
         self.pids.sort_unstable();
@@ -965,6 +986,7 @@ fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathere
     let mut tally = ProcessTally { threads_known: true, ..ProcessTally::default() };
     // The processes held since the last cycle first, in pid order.
     files.next.clear();
+    files.seen.clear();
     for (pid, file) in files.open.drain(..) {
         if let Some(n) = read_held(&file, &mut files.buf) {
             tally.add(&files.buf[..n]);
@@ -974,15 +996,32 @@ fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathere
     std::mem::swap(&mut files.open, &mut files.next);
 
     // Listing `/proc` (a tenth of a cycle) finds the processes not held yet. When the held
-    // ones' threads add up to every task the kernel has, there are none: skipped.
-    let all_held = tally.threads_known
-        && !files.open.is_empty()
-        && files.tasks(&ctx.roots.proc) == Some(tally.counts.total_threads);
-    if !all_held {
-        if let Err(e) = files.list(&ctx.roots.proc) {
+    // ones' threads add up to every task the kernel has, there are none. When they fall
+    // short, the missing ones are most likely new: pids are handed out upwards from the last
+    // one until they wrap, so those after the last pid of the last cycle are listed first,
+    // and all only if that was not enough. (In a pid namespace other than the procfs's, the
+    // last pid is the namespace's own: the first listing then covers most of `/proc`.)
+    let root = &ctx.roots.proc;
+    let loadavg = if files.open.is_empty() { None } else { files.tasks(root) };
+    let since = std::mem::replace(&mut files.last_pid, loadavg.map(|l| l.last_pid));
+    let all_held = |tally: &ProcessTally| {
+        tally.threads_known && loadavg.map(|l| l.tasks) == Some(tally.counts.total_threads)
+    };
+    if let (false, Some(since), Some(now), Some(_)) = (all_held(&tally), since, loadavg, files.pid_position) {
+        // Unless the pids wrapped meanwhile.
+        if since <= now.last_pid {
+            match files.list(root, Some(since.saturating_add(1))) {
+                Ok(()) => add_unheld(ctx, files, &mut tally),
+                // Never tried again: a whole listing still works.
+                Err(_) => files.pid_position = None,
+            }
+        }
+    }
+    if !all_held(&tally) {
+        if let Err(e) = files.list(root, None) {
             // Opened again next time: the root may have been mounted meanwhile.
             files.dir = None;
-            return g.problem("read_failed", format!("{}: {e}", ctx.roots.proc.display()));
+            return g.problem("read_failed", format!("{}: {e}", root.display()));
         }
         add_unheld(ctx, files, &mut tally);
     }
@@ -1000,11 +1039,11 @@ fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathere
     g.points.push(processes::processes_point(&counts));
 }
 
-/// Opens, reads and counts the listed processes that are not held, and holds them (within
-/// the budget). A held process missing from the listing was reaped after its read, which
-/// counted it; its file goes at the next cycle's read.
+/// Opens, reads and counts the listed processes that are neither held nor counted yet this
+/// cycle, and holds them (within the budget). A held process missing from a whole listing was
+/// reaped after its read, which counted it; its file goes at the next cycle's read.
 fn add_unheld(ctx: &HostContext, files: &mut ProcessFiles, tally: &mut ProcessTally) {
-    let ProcessFiles { open, next, budget, pids, buf, dir, .. } = files;
+    let ProcessFiles { open, next, budget, pids, buf, dir, seen, .. } = files;
     let Some(dir) = dir.as_ref() else { return };
     let gone = |e: &std::io::Error| {
         e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
@@ -1018,17 +1057,21 @@ fn add_unheld(ctx: &HostContext, files: &mut ProcessFiles, tally: &mut ProcessTa
             next.push(entry);
             continue;
         }
+        let Err(unseen) = seen.binary_search(&pid) else { continue };
         match open_stat(dir, pid).and_then(|f| read_stat(&f, buf).map(|n| (f, n))) {
             Ok((file, n)) => {
                 tally.add(&buf[..n]);
-                if next.len() < *budget {
+                if next.len() + held.len() < *budget {
                     next.push((pid, file));
+                } else {
+                    seen.insert(unseen, pid);
                 }
             }
             // The process ended between the listing and the read: it is simply gone, as
             // Telegraf treats it.
             Err(e) if gone(&e) => {}
             Err(e) => {
+                seen.insert(unseen, pid);
                 tally.unreadable += 1;
                 tally.first_error.get_or_insert_with(|| {
                     format!("{}: {e}", ctx.roots.proc.join(format!("{pid}/stat")).display())
@@ -1202,6 +1245,11 @@ mod tests {
             assert!(g.problems.is_empty(), "{:?}", g.problems);
         }
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        // A listing from a pid on, at the position the whole listings showed.
+        if let State::Processes(files) = &mut input.state {
+            files.list(Path::new("/proc"), Some(child.id())).unwrap();
+            assert_eq!(files.pids.first(), Some(&child.id()), "{:?}", files.pids);
+        }
         let g = input.gather(&ctx);
         assert!(g.problems.is_empty(), "{:?}", g.problems);
         assert!(held(&input).contains(&child.id()), "the new process is held");
