@@ -1269,6 +1269,35 @@ mod tests {
         assert!(!held(&input).contains(&child.id()), "the reaped process is let go");
     }
 
+    /// Beyond the budget of held files, processes are read each cycle, and once only though
+    /// the cycle lists `/proc` twice (from the last pid, then whole).
+    #[test]
+    fn processes_beyond_the_budget_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path().join("proc");
+        for (pid, state) in [(3, 'S'), (10, 'R'), (200, 'D')] {
+            std::fs::create_dir_all(proc.join(pid.to_string())).unwrap();
+            let line = format!("{pid} (x) {state} 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 2 0\n");
+            std::fs::write(proc.join(format!("{pid}/stat")), line).unwrap();
+        }
+        // More tasks than the tree's processes have: never all held, so each cycle lists.
+        std::fs::write(proc.join("loadavg"), "1.00 2.00 3.00 1/100 1\n").unwrap();
+        let ctx = context(&proc, dir.path());
+        let mut input = FileInput::new(HostInput::Processes);
+        let State::Processes(files) = &mut input.state else { unreachable!() };
+        files.budget = 1;
+        for cycle in 0..3 {
+            let g = input.gather(&ctx);
+            let p = &g.points[0];
+            assert_eq!(p.field_value("total"), Some(&FieldValue::Int(3)), "cycle {cycle}");
+            assert_eq!(p.field_value("total_threads"), Some(&FieldValue::Int(6)), "cycle {cycle}");
+            assert_eq!(p.field_value("blocked"), Some(&FieldValue::Int(1)), "cycle {cycle}");
+        }
+        let State::Processes(files) = &input.state else { unreachable!() };
+        assert_eq!(files.open.len(), 1);
+        assert!(files.pid_position.is_some() && files.last_pid == Some(1), "both listings were made");
+    }
+
     /// mem and swap of one cycle read one `/proc/meminfo`: a change between them shows in
     /// neither until the next cycle.
     #[test]
