@@ -105,7 +105,7 @@ pub(crate) fn pids_in_dirents(buf: &[u8], pids: &mut Vec<u32>) -> Option<Dirents
             {
                 pids.push(pid);
                 if let Some(off) = previous_off {
-                    dirents.pid_position = Some(off - i64::from(pid));
+                    dirents.pid_position = i64::checked_sub(off, i64::from(pid));
                 }
             }
         }
@@ -293,5 +293,9 @@ mod tests {
         assert_eq!(dirents.pid_position, Some(258));
         let first_only = pids_in_dirents(&dirent("1", 4, 260), &mut Vec::new()).unwrap();
         assert_eq!(first_only.pid_position, None, "no record before it in this read");
+        // Another filesystem's positions (ext4 hash cookies, anything): no overflow.
+        let mut odd = dirent("x", 4, i64::MIN);
+        odd.extend(dirent("5", 4, 0));
+        assert_eq!(pids_in_dirents(&odd, &mut Vec::new()).unwrap().pid_position, None);
     }
 }

@@ -895,7 +895,10 @@ impl ProcessFiles {
         self.pids.clear();
         let position = match (from, self.pid_position) {
             (None, _) => 0,
-            (Some(pid), Some(offset)) => i64::from(pid) + offset,
+            // A tree that is not procfs has positions of its own (hash cookies on ext4).
+            (Some(pid), Some(offset)) => {
+                i64::from(pid).checked_add(offset).ok_or_else(|| std::io::Error::other("no pid position"))?
+            }
             (Some(_), None) => return Err(std::io::Error::other("no whole listing yet")),
         };
         // SAFETY: lseek on a descriptor this struct owns; the next getdents64 lists the
@@ -1293,9 +1296,14 @@ mod tests {
             assert_eq!(p.field_value("total_threads"), Some(&FieldValue::Int(6)), "cycle {cycle}");
             assert_eq!(p.field_value("blocked"), Some(&FieldValue::Int(1)), "cycle {cycle}");
         }
-        let State::Processes(files) = &input.state else { unreachable!() };
+        let State::Processes(files) = &mut input.state else { unreachable!() };
         assert_eq!(files.open.len(), 1);
         assert!(files.pid_position.is_some() && files.last_pid == Some(1), "both listings were made");
+
+        // A position past what an offset can hold: the whole listing still counts everything.
+        files.pid_position = Some(i64::MAX);
+        let g = input.gather(&ctx);
+        assert_eq!(g.points[0].field_value("total"), Some(&FieldValue::Int(3)));
     }
 
     /// mem and swap of one cycle read one `/proc/meminfo`: a change between them shows in
