@@ -76,6 +76,10 @@ impl Gathered {
     }
 
     fn malformed(&mut self, path: &Path, lines: &[super::Malformed]) {
+        // Called every cycle by most inputs: no path formatted for nothing to report.
+        if lines.is_empty() {
+            return;
+        }
         if let Some(p) = malformed_problem(&path.display().to_string(), lines) {
             self.problems.push(p);
         }
