@@ -258,7 +258,7 @@ impl FileInput {
             (HostInput::Net, _) => gather_net(ctx, files, &mut g),
             (HostInput::Netstat, State::Netstat(tables)) => gather_netstat(ctx, files, tables, &mut g),
             (HostInput::System, State::System(cache)) => gather_system(ctx, files, cache, &mut g),
-            (HostInput::Processes, State::Processes(pids)) => gather_processes(ctx, pids, &mut g),
+            (HostInput::Processes, State::Processes(pids)) => gather_processes(ctx, files, pids, &mut g),
             (HostInput::Kernel, _) => gather_kernel(ctx, files, reads, &mut g),
             // `new` pairs every kind with its state; nothing else is constructed.
             (kind, _) => g.problem("internal", format!("{} input without its state", kind.name())),
@@ -829,8 +829,6 @@ pub(crate) struct ProcessFiles {
     buf: Vec<u8>,
     dir: Option<OwnedFd>,
     dents: Vec<u8>,
-    /// `<host_proc>/loadavg`, for the number of tasks.
-    loadavg: Option<std::fs::File>,
     /// Where `/proc` lists pid 0, learnt from a whole listing ([`processes::Dirents`]).
     pid_position: Option<i64>,
     /// The last pid handed out, as `loadavg` said at the last cycle.
@@ -860,29 +858,9 @@ impl ProcessFiles {
             buf: vec![0; STAT_READ_BYTES],
             dir: None,
             dents: vec![0; DENTS_READ_BYTES],
-            loadavg: None,
             pid_position: None,
             last_pid: None,
             seen: Vec::new(),
-        }
-    }
-
-    /// How many tasks (threads) the kernel has and the last pid, from `<host_proc>/loadavg`:
-    /// `None` when it cannot be read, which only costs the shortcut it would allow.
-    fn tasks(&mut self, root: &Path) -> Option<processes::LoadavgTasks> {
-        use std::os::unix::fs::FileExt;
-        if self.loadavg.is_none() {
-            self.loadavg = std::fs::File::open(root.join("loadavg")).ok();
-        }
-        // `0.24 0.91 0.88 1/76 12345`: well under 128 bytes.
-        let mut text = [0u8; 128];
-        let read = self.loadavg.as_ref()?.read_at(&mut text, 0);
-        match read {
-            Ok(n) => processes::loadavg_tasks(&text[..n]),
-            Err(_) => {
-                self.loadavg = None;
-                None
-            }
         }
     }
 
@@ -989,7 +967,7 @@ fn read_held(file: &std::fs::File, buf: &mut Vec<u8>) -> Option<usize> {
     read_stat(file, buf).ok().filter(|&n| n > 0)
 }
 
-fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathered) {
+fn gather_processes(ctx: &HostContext, kept: &mut KeptFiles, files: &mut ProcessFiles, g: &mut Gathered) {
     let mut tally = ProcessTally { threads_known: true, ..ProcessTally::default() };
     // The processes held since the last cycle first, in pid order.
     files.next.clear();
@@ -1009,19 +987,20 @@ fn gather_processes(ctx: &HostContext, files: &mut ProcessFiles, g: &mut Gathere
     // and all only if that was not enough. (In a pid namespace other than the procfs's, the
     // last pid is the namespace's own: the first listing then covers most of `/proc`.)
     let root = &ctx.roots.proc;
-    let loadavg = if files.open.is_empty() { None } else { files.tasks(root) };
+    // An unreadable `loadavg` only costs the shortcut.
+    let loadavg =
+        kept.read_bytes(&ctx.proc("loadavg")).ok().and_then(|n| processes::loadavg_tasks(&kept.buf[..n]));
     let since = std::mem::replace(&mut files.last_pid, loadavg.map(|l| l.last_pid));
     let all_held = |tally: &ProcessTally| {
         tally.threads_known && loadavg.map(|l| l.tasks) == Some(tally.counts.total_threads)
     };
-    if let (false, Some(since), Some(now), Some(_)) = (all_held(&tally), since, loadavg, files.pid_position) {
-        // Unless the pids wrapped meanwhile.
-        if since <= now.last_pid {
-            match files.list(root, Some(since.saturating_add(1))) {
-                Ok(()) => add_unheld(ctx, files, &mut tally),
-                // Never tried again: a whole listing still works.
-                Err(_) => files.pid_position = None,
-            }
+    // The pids after the last cycle's last one, unless pids wrapped meanwhile.
+    let newer = since.zip(loadavg).filter(|(since, now)| *since <= now.last_pid);
+    if let Some((since, _)) = newer.filter(|_| !all_held(&tally)) {
+        match files.list(root, Some(since.saturating_add(1))) {
+            Ok(()) => add_unheld(ctx, files, &mut tally),
+            // Never tried again (no position, or none that fits): a whole listing still works.
+            Err(_) => files.pid_position = None,
         }
     }
     if !all_held(&tally) {
