@@ -114,41 +114,57 @@ impl Default for KeptFiles {
     }
 }
 
+/// How the kernel hands out a file's text, which decides when a read has all of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// Records a page at a time (`seq_file` iterators: vmstat, diskstats, net/dev, net/tcp):
+    /// a read can stop short of the end, so reading goes on until one returns nothing.
+    Pages,
+    /// Printed whole by a read from offset 0 (`single_open` procfs files such as stat,
+    /// meminfo and loadavg, sysctls, sysfs attributes; regular files): a read that leaves room
+    /// in the buffer has all of it, and asking again for the end of the file would be one more
+    /// system call per file and cycle (1 % of a cycle over a dozen files).
+    Whole,
+}
+
 /// Reads `file` whole into `buf` from offset 0, growing `buf` as needed; the bytes read.
-fn read_whole(file: &std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+fn read_whole(file: &std::fs::File, buf: &mut Vec<u8>, shape: Shape) -> std::io::Result<usize> {
     use std::os::unix::fs::FileExt;
     let mut filled = 0;
     loop {
         if filled == buf.len() {
             buf.resize(buf.len() * 2, 0);
         }
-        // Until a read returns nothing: a `seq_file` hands out one page of records per read.
         match file.read_at(&mut buf[filled..], filled as u64)? {
             0 => return Ok(filled),
             n => filled += n,
+        }
+        if shape == Shape::Whole && filled < buf.len() {
+            return Ok(filled);
         }
     }
 }
 
 impl KeptFiles {
     /// The whole text of `path`, or the problem of not reading it.
-    fn read(&mut self, path: &Path) -> Result<&str, Problem> {
-        self.read_text(path).map_err(|e| Problem::new("read_failed", format!("{}: {e}", path.display())))
+    fn read(&mut self, path: &Path, shape: Shape) -> Result<&str, Problem> {
+        self.read_text(path, shape)
+            .map_err(|e| Problem::new("read_failed", format!("{}: {e}", path.display())))
     }
 
     /// The whole text of `path`.
-    fn read_text(&mut self, path: &Path) -> std::io::Result<&str> {
-        let n = self.read_bytes(path)?;
+    fn read_text(&mut self, path: &Path, shape: Shape) -> std::io::Result<&str> {
+        let n = self.read_bytes(path, shape)?;
         std::str::from_utf8(&self.buf[..n]).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8")
         })
     }
 
-    fn read_bytes(&mut self, path: &Path) -> std::io::Result<usize> {
+    fn read_bytes(&mut self, path: &Path, shape: Shape) -> std::io::Result<usize> {
         let Self { open, buf } = self;
         if let Some((file, used)) = open.get_mut(path) {
             *used = true;
-            match read_whole(file, buf) {
+            match read_whole(file, buf, shape) {
                 Ok(n) => return Ok(n),
                 Err(_) => {
                     open.remove(path);
@@ -156,7 +172,7 @@ impl KeptFiles {
             }
         }
         let file = std::fs::File::open(path)?;
-        let n = read_whole(&file, buf)?;
+        let n = read_whole(&file, buf, shape)?;
         if open.len() < KEPT_FILES_MAX {
             open.insert(path.to_owned(), (file, true));
         }
@@ -180,11 +196,11 @@ pub(crate) struct CycleReads {
 
 impl CycleReads {
     /// `path`'s text: as read earlier in this cycle, else read now through `files`.
-    fn read(&mut self, files: &mut KeptFiles, path: &Path) -> Result<&str, Problem> {
+    fn read(&mut self, files: &mut KeptFiles, path: &Path, shape: Shape) -> Result<&str, Problem> {
         let i = match self.texts.iter().position(|(p, _)| p == path) {
             Some(i) => i,
             None => {
-                let text = files.read(path)?.to_owned();
+                let text = files.read(path, shape)?.to_owned();
                 self.texts.push((path.to_owned(), text));
                 self.texts.len() - 1
             }
@@ -276,7 +292,7 @@ fn gather_cpu(
     g: &mut Gathered,
 ) {
     let path = ctx.proc("stat");
-    let text = match reads.read(files, &path) {
+    let text = match reads.read(files, &path, Shape::Whole) {
         Ok(t) => t,
         Err(p) => return g.problems.push(p),
     };
@@ -297,7 +313,7 @@ fn read_meminfo(
     g: &mut Gathered,
 ) -> Option<memory::Meminfo> {
     let path = ctx.proc("meminfo");
-    match reads.read(files, &path) {
+    match reads.read(files, &path, Shape::Whole) {
         Ok(text) => {
             let (info, malformed) = memory::parse_meminfo(text);
             g.malformed(&path, &malformed);
@@ -315,7 +331,7 @@ fn gather_mem(ctx: &HostContext, files: &mut KeptFiles, reads: &mut CycleReads, 
     // Kernels before 3.14: the estimate needs the zones' watermarks. A zoneinfo that cannot be
     // read falls back to Cached + Free, as gopsutil does.
     let low = if info.needs_zoneinfo() {
-        files.read(&ctx.proc("zoneinfo")).ok().map(memory::zoneinfo_low_pages)
+        files.read(&ctx.proc("zoneinfo"), Shape::Pages).ok().map(memory::zoneinfo_low_pages)
     } else {
         None
     };
@@ -327,7 +343,7 @@ fn gather_mem(ctx: &HostContext, files: &mut KeptFiles, reads: &mut CycleReads, 
 
 fn gather_swap(ctx: &HostContext, files: &mut KeptFiles, reads: &mut CycleReads, g: &mut Gathered) {
     let Some(info) = read_meminfo(ctx, files, reads, g) else { return };
-    let (pswpin, pswpout) = match files.read(&ctx.proc("vmstat")) {
+    let (pswpin, pswpout) = match files.read(&ctx.proc("vmstat"), Shape::Pages) {
         Ok(text) => memory::parse_vmstat_swap(text),
         Err(p) => {
             g.problems.push(p);
@@ -418,7 +434,7 @@ impl MountTable {
         for path in [ctx.proc("1/mountinfo"), ctx.proc("self/mountinfo")] {
             // Lossy: a mount point that is not UTF-8 costs its own `statfs`, not the input.
             let read = std::fs::File::open(&path).and_then(|file| {
-                let n = read_whole(&file, buf)?;
+                let n = read_whole(&file, buf, Shape::Pages)?;
                 Ok((file, String::from_utf8_lossy(&buf[..n]).into_owned()))
             });
             match read {
@@ -443,7 +459,8 @@ impl MountTable {
     fn refresh(&mut self, ctx: &HostContext, files: &mut KeptFiles) -> Result<(), Problem> {
         // Already open (on a change, or a tree that is not procfs): read it again; if that
         // fails, open afresh.
-        let kept = self.file.as_ref().and_then(|(file, _, _)| read_whole(file, &mut files.buf).ok());
+        let kept =
+            self.file.as_ref().and_then(|(file, _, _)| read_whole(file, &mut files.buf, Shape::Pages).ok());
         let text = match kept {
             Some(n) => String::from_utf8_lossy(&files.buf[..n]).into_owned(),
             None => self.open_and_read(ctx, &mut files.buf)?,
@@ -520,7 +537,7 @@ pub(crate) struct DiskioState {
 fn gather_diskio(ctx: &HostContext, files: &mut KeptFiles, state: &mut DiskioState, g: &mut Gathered) {
     let DiskioState { previous, no_wwid } = state;
     let path = ctx.proc("diskstats");
-    let text = match files.read(&path) {
+    let text = match files.read(&path, Shape::Pages) {
         Ok(t) => t,
         Err(p) => return g.problems.push(p),
     };
@@ -539,7 +556,7 @@ fn gather_diskio(ctx: &HostContext, files: &mut KeptFiles, state: &mut DiskioSta
         let wwid = if no_wwid.contains(&d.name) {
             None
         } else {
-            match files.read_text(&ctx.sys(&format!("block/{}/wwid", d.name))) {
+            match files.read_text(&ctx.sys(&format!("block/{}/wwid", d.name)), Shape::Whole) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     if e.kind() == std::io::ErrorKind::NotFound {
@@ -558,7 +575,7 @@ fn gather_diskio(ctx: &HostContext, files: &mut KeptFiles, state: &mut DiskioSta
 
 fn gather_net(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
     let path = ctx.proc("net/dev");
-    let text = match files.read(&path) {
+    let text = match files.read(&path, Shape::Pages) {
         Ok(t) => t,
         Err(p) => return g.problems.push(p),
     };
@@ -571,14 +588,19 @@ fn gather_net(ctx: &HostContext, files: &mut KeptFiles, g: &mut Gathered) {
             continue;
         }
         let flags = if ctx.net_interfaces.is_empty() {
-            files.read(&ctx.sys(&format!("class/net/{}/flags", dev.name))).ok().and_then(net::parse_flags)
+            files
+                .read(&ctx.sys(&format!("class/net/{}/flags", dev.name)), Shape::Whole)
+                .ok()
+                .and_then(net::parse_flags)
         } else {
             None
         };
         if !net::wanted(&dev.name, &ctx.net_interfaces, flags) {
             continue;
         }
-        let speed = net::parse_speed(files.read(&ctx.sys(&format!("class/net/{}/speed", dev.name))).ok());
+        let speed = net::parse_speed(
+            files.read(&ctx.sys(&format!("class/net/{}/speed", dev.name)), Shape::Whole).ok(),
+        );
         g.points.push(net::net_point(&dev, speed));
     }
 }
@@ -592,7 +614,7 @@ fn proc_sockets(ctx: &HostContext, files: &mut KeptFiles, counter: &mut SocketCo
         ("net/udp6", false, false),
     ] {
         let path = ctx.proc(file);
-        match files.read_text(&path) {
+        match files.read_text(&path, Shape::Pages) {
             Ok(text) => {
                 let malformed = counter.add_inet(text, tcp);
                 g.malformed(&path, &malformed);
@@ -694,7 +716,7 @@ fn gather_netstat(ctx: &HostContext, files: &mut KeptFiles, tables: &mut SocketT
         Some(counts) => tables.counter.add_unix_counts(counts),
         None => {
             let path = ctx.proc("net/unix");
-            match files.read(&path) {
+            match files.read(&path, Shape::Pages) {
                 Ok(text) => {
                     let malformed = tables.counter.add_unix(text);
                     g.malformed(&path, &malformed);
@@ -745,7 +767,7 @@ fn gather_system(
     g: &mut Gathered,
 ) {
     let mut sample = system::SystemSample::default();
-    match files.read(&ctx.proc("loadavg")) {
+    match files.read(&ctx.proc("loadavg"), Shape::Whole) {
         Ok(text) => match system::parse_loadavg(text) {
             Some(load) => sample.load = Some(load),
             None => g.problem(
@@ -755,7 +777,7 @@ fn gather_system(
         },
         Err(p) => g.problems.push(p),
     }
-    match files.read(&ctx.sys("devices/system/cpu/online")) {
+    match files.read(&ctx.sys("devices/system/cpu/online"), Shape::Whole) {
         Ok(online) => {
             sample.n_cpus = system::count_cpu_list(online);
             if sample.n_cpus.is_none() {
@@ -774,7 +796,7 @@ fn gather_system(
             }
         }
         // No sysfs: count the cpuN lines of /proc/stat, gopsutil's own fallback.
-        Err(_) => match files.read(&ctx.proc("stat")) {
+        Err(_) => match files.read(&ctx.proc("stat"), Shape::Whole) {
             Ok(stat) => sample.n_cpus = Some(system::count_stat_cpus(stat)),
             Err(p) => g.problems.push(p),
         },
@@ -788,7 +810,7 @@ fn gather_system(
         }
         Err(e) => g.problem("read_failed", format!("{}: {e}", utmp.display())),
     }
-    match files.read(&ctx.proc("uptime")) {
+    match files.read(&ctx.proc("uptime"), Shape::Whole) {
         Ok(text) => match system::parse_uptime(text) {
             Some(up) => sample.uptime = Some(up),
             None => g.problem("malformed_line", format!("{}: not an uptime", ctx.proc("uptime").display())),
@@ -988,8 +1010,10 @@ fn gather_processes(ctx: &HostContext, kept: &mut KeptFiles, files: &mut Process
     // last pid is the namespace's own: the first listing then covers most of `/proc`.)
     let root = &ctx.roots.proc;
     // An unreadable `loadavg` only costs the shortcut.
-    let loadavg =
-        kept.read_bytes(&ctx.proc("loadavg")).ok().and_then(|n| processes::loadavg_tasks(&kept.buf[..n]));
+    let loadavg = kept
+        .read_bytes(&ctx.proc("loadavg"), Shape::Whole)
+        .ok()
+        .and_then(|n| processes::loadavg_tasks(&kept.buf[..n]));
     let since = std::mem::replace(&mut files.last_pid, loadavg.map(|l| l.last_pid));
     let all_held = |tally: &ProcessTally| {
         tally.threads_known && loadavg.map(|l| l.tasks) == Some(tally.counts.total_threads)
@@ -1071,7 +1095,7 @@ fn add_unheld(ctx: &HostContext, files: &mut ProcessFiles, tally: &mut ProcessTa
 
 fn gather_kernel(ctx: &HostContext, files: &mut KeptFiles, reads: &mut CycleReads, g: &mut Gathered) {
     let path = ctx.proc("stat");
-    let stat = match reads.read(files, &path) {
+    let stat = match reads.read(files, &path, Shape::Whole) {
         Ok(t) => kernel::parse_stat(t),
         Err(p) => return g.problems.push(p),
     };
@@ -1079,7 +1103,7 @@ fn gather_kernel(ctx: &HostContext, files: &mut KeptFiles, reads: &mut CycleRead
         g.problem("malformed_line", format!("{}: unreadable {}", path.display(), stat.unreadable.join(", ")));
     }
     let entropy_path = ctx.proc("sys/kernel/random/entropy_avail");
-    let entropy = match files.read(&entropy_path) {
+    let entropy = match files.read(&entropy_path, Shape::Whole) {
         Ok(t) => {
             let v = kernel::parse_entropy(t);
             if v.is_none() {
@@ -1451,28 +1475,56 @@ mod tests {
     fn kept_files_read_afresh() {
         let mut files = KeptFiles::default();
         let uptime = Path::new("/proc/uptime");
-        let first = files.read(uptime).unwrap().to_owned();
+        let first = files.read(uptime, Shape::Whole).unwrap().to_owned();
         std::thread::sleep(std::time::Duration::from_millis(30));
-        let second = files.read(uptime).unwrap().to_owned();
+        let second = files.read(uptime, Shape::Whole).unwrap().to_owned();
         assert_ne!(first, second, "uptime moves by 0.01 s");
         assert_eq!(files.open.len(), 1, "kept, not opened again");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big");
         let big = "x".repeat(3 * KEPT_READ_BYTES + 5);
-        std::fs::write(&path, &big).unwrap();
-        assert_eq!(files.read(&path).unwrap(), big);
-        std::fs::write(&path, "short\n").unwrap();
-        assert_eq!(files.read(&path).unwrap(), "short\n");
+        for shape in [Shape::Whole, Shape::Pages] {
+            std::fs::write(&path, &big).unwrap();
+            assert_eq!(files.read(&path, shape).unwrap(), big);
+            std::fs::write(&path, "short\n").unwrap();
+            assert_eq!(files.read(&path, shape).unwrap(), "short\n");
+        }
         std::fs::write(&path, [0xff, 0xfe]).unwrap();
-        assert_eq!(files.read(&path).unwrap_err().reason, "read_failed");
+        assert_eq!(files.read(&path, Shape::Whole).unwrap_err().reason, "read_failed");
         files.end_cycle();
         assert_eq!(files.open.len(), 2);
-        files.read(uptime).unwrap();
+        files.read(uptime, Shape::Whole).unwrap();
         files.end_cycle();
         assert_eq!(files.open.keys().collect::<Vec<_>>(), [uptime], "the file not read is closed");
-        let missing = files.read(&dir.path().join("missing")).unwrap_err();
+        let missing = files.read(&dir.path().join("missing"), Shape::Whole).unwrap_err();
         assert!(missing.detail.contains("missing"), "{missing:?}");
+    }
+
+    /// A `seq_file` of many records comes a page at a time, even into a larger buffer:
+    /// `/proc/vmstat` (some 4.1 KiB here) read as `Pages` has every line a fresh open and read
+    /// to the end has, and its last line too, where stopping at the first short read would
+    /// lose it. A `single_open` file (`/proc/meminfo`, 1.5 KiB) comes whole in one read.
+    #[test]
+    fn paged_files_read_to_the_end() {
+        let keys =
+            |text: &str| text.lines().map(|l| l.split(' ').next().unwrap().to_owned()).collect::<Vec<_>>();
+        let mut files = KeptFiles::default();
+        for (path, shape) in [("/proc/vmstat", Shape::Pages), ("/proc/meminfo", Shape::Whole)] {
+            let path = Path::new(path);
+            let expected = keys(&std::fs::read_to_string(path).unwrap());
+            for _ in 0..2 {
+                assert_eq!(keys(files.read(path, shape).unwrap()), expected, "{}", path.display());
+            }
+        }
+        // What `Whole` would make of vmstat: the first page only, when it is more than one.
+        let vmstat = std::fs::File::open("/proc/vmstat").unwrap();
+        let mut buf = vec![0; KEPT_READ_BYTES];
+        let n = read_whole(&vmstat, &mut buf, Shape::Whole).unwrap();
+        let whole = std::fs::read("/proc/vmstat").unwrap();
+        if whole.len() > 4096 {
+            assert!(n < whole.len(), "a seq_file hands out a page per read");
+        }
     }
 
     /// The mounts are chosen again only when the mount table changes: procfs's `mountinfo`
