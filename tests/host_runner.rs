@@ -100,3 +100,75 @@ async fn aligned_cycles_and_a_slow_input_delays_nobody() {
     assert!(value("logmill_collect_cycles_missed_total{input=\"mem\"}") <= 1, "{prometheus}");
     assert!(value("logmill_collect_points_total{input=\"kernel\"}") >= 8);
 }
+
+/// A file input stuck in the kernel holds up no other: `utmp` is a FIFO that nobody writes,
+/// so the `system` input's `open` waits, as a `statfs` of a dead NFS server would. After an
+/// interval the other inputs go on without it (on a thread of their own), the ticks they lost
+/// counted as missed; once `utmp` can be read again, the stuck input's points come too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_input_stuck_in_the_kernel_delays_nobody() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let var = tempfile::tempdir().unwrap();
+    std::fs::create_dir(var.path().join("run")).unwrap();
+    let utmp = var.path().join("run/utmp");
+    let c_path = std::ffi::CString::new(utmp.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let text = format!(
+        "host = \"node-1\"\n[collect]\ninterval_ms = {INTERVAL_MS}\ninputs = [\"mem\", \"system\", \"kernel\"]\n\
+         host_var = \"{}\"\n",
+        var.path().display()
+    );
+    let settings = settings_from(&text);
+    let telemetry = Telemetry::default();
+    let collector = Collector::new(&settings.collect, "node-1", &telemetry).unwrap();
+    let (tx, mut rx) = mpsc::channel::<Vec<Batch>>(64);
+    let cancel = CancellationToken::new();
+    let runner = tokio::spawn(collector.run(tx, cancel.clone()));
+
+    // Batches by input, for `window`, failing on a silence as long as the stuck input's.
+    async fn gather(rx: &mut mpsc::Receiver<Vec<Batch>>, window: Duration) -> BTreeMap<&'static str, usize> {
+        let started = Instant::now();
+        let mut counts = BTreeMap::new();
+        while started.elapsed() < window {
+            let Ok(Some(batches)) = tokio::time::timeout(Duration::from_millis(900), rx.recv()).await else {
+                panic!("no batch for 900 ms: the stuck input held the others up? {counts:?}");
+            };
+            for batch in batches {
+                *counts.entry(batch.input).or_default() += 1;
+            }
+        }
+        counts
+    }
+    let stuck = gather(&mut rx, Duration::from_millis(2000)).await;
+    assert_eq!(stuck.get("system"), None, "system is stuck in open(2): {stuck:?}");
+    assert!(stuck.get("mem").copied().unwrap_or(0) >= 6, "mem goes on: {stuck:?}");
+    assert!(stuck.get("kernel").copied().unwrap_or(0) >= 6, "kernel goes on: {stuck:?}");
+
+    // A writer lets the waiting open return (and read nothing); a regular file takes the
+    // FIFO's place for the cycles after.
+    let writer = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&utmp).unwrap();
+    let plain = var.path().join("run/utmp.new");
+    std::fs::write(&plain, b"").unwrap();
+    std::fs::rename(&plain, &utmp).unwrap();
+    drop(writer);
+    let after = gather(&mut rx, Duration::from_millis(1500)).await;
+    assert!(after.get("system").copied().unwrap_or(0) >= 4, "system back, on its own thread: {after:?}");
+    assert!(after.get("mem").copied().unwrap_or(0) >= 5, "{after:?}");
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), runner).await.expect("stops on cancel").unwrap();
+    let prometheus = telemetry.render_prometheus();
+    let missed = |input: &str| -> u64 {
+        let needle = format!("logmill_collect_cycles_missed_total{{input=\"{input}\"}}");
+        prometheus
+            .lines()
+            .find(|l| l.starts_with(&needle))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(missed("mem") >= 1, "the ticks lost to the stuck input are counted: {prometheus}");
+    assert!(missed("system") >= 5, "and the stuck input's own: {prometheus}");
+}

@@ -5,15 +5,15 @@
 //! - **Aligned cycles.** Cycles fall on multiples of the interval on the wall clock (Telegraf's
 //!   `round_interval`), and every point of a cycle carries that tick's time: all inputs of one
 //!   cycle share one timestamp, and two cycles never share one.
-//! - **Isolation.** Each input that can wait on something outside the kernel's own tables
-//!   runs in its own task: `disk` (a `statfs` of a dead NFS server blocks), `net`, `system`,
-//!   `kubernetes`, `nsq`. The file inputs that only read procfs, plain sysfs attributes and
-//!   netlink dumps, which the kernel answers from memory, share one. A file input's task is a
-//!   thread that sleeps until its tick, then reads, encodes and sends (one wake-up per cycle;
-//!   see [`ThreadLink`]); the kubelet and nsqd inputs are runtime tasks. A slow or failing
-//!   input delays no input outside its task. An input
-//!   still busy when its next tick comes skips that tick; the skipped cycles are counted
-//!   (`logmill_collect_cycles_missed_total{input}`) and logged once.
+//! - **Isolation.** The kubelet and nsqd inputs are runtime tasks of their own. The file
+//!   inputs share one thread that sleeps until its tick, then reads, encodes and sends (one
+//!   wake-up per cycle; see [`ThreadLink`]), those that can wait on something outside the
+//!   kernel's own tables last: `disk` (a `statfs` of a dead NFS server blocks), `net`,
+//!   `system`. The runner watches that thread without waking it, and an input stuck for a
+//!   whole interval is left behind on it while the others go on on a new thread
+//!   ([`Shared::supervise`]), so a slow or failing input delays the others by one cycle at
+//!   most. An input still busy when its next tick comes skips that tick; the skipped cycles
+//!   are counted (`logmill_collect_cycles_missed_total{input}`) and logged once.
 //! - **Quiet errors.** A problem (a missing file, a malformed line, a kubelet that does not
 //!   answer) is counted every cycle (`logmill_collect_problems_total{input,reason}`) but logged
 //!   once when it starts, and once more when it goes away ("recovered").
@@ -25,6 +25,7 @@
 //! first cycle already has rates; `once` samples them twice, `once_sample_gap` apart.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -92,11 +93,12 @@ enum Input {
     Nsq(NsqStatsInput),
 }
 
-/// Whether a file input gets a task of its own: its reads can wait on something the kernel
-/// does not answer from memory. `disk`: `statfs` of a dead NFS or FUSE mount. `net`: a NIC's
+/// Whether a file input's reads can wait on something the kernel does not answer from memory:
+/// such an input has a task of its own in `once`, and comes last on the shared thread of
+/// `run`. `disk`: `statfs` of a dead NFS or FUSE mount. `net`: a NIC's
 /// `speed` in sysfs waits for the RTNL lock, which a stuck driver can hold. `system`: utmp is
 /// a file on `host_var`, whatever filesystem that is.
-fn runs_alone(kind: HostInput) -> bool {
+fn can_block(kind: HostInput) -> bool {
     matches!(kind, HostInput::Disk | HostInput::Net | HostInput::System)
 }
 
@@ -198,7 +200,7 @@ impl Collector {
     /// `host` tag of every point; `telemetry` the registry the runner counts into.
     pub fn new(settings: &CollectSettings, host: &str, telemetry: &Telemetry) -> Result<Self, CollectError> {
         let (alone, shared): (Vec<HostInput>, Vec<HostInput>) =
-            settings.inputs.iter().copied().partition(|kind| runs_alone(*kind));
+            settings.inputs.iter().copied().partition(|kind| can_block(*kind));
         let mut inputs = Vec::new();
         if !shared.is_empty() {
             inputs.push(Input::Files(shared.into_iter().map(FileInput::new).collect()));
@@ -242,55 +244,30 @@ impl Collector {
             round_interval = self.round_interval,
             "collectors started"
         );
-        let link = Arc::new(ThreadLink::new(out.clone(), &cancel));
+        // The file inputs' threads send through their supervisor, which forwards to `out`.
+        let (threads_out, from_threads) = mpsc::channel(1);
+        let link = Arc::new(ThreadLink::new(threads_out, &cancel));
         let mut tasks = tokio::task::JoinSet::new();
-        let mut leader_taken = false;
+        // Every file input on one thread, those that can block last: see `Shared::supervise`.
+        let mut files = Vec::new();
         for input in self.inputs {
-            let run = InputRun {
-                members: input
-                    .names()
-                    .into_iter()
-                    .map(|name| Member {
-                        name,
-                        counters: InputCounters::new(&self.telemetry, name),
-                        log: ProblemLog::new(name),
-                    })
-                    .collect(),
+            match input {
+                Input::Files(f) => files.extend(f),
+                other => {
+                    let run = InputRun::new(other.names(), &self.ctx, &self.host, schedule, &self.telemetry);
+                    tasks.spawn(run.run(other, out.clone(), cancel.clone()));
+                }
+            }
+        }
+        if !files.is_empty() {
+            let shared = Shared {
                 ctx: self.ctx.clone(),
                 host: self.host.clone(),
                 schedule,
-                buf: BytesMut::new(),
+                telemetry: self.telemetry.clone(),
+                link: link.clone(),
             };
-            let Input::Files(files) = input else {
-                tasks.spawn(run.run(input, out.clone(), cancel.clone()));
-                continue;
-            };
-            let label = run.label();
-            // The shared task (the first, when there is one) collects the others' batches.
-            let role = if !leader_taken && !files.iter().any(|f| runs_alone(f.kind())) {
-                leader_taken = true;
-                Role::Collects
-            } else {
-                Role::HandsOver
-            };
-            let (done, finished) = tokio::sync::oneshot::channel::<()>();
-            let thread_link = link.clone();
-            let spawned = std::thread::Builder::new().name("logmill-collect".into()).spawn(move || {
-                run.run_thread(files, role, &thread_link);
-                drop(done);
-            });
-            match spawned {
-                Ok(_) => {
-                    let cancel = cancel.clone();
-                    tasks.spawn(async move {
-                        tokio::select! {
-                            _ = cancel.cancelled() => {}
-                            _ = finished => {}
-                        }
-                    });
-                }
-                Err(error) => tracing::error!(inputs = %label, %error, "collector thread not started"),
-            }
+            tasks.spawn(shared.supervise(files, from_threads, out.clone(), cancel.clone()));
         }
         drop(out);
         tokio::select! {
@@ -559,10 +536,10 @@ struct Member {
 /// What the runner shares with the threads of its file inputs: the way out, and the signal to
 /// stop.
 ///
-/// A file input's task is a thread of its own that sleeps until its tick, reads, encodes and
-/// hands the cycle's batches over, rather than a runtime task moving each cycle's reads to a
-/// blocking thread and back: that hop woke three threads per task and cycle (a worker, a
-/// blocking thread, the worker again), which cost more CPU than most inputs' reads.
+/// The file inputs run on a thread that sleeps until its tick, reads, encodes and hands the
+/// cycle's batches over, rather than a runtime task moving each cycle's reads to a blocking
+/// thread and back: that hop woke three threads per task and cycle (a worker, a blocking
+/// thread, the worker again), which cost more CPU than most inputs' reads.
 struct ThreadLink {
     /// Taken away on stop, so that the channel closes even while a thread is stuck.
     out: Mutex<Option<mpsc::Sender<Vec<Batch>>>>,
@@ -574,38 +551,34 @@ struct ThreadLink {
     handover: Mutex<Handover>,
 }
 
-/// A file-input thread's part in delivering a cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// The shared task: sends its batches with those handed over for the same tick.
-    Collects,
-    /// A task of an input that can block: hands its batches to the shared task if that is
-    /// still at the same tick, else sends them itself.
-    HandsOver,
-}
-
-/// Batches handed to the shared task, so that a cycle normally reaches the channel as one
-/// message: one wake-up of its consumer and one write to stdout per cycle instead of one per
-/// task. The shared task never waits for them: what comes after it sent its cycle goes out on
-/// its own, and a task that can block only hands over for the tick the shared task is at, so
-/// its points are held at most for the rest of that one cycle of the shared task.
+/// Batches of inputs left behind on threads of their own (see [`Shared::supervise`]), handed
+/// to the shared thread so that a cycle normally reaches the channel as one message: one
+/// wake-up of its consumer and one write to stdout per cycle. The shared thread never waits
+/// for them: what comes after it sent its cycle goes out on its own, and a thread left behind
+/// only hands over for the tick the shared thread is at, so its points are held at most for
+/// the rest of that one cycle.
 #[derive(Debug, Default)]
 struct Handover {
-    /// The tick the shared task is about to gather or gathering, if it runs.
-    at_tick: Option<i64>,
+    /// The shared thread (its generation) and the tick it is about to gather or gathering.
+    at: Option<(u64, i64)>,
     batches: Vec<Batch>,
 }
 
-/// While held by the shared task's thread, other tasks may hand over to it; when it stops or
-/// panics, they no longer do.
-struct Collecting<'a>(&'a ThreadLink);
+/// While held by a shared thread, threads left behind may hand over to it; when it stops,
+/// panics or is left behind itself, they no longer do.
+struct Collecting<'a> {
+    link: &'a ThreadLink,
+    generation: u64,
+}
 
 impl Drop for Collecting<'_> {
     fn drop(&mut self) {
-        let mut handover = self.0.handover.lock().unwrap_or_else(PoisonError::into_inner);
-        handover.at_tick = None;
-        // It stops when the runner does or the channel closed: nothing would take them.
-        handover.batches.clear();
+        let mut handover = self.link.handover.lock().unwrap_or_else(PoisonError::into_inner);
+        // A newer shared thread may already be collecting: its hand-overs are not ours.
+        if handover.at.is_some_and(|(generation, _)| generation == self.generation) {
+            handover.at = None;
+            handover.batches.clear();
+        }
     }
 }
 
@@ -646,24 +619,27 @@ impl ThreadLink {
         }
     }
 
-    /// The shared task is about to gather `tick_ns` and will take what is handed over for it.
-    fn expect(&self, tick_ns: i64) {
-        self.handover.lock().unwrap_or_else(PoisonError::into_inner).at_tick = Some(tick_ns);
+    /// Shared thread `generation` is about to gather `tick_ns` and will take what is handed
+    /// over for it.
+    fn expect(&self, generation: u64, tick_ns: i64) {
+        self.handover.lock().unwrap_or_else(PoisonError::into_inner).at = Some((generation, tick_ns));
     }
 
-    /// What was handed over to the shared task for its cycle, added to `batches`; nothing more
-    /// is taken until the next [`ThreadLink::expect`].
-    fn collect(&self, batches: &mut Vec<Batch>) {
+    /// What was handed over to shared thread `generation` for its cycle, added to `batches`;
+    /// nothing more is taken until its next [`ThreadLink::expect`].
+    fn collect(&self, generation: u64, batches: &mut Vec<Batch>) {
         let mut handover = self.handover.lock().unwrap_or_else(PoisonError::into_inner);
-        handover.at_tick = None;
-        batches.append(&mut handover.batches);
+        if handover.at.is_some_and(|(g, _)| g == generation) {
+            handover.at = None;
+            batches.append(&mut handover.batches);
+        }
     }
 
-    /// Hands `batches` of cycle `tick_ns` to the shared task if it is at that tick; else
+    /// Hands `batches` of cycle `tick_ns` to the shared thread if it is at that tick; else
     /// gives them back, to be sent.
     fn hand_over(&self, tick_ns: i64, mut batches: Vec<Batch>) -> Option<Vec<Batch>> {
         let mut handover = self.handover.lock().unwrap_or_else(PoisonError::into_inner);
-        if handover.at_tick != Some(tick_ns) {
+        if handover.at.map(|(_, tick)| tick) != Some(tick_ns) {
             return Some(batches);
         }
         handover.batches.append(&mut batches);
@@ -684,6 +660,170 @@ impl ThreadLink {
     }
 }
 
+/// `Watch::current` between inputs.
+const BETWEEN_INPUTS: usize = usize::MAX;
+/// Set in `Watch::current` by the runner: the thread keeps that input alone once it is back.
+const LEFT_BEHIND: usize = 1 << (usize::BITS - 1);
+
+/// Where a shared file-input thread is, for the runner that watches it.
+struct Watch {
+    generation: u64,
+    /// The index of the input being gathered, or [`BETWEEN_INPUTS`]; the runner adds
+    /// [`LEFT_BEHIND`] to an input that has taken too long. One word, so that the thread
+    /// learns of it exactly when it leaves that input, never in another one.
+    current: AtomicUsize,
+    /// When the current input started (wall clock, ns).
+    since_ns: AtomicI64,
+    /// The tick index of the cycle being gathered.
+    cycle: AtomicU64,
+}
+
+impl Watch {
+    fn new(generation: u64) -> Self {
+        Self {
+            generation,
+            current: AtomicUsize::new(BETWEEN_INPUTS),
+            since_ns: AtomicI64::new(0),
+            cycle: AtomicU64::new(0),
+        }
+    }
+
+    /// Moves the thread to input `next` (or [`BETWEEN_INPUTS`]); the input it leaves if the
+    /// runner left it behind there.
+    fn enter(&self, next: usize) -> Option<usize> {
+        if next != BETWEEN_INPUTS {
+            self.since_ns.store(crate::timefmt::now_ns(), Ordering::Relaxed);
+        }
+        let left = self.current.swap(next, Ordering::AcqRel);
+        (left != BETWEEN_INPUTS && left & LEFT_BEHIND != 0).then_some(left & !LEFT_BEHIND)
+    }
+
+    /// When to look at the thread next, if nothing is reported before: a grace period after
+    /// the input it is in started, or after the next tick when it is between inputs (asleep,
+    /// or waiting on a full channel).
+    fn next_look(&self, schedule: &Schedule, now_ns: i64) -> i64 {
+        let grace = schedule.interval_ns;
+        match self.current.load(Ordering::Acquire) {
+            BETWEEN_INPUTS => schedule.tick_ns(schedule.next_after(now_ns, None)) + grace,
+            _ => self.since_ns.load(Ordering::Relaxed) + grace,
+        }
+    }
+
+    /// Leaves the thread behind with its input if that has taken a whole interval: that input
+    /// waits on something outside the kernel's memory (a dead NFS server, a driver holding the
+    /// RTNL lock, a FIFO as utmp). Returns the input's index and the cycle it was in.
+    fn leave_behind_if_stuck(&self, schedule: &Schedule, now_ns: i64) -> Option<(usize, u64)> {
+        let current = self.current.load(Ordering::Acquire);
+        if current == BETWEEN_INPUTS || current & LEFT_BEHIND != 0 {
+            return None;
+        }
+        if now_ns - self.since_ns.load(Ordering::Relaxed) < schedule.interval_ns {
+            return None;
+        }
+        let cycle = self.cycle.load(Ordering::Relaxed);
+        self.current
+            .compare_exchange(current, current | LEFT_BEHIND, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| (current, cycle))
+    }
+}
+
+/// What the threads of the file inputs share, for starting one.
+struct Shared {
+    ctx: Arc<HostContext>,
+    host: Arc<str>,
+    schedule: Schedule,
+    telemetry: Telemetry,
+    link: Arc<ThreadLink>,
+}
+
+impl Shared {
+    /// Runs `files` on one thread and watches it.
+    ///
+    /// One thread for every file input: a thread that sleeps costs as much again to wake (cold
+    /// caches, the scheduler) as most inputs' reads, and a thread each for `disk`, `net` and
+    /// `system` was a tenth of a cycle's CPU. Those three can wait on something the kernel does
+    /// not answer from memory, so they come last, and the runner watches the thread without
+    /// waking it: the thread notes which input it is in, and its cycles' batches, which pass
+    /// through here on their way to `out`, tell that it is alive. An input that takes a whole
+    /// interval is left
+    /// behind: the thread keeps it alone once (if ever) it is back, handing its batches to
+    /// the shared thread, and the other inputs start afresh on a new thread at the next tick,
+    /// the ticks lost meanwhile counted as missed. In the worst case each input ends up on a
+    /// thread of its own.
+    async fn supervise(
+        self,
+        mut files: Vec<FileInput>,
+        mut from_threads: mpsc::Receiver<Vec<Batch>>,
+        out: mpsc::Sender<Vec<Batch>>,
+        cancel: CancellationToken,
+    ) {
+        files.sort_by_key(|f| can_block(f.kind()));
+        let mut kinds: Vec<HostInput> = files.iter().map(FileInput::kind).collect();
+        let mut lost_from = None;
+        for generation in 1.. {
+            let watch = Arc::new(Watch::new(generation));
+            let run = InputRun::new(
+                kinds.iter().map(|k| k.name()).collect(),
+                &self.ctx,
+                &self.host,
+                self.schedule,
+                &self.telemetry,
+            );
+            let label = run.label();
+            let (done, mut finished) = tokio::sync::oneshot::channel::<()>();
+            let (link, thread_watch) = (self.link.clone(), watch.clone());
+            let spawned = std::thread::Builder::new().name("logmill-collect".into()).spawn(move || {
+                run.run_thread(files, &link, Some(thread_watch), lost_from);
+                drop(done);
+            });
+            if let Err(error) = spawned {
+                tracing::error!(inputs = %label, %error, "collector thread not started");
+                return;
+            }
+            let (stuck, cycle) = loop {
+                let look = watch.next_look(&self.schedule, crate::timefmt::now_ns());
+                let wait = u64::try_from(look.saturating_sub(crate::timefmt::now_ns())).unwrap_or(0);
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = &mut finished => return,
+                    batches = from_threads.recv() => {
+                        let Some(batches) = batches else { return };
+                        if batches.is_empty() {
+                            continue;
+                        }
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            sent = out.send(batches) => if sent.is_err() { return },
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_nanos(wait)) => {
+                        if let Some(left) = watch.leave_behind_if_stuck(&self.schedule, crate::timefmt::now_ns()) {
+                            break left;
+                        }
+                    }
+                }
+            };
+            let kind = kinds.remove(stuck);
+            tracing::warn!(
+                input = kind.name(),
+                others = %kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(","),
+                "collector input stuck for a whole interval: it goes on on a thread of its own, the others on a new one"
+            );
+            if kinds.is_empty() {
+                // Nothing left to share a thread: the stuck input keeps the old one.
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = finished => {}
+                }
+                return;
+            }
+            files = kinds.iter().map(|k| FileInput::new(*k)).collect();
+            lost_from = Some(cycle);
+        }
+    }
+}
+
 /// What one task owns besides its inputs.
 struct InputRun {
     /// In the order of `Input::names`.
@@ -696,6 +836,24 @@ struct InputRun {
 }
 
 impl InputRun {
+    fn new(
+        names: Vec<&'static str>,
+        ctx: &Arc<HostContext>,
+        host: &Arc<str>,
+        schedule: Schedule,
+        telemetry: &Telemetry,
+    ) -> Self {
+        let members = names
+            .into_iter()
+            .map(|name| Member {
+                name,
+                counters: InputCounters::new(telemetry, name),
+                log: ProblemLog::new(name),
+            })
+            .collect();
+        InputRun { members, ctx: ctx.clone(), host: host.clone(), schedule, buf: BytesMut::new() }
+    }
+
     fn label(&self) -> String {
         self.members.iter().map(|m| m.name).collect::<Vec<_>>().join(",")
     }
@@ -712,14 +870,18 @@ impl InputRun {
         batches
     }
 
+    fn count_missed(&self, missed: u64) {
+        for member in &self.members {
+            member.counters.missed.add(missed);
+        }
+    }
+
     /// The tick after cycle `k` ended; ticks skipped meanwhile are counted (and logged once).
     fn advance(&self, k: u64, overrun_logged: &mut bool) -> u64 {
         let next = self.schedule.next_after(crate::timefmt::now_ns(), Some(k));
         let missed = next - k - 1;
         if missed > 0 {
-            for member in &self.members {
-                member.counters.missed.add(missed);
-            }
+            self.count_missed(missed);
             if !*overrun_logged {
                 tracing::warn!(
                     input = %self.label(),
@@ -732,31 +894,64 @@ impl InputRun {
         next
     }
 
-    /// File inputs on this thread until stopped.
-    fn run_thread(mut self, mut files: Vec<FileInput>, role: Role, link: &ThreadLink) {
-        let _collecting = (role == Role::Collects).then(|| Collecting(link));
+    /// File inputs on this thread until stopped: watched, as the shared thread, until left
+    /// behind with one of them (see [`Shared::supervise`]). `lost_from`: the first cycle that
+    /// the inputs lost to a thread left behind, counted as missed up to this thread's first.
+    fn run_thread(
+        mut self,
+        mut files: Vec<FileInput>,
+        link: &ThreadLink,
+        mut watch: Option<Arc<Watch>>,
+        lost_from: Option<u64>,
+    ) {
+        let mut collecting = watch.as_ref().map(|w| Collecting { link, generation: w.generation });
         gather_files(files.iter_mut().filter(|f| f.needs_two_samples()), &self.ctx);
         let mut k = self.schedule.next_after(crate::timefmt::now_ns(), None);
+        if let Some(lost) = lost_from {
+            self.count_missed(k.saturating_sub(lost));
+        }
         let mut overrun_logged = false;
         loop {
             let tick_ns = self.schedule.tick_ns(k);
-            if role == Role::Collects {
-                link.expect(tick_ns);
+            if let Some(w) = &watch {
+                link.expect(w.generation, tick_ns);
+                w.cycle.store(k, Ordering::Relaxed);
             }
             if !link.sleep_until(tick_ns) {
                 return;
             }
-            let samples = gather_files(&mut files, &self.ctx);
+            let mut reads = CycleReads::default();
+            let mut samples = Vec::with_capacity(files.len());
+            let mut left_behind = None;
+            for (i, file) in files.iter_mut().enumerate() {
+                left_behind = watch.as_ref().and_then(|w| w.enter(i));
+                if left_behind.is_some() {
+                    break;
+                }
+                samples.push(gather_caught(file, &self.ctx, &mut reads));
+            }
+            left_behind = left_behind.or_else(|| watch.as_ref().and_then(|w| w.enter(BETWEEN_INPUTS)));
+            if let Some(i) = left_behind {
+                // The others have gone on without this thread: keep the input it was stuck in,
+                // and its sample of this cycle, alone.
+                files = vec![files.swap_remove(i)];
+                samples = vec![samples.swap_remove(i)];
+                self.members = vec![self.members.swap_remove(i)];
+                watch = None;
+                collecting = None;
+            }
             let mut batches = self.finish(samples, tick_ns);
-            let to_send = match role {
-                Role::Collects => {
-                    link.collect(&mut batches);
+            // The shared thread sends every cycle, even an empty one: its supervisor tells from
+            // that that it is alive.
+            let to_send = match (&watch, &collecting) {
+                (Some(w), Some(_)) => {
+                    link.collect(w.generation, &mut batches);
                     Some(batches)
                 }
-                Role::HandsOver if batches.is_empty() => None,
-                Role::HandsOver => link.hand_over(tick_ns, batches),
+                _ if batches.is_empty() => None,
+                _ => link.hand_over(tick_ns, batches),
             };
-            if let Some(batches) = to_send.filter(|b| !b.is_empty()) {
+            if let Some(batches) = to_send {
                 if !link.send(batches) {
                     return;
                 }
@@ -909,31 +1104,45 @@ mod tests {
         assert!(!tokio::task::spawn_blocking(move || link2.send(vec![batch("cpu", 2)])).await.unwrap());
     }
 
-    /// A task that can block hands its cycle to the shared task only while that is at the same
-    /// tick; otherwise (before, after, or no shared task running) it sends it itself.
+    /// A thread left behind hands its cycle to the shared thread only while that is at the
+    /// same tick; otherwise (before, after, or no shared thread running) it sends it itself. A
+    /// shared thread left behind in turn neither takes nor clears what its successor expects.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn handover_only_for_the_shared_tasks_tick() {
+    async fn handover_only_for_the_shared_threads_tick() {
         let (tx, _rx) = mpsc::channel(4);
         let link = ThreadLink::new(tx, &CancellationToken::new());
         let back = link.hand_over(10, vec![batch("disk", 10)]);
-        assert_eq!(back.map(|b| b.len()), Some(1), "no shared task running: sent by its own task");
+        assert_eq!(back.map(|b| b.len()), Some(1), "no shared thread running: sent by its own thread");
         {
-            let _collecting = Collecting(&link);
-            link.expect(10);
+            let _collecting = Collecting { link: &link, generation: 1 };
+            link.expect(1, 10);
             assert!(link.hand_over(10, vec![batch("disk", 10)]).is_none(), "taken for tick 10");
             assert!(link.hand_over(10, vec![batch("net", 10)]).is_none());
             assert!(link.hand_over(20, vec![batch("net", 20)]).is_some(), "another tick: not taken");
             let mut cycle = vec![batch("cpu", 10)];
-            link.collect(&mut cycle);
+            link.collect(1, &mut cycle);
             let inputs: Vec<&str> = cycle.iter().map(|b| b.input).collect();
             assert_eq!(inputs, ["cpu", "disk", "net"]);
             assert!(link.hand_over(10, vec![batch("system", 10)]).is_some(), "too late for tick 10");
-            link.expect(20);
+            link.expect(1, 20);
             assert!(link.hand_over(20, vec![batch("system", 20)]).is_none());
         }
-        // The shared task stopped (or panicked) at tick 20: nothing is handed to it any more.
+        // The shared thread stopped (or panicked) at tick 20: nothing is handed to it any more.
         assert!(link.hand_over(20, vec![batch("disk", 20)]).is_some());
         assert!(link.handover.lock().unwrap().batches.is_empty());
+
+        // Generation 3 took over from generation 2, which comes back later.
+        let old = Collecting { link: &link, generation: 2 };
+        link.expect(2, 30);
+        link.expect(3, 40);
+        assert!(link.hand_over(40, vec![batch("disk", 40)]).is_none(), "taken by generation 3");
+        let mut stale = Vec::new();
+        link.collect(2, &mut stale);
+        assert!(stale.is_empty(), "generation 2 takes nothing of generation 3's");
+        drop(old);
+        let mut cycle = Vec::new();
+        link.collect(3, &mut cycle);
+        assert_eq!(cycle.len(), 1, "generation 2 leaving cleared nothing of generation 3's");
     }
 
     #[test]
