@@ -107,19 +107,11 @@ async fn aligned_cycles_and_a_slow_input_delays_nobody() {
 /// counted as missed; once `utmp` can be read again, the stuck input's points come too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_input_stuck_in_the_kernel_delays_nobody() {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::OpenOptionsExt;
-
-    let var = tempfile::tempdir().unwrap();
-    std::fs::create_dir(var.path().join("run")).unwrap();
-    let utmp = var.path().join("run/utmp");
-    let c_path = std::ffi::CString::new(utmp.as_os_str().as_bytes()).unwrap();
-    // SAFETY: a NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let var = StuckUtmp::new();
     let text = format!(
         "host = \"node-1\"\n[collect]\ninterval_ms = {INTERVAL_MS}\ninputs = [\"mem\", \"system\", \"kernel\"]\n\
          host_var = \"{}\"\n",
-        var.path().display()
+        var.dir.path().display()
     );
     let settings = settings_from(&text);
     let telemetry = Telemetry::default();
@@ -128,32 +120,12 @@ async fn a_file_input_stuck_in_the_kernel_delays_nobody() {
     let cancel = CancellationToken::new();
     let runner = tokio::spawn(collector.run(tx, cancel.clone()));
 
-    // Batches by input, for `window`, failing on a silence as long as the stuck input's.
-    async fn gather(rx: &mut mpsc::Receiver<Vec<Batch>>, window: Duration) -> BTreeMap<&'static str, usize> {
-        let started = Instant::now();
-        let mut counts = BTreeMap::new();
-        while started.elapsed() < window {
-            let Ok(Some(batches)) = tokio::time::timeout(Duration::from_millis(900), rx.recv()).await else {
-                panic!("no batch for 900 ms: the stuck input held the others up? {counts:?}");
-            };
-            for batch in batches {
-                *counts.entry(batch.input).or_default() += 1;
-            }
-        }
-        counts
-    }
     let stuck = gather(&mut rx, Duration::from_millis(2000)).await;
     assert_eq!(stuck.get("system"), None, "system is stuck in open(2): {stuck:?}");
     assert!(stuck.get("mem").copied().unwrap_or(0) >= 6, "mem goes on: {stuck:?}");
     assert!(stuck.get("kernel").copied().unwrap_or(0) >= 6, "kernel goes on: {stuck:?}");
 
-    // A writer lets the waiting open return (and read nothing); a regular file takes the
-    // FIFO's place for the cycles after.
-    let writer = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&utmp).unwrap();
-    let plain = var.path().join("run/utmp.new");
-    std::fs::write(&plain, b"").unwrap();
-    std::fs::rename(&plain, &utmp).unwrap();
-    drop(writer);
+    var.release();
     let after = gather(&mut rx, Duration::from_millis(1500)).await;
     assert!(after.get("system").copied().unwrap_or(0) >= 4, "system back, on its own thread: {after:?}");
     assert!(after.get("mem").copied().unwrap_or(0) >= 5, "{after:?}");
@@ -171,4 +143,75 @@ async fn a_file_input_stuck_in_the_kernel_delays_nobody() {
     };
     assert!(missed("mem") >= 1, "the ticks lost to the stuck input are counted: {prometheus}");
     assert!(missed("system") >= 5, "and the stuck input's own: {prometheus}");
+}
+
+/// The same with `system` the only input: left behind with nothing to go on on a new thread,
+/// its thread's batches are still passed on once utmp can be read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_only_input_stuck_comes_back() {
+    let var = StuckUtmp::new();
+    let text = format!(
+        "host = \"node-1\"\n[collect]\ninterval_ms = {INTERVAL_MS}\ninputs = [\"system\"]\nhost_var = \"{}\"\n",
+        var.dir.path().display()
+    );
+    let settings = settings_from(&text);
+    let collector = Collector::new(&settings.collect, "node-1", &Telemetry::default()).unwrap();
+    let (tx, mut rx) = mpsc::channel::<Vec<Batch>>(64);
+    let cancel = CancellationToken::new();
+    let runner = tokio::spawn(collector.run(tx, cancel.clone()));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1000), rx.recv()).await.is_err(),
+        "nothing while system waits in open(2)"
+    );
+    var.release();
+    let after = gather(&mut rx, Duration::from_millis(1000)).await;
+    assert!(after.get("system").copied().unwrap_or(0) >= 3, "system back: {after:?}");
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), runner).await.expect("stops on cancel").unwrap();
+}
+
+/// A `host_var` whose `run/utmp` is a FIFO nobody writes: the `system` input's `open(2)`
+/// waits on it until [`StuckUtmp::release`].
+struct StuckUtmp {
+    dir: tempfile::TempDir,
+}
+
+impl StuckUtmp {
+    fn new() -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("run")).unwrap();
+        let utmp = std::ffi::CString::new(dir.path().join("run/utmp").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(utmp.as_ptr(), 0o600) }, 0, "mkfifo");
+        Self { dir }
+    }
+
+    /// A writer lets the waiting open return (and read nothing); a regular file takes the
+    /// FIFO's place for the cycles after.
+    fn release(&self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let utmp = self.dir.path().join("run/utmp");
+        let writer =
+            std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&utmp).unwrap();
+        let plain = self.dir.path().join("run/utmp.new");
+        std::fs::write(&plain, b"").unwrap();
+        std::fs::rename(&plain, &utmp).unwrap();
+        drop(writer);
+    }
+}
+
+/// Batches by input for `window`, failing on a silence as long as a stuck input's.
+async fn gather(rx: &mut mpsc::Receiver<Vec<Batch>>, window: Duration) -> BTreeMap<&'static str, usize> {
+    let started = Instant::now();
+    let mut counts = BTreeMap::new();
+    while started.elapsed() < window {
+        let Ok(Some(batches)) = tokio::time::timeout(Duration::from_millis(900), rx.recv()).await else {
+            panic!("no batch for 900 ms: the stuck input held the others up? {counts:?}");
+        };
+        for batch in batches {
+            *counts.entry(batch.input).or_default() += 1;
+        }
+    }
+    counts
 }

@@ -781,28 +781,10 @@ impl Shared {
                 tracing::error!(inputs = %label, %error, "collector thread not started");
                 return;
             }
-            let (stuck, cycle) = loop {
-                let look = watch.next_look(&self.schedule, crate::timefmt::now_ns());
-                let wait = u64::try_from(look.saturating_sub(crate::timefmt::now_ns())).unwrap_or(0);
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = &mut finished => return,
-                    batches = from_threads.recv() => {
-                        let Some(batches) = batches else { return };
-                        if batches.is_empty() {
-                            continue;
-                        }
-                        tokio::select! {
-                            _ = cancel.cancelled() => return,
-                            sent = out.send(batches) => if sent.is_err() { return },
-                        }
-                    }
-                    _ = tokio::time::sleep(Duration::from_nanos(wait)) => {
-                        if let Some(left) = watch.leave_behind_if_stuck(&self.schedule, crate::timefmt::now_ns()) {
-                            break left;
-                        }
-                    }
-                }
+            let Some((stuck, cycle)) =
+                self.pass_on(&mut from_threads, &out, &cancel, &mut finished, Some(&watch)).await
+            else {
+                return;
             };
             let kind = kinds.remove(stuck);
             tracing::warn!(
@@ -812,14 +794,48 @@ impl Shared {
             );
             if kinds.is_empty() {
                 // Nothing left to share a thread: the stuck input keeps the old one.
-                tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    _ = finished => {}
-                }
+                self.pass_on(&mut from_threads, &out, &cancel, &mut finished, None).await;
                 return;
             }
             files = kinds.iter().map(|k| FileInput::new(*k)).collect();
             lost_from = Some(cycle);
+        }
+    }
+
+    /// Passes the threads' batches on to `out` until the shared thread ends (or `out`
+    /// closes, or `cancel`), or until `watch` finds an input stuck: then that input's index
+    /// and the cycle it was in.
+    async fn pass_on(
+        &self,
+        from_threads: &mut mpsc::Receiver<Vec<Batch>>,
+        out: &mpsc::Sender<Vec<Batch>>,
+        cancel: &CancellationToken,
+        finished: &mut tokio::sync::oneshot::Receiver<()>,
+        watch: Option<&Watch>,
+    ) -> Option<(usize, u64)> {
+        loop {
+            let now = crate::timefmt::now_ns();
+            let wait = watch.map_or(0, |w| w.next_look(&self.schedule, now).saturating_sub(now));
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                _ = &mut *finished => return None,
+                batches = from_threads.recv() => {
+                    let batches = batches?;
+                    if batches.is_empty() {
+                        continue;
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return None,
+                        sent = out.send(batches) => sent.ok()?,
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_nanos(u64::try_from(wait).unwrap_or(0))), if watch.is_some() => {
+                    let left = watch.and_then(|w| w.leave_behind_if_stuck(&self.schedule, crate::timefmt::now_ns()));
+                    if left.is_some() {
+                        return left;
+                    }
+                }
+            }
         }
     }
 }
