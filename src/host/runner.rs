@@ -954,18 +954,19 @@ impl InputRun {
                 samples = vec![samples.swap_remove(i)];
                 self.members = vec![self.members.swap_remove(i)];
                 watch = None;
-                collecting = None;
+                drop(collecting.take());
             }
             let mut batches = self.finish(samples, tick_ns);
-            // The shared thread sends every cycle, even an empty one: its supervisor tells from
-            // that that it is alive.
-            let to_send = match (&watch, &collecting) {
-                (Some(w), Some(_)) => {
+            // The shared thread sends every cycle, even an empty one: that wakes its
+            // supervisor, which then looks again a grace period after the next tick, instead
+            // of waking on its own timer.
+            let to_send = match &watch {
+                Some(w) => {
                     link.collect(w.generation, &mut batches);
                     Some(batches)
                 }
-                _ if batches.is_empty() => None,
-                _ => link.hand_over(tick_ns, batches),
+                None if batches.is_empty() => None,
+                None => link.hand_over(tick_ns, batches),
             };
             if let Some(batches) = to_send {
                 if !link.send(batches) {
