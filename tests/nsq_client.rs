@@ -879,10 +879,14 @@ async fn the_nsqd_harness_kills_restarts_and_cleans_up() {
     let bodies: Vec<Bytes> = (0..3).map(body).collect();
     nsqd.put("harness", &bodies).await;
     // nsqd answers before it syncs: wait for the queue's metadata (depth on its first line) to
-    // say 3, as a SIGKILL in between would leave the restarted nsqd fewer.
+    // say 3, as a SIGKILL in between would leave the restarted nsqd fewer, and for its own
+    // metadata to list the topic, which it writes from another goroutine (a kill before that
+    // once left the restarted nsqd without the topic at all).
     let meta = nsqd.dir().join("data/harness.diskqueue.meta.dat");
-    eventually(WAIT, "nsqd synced the queue's metadata", || {
+    let topics = nsqd.dir().join("data/nsqd.dat");
+    eventually(WAIT, "nsqd synced the queue's and its own metadata", || {
         std::fs::read_to_string(&meta).is_ok_and(|m| m.lines().next() == Some("3"))
+            && std::fs::read_to_string(&topics).is_ok_and(|t| t.contains("\"harness\""))
     })
     .await;
     let tcp = nsqd.tcp_addr();
