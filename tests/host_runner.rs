@@ -20,6 +20,20 @@ fn settings_from(text: &str) -> logmill::config::Settings {
 
 const INTERVAL_MS: i64 = 200;
 
+/// A runner started on the settings of config `text`, host `node-1`: its counters, its
+/// batches, what stops it, and its task.
+fn start(
+    text: &str,
+) -> (Telemetry, mpsc::Receiver<Vec<Batch>>, CancellationToken, tokio::task::JoinHandle<()>) {
+    let settings = settings_from(text);
+    let telemetry = Telemetry::default();
+    let collector = Collector::new(&settings.collect, "node-1", &telemetry).unwrap();
+    let (tx, rx) = mpsc::channel::<Vec<Batch>>(64);
+    let cancel = CancellationToken::new();
+    let runner = tokio::spawn(collector.run(tx, cancel.clone()));
+    (telemetry, rx, cancel, runner)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aligned_cycles_and_a_slow_input_delays_nobody() {
     // An "nsqd" that takes connections and never says a word: each request runs into the
@@ -36,12 +50,7 @@ async fn aligned_cycles_and_a_slow_input_delays_nobody() {
         "host = \"node-1\"\n[collect]\ninterval_ms = {INTERVAL_MS}\ninputs = [\"mem\", \"kernel\", \"cpu\"]\n\
          [collect.nsqd]\nendpoints = [\"127.0.0.1:{port}\"]\ntimeout_ms = 1000\n"
     );
-    let settings = settings_from(&text);
-    let telemetry = Telemetry::default();
-    let collector = Collector::new(&settings.collect, "node-1", &telemetry).unwrap();
-    let (tx, mut rx) = mpsc::channel::<Vec<Batch>>(64);
-    let cancel = CancellationToken::new();
-    let runner = tokio::spawn(collector.run(tx, cancel.clone()));
+    let (telemetry, mut rx, cancel, runner) = start(&text);
 
     let started = Instant::now();
     let mut by_time: BTreeMap<i64, Vec<&'static str>> = BTreeMap::new();
@@ -113,12 +122,7 @@ async fn a_file_input_stuck_in_the_kernel_delays_nobody() {
          host_var = \"{}\"\n",
         var.dir.path().display()
     );
-    let settings = settings_from(&text);
-    let telemetry = Telemetry::default();
-    let collector = Collector::new(&settings.collect, "node-1", &telemetry).unwrap();
-    let (tx, mut rx) = mpsc::channel::<Vec<Batch>>(64);
-    let cancel = CancellationToken::new();
-    let runner = tokio::spawn(collector.run(tx, cancel.clone()));
+    let (telemetry, mut rx, cancel, runner) = start(&text);
 
     let stuck = gather(&mut rx, Duration::from_millis(2000)).await;
     assert_eq!(stuck.get("system"), None, "system is stuck in open(2): {stuck:?}");
@@ -154,11 +158,7 @@ async fn the_only_input_stuck_comes_back() {
         "host = \"node-1\"\n[collect]\ninterval_ms = {INTERVAL_MS}\ninputs = [\"system\"]\nhost_var = \"{}\"\n",
         var.dir.path().display()
     );
-    let settings = settings_from(&text);
-    let collector = Collector::new(&settings.collect, "node-1", &Telemetry::default()).unwrap();
-    let (tx, mut rx) = mpsc::channel::<Vec<Batch>>(64);
-    let cancel = CancellationToken::new();
-    let runner = tokio::spawn(collector.run(tx, cancel.clone()));
+    let (_, mut rx, cancel, runner) = start(&text);
     assert!(
         tokio::time::timeout(Duration::from_millis(1000), rx.recv()).await.is_err(),
         "nothing while system waits in open(2)"

@@ -746,11 +746,11 @@ impl Shared {
     /// not answer from memory, so they come last, and the runner watches the thread without
     /// waking it: the thread notes which input it is in, and its cycles' batches, which pass
     /// through here on their way to `out`, tell that it is alive. An input that takes a whole
-    /// interval is left
-    /// behind: the thread keeps it alone once (if ever) it is back, handing its batches to
-    /// the shared thread, and the other inputs start afresh on a new thread at the next tick,
-    /// the ticks lost meanwhile counted as missed. In the worst case each input ends up on a
-    /// thread of its own.
+    /// interval is left behind: the thread keeps it alone once (if ever) it is back, handing
+    /// its batches to the shared thread, and the other inputs start afresh on a new thread at
+    /// the next tick, the ticks lost meanwhile counted as missed. In the worst case each input
+    /// ends up on a thread of its own; a thread that never comes back keeps the files of the
+    /// inputs it had open.
     async fn supervise(
         self,
         mut files: Vec<FileInput>,
