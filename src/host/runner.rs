@@ -472,7 +472,7 @@ impl InputCounters {
             ),
             missed: telemetry.counter(
                 "logmill_collect_cycles_missed_total",
-                "Collection cycles an input skipped because its previous one was still running or waiting to be delivered.",
+                "Collection cycles an input skipped because its previous one, or that of an input stuck on its thread, was still running or waiting to be delivered.",
                 &[("input", input)],
             ),
         }
