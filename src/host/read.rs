@@ -189,7 +189,8 @@ impl KeptFiles {
 }
 
 /// The text of the files that more than one input of a task reads (`/proc/stat` for cpu and
-/// kernel, `/proc/meminfo` for mem and swap), read once per cycle: printing `/proc/stat` sums
+/// kernel, `/proc/meminfo` for mem and swap, `/proc/loadavg` for system and processes), read
+/// once per cycle: printing `/proc/stat` sums
 /// every CPU's counters and every interrupt, and reading it twice was 1 % of a cycle. The
 /// inputs of one cycle also see one snapshot. Empty it (or make a new one) between cycles.
 #[derive(Debug, Default)]
@@ -276,8 +277,10 @@ impl FileInput {
             (HostInput::Diskio, State::Diskio(state)) => gather_diskio(ctx, files, state, &mut g),
             (HostInput::Net, _) => gather_net(ctx, files, &mut g),
             (HostInput::Netstat, State::Netstat(tables)) => gather_netstat(ctx, files, tables, &mut g),
-            (HostInput::System, State::System(cache)) => gather_system(ctx, files, cache, &mut g),
-            (HostInput::Processes, State::Processes(pids)) => gather_processes(ctx, files, pids, &mut g),
+            (HostInput::System, State::System(cache)) => gather_system(ctx, files, reads, cache, &mut g),
+            (HostInput::Processes, State::Processes(pids)) => {
+                gather_processes(ctx, files, reads, pids, &mut g)
+            }
             (HostInput::Kernel, _) => gather_kernel(ctx, files, reads, &mut g),
             // `new` pairs every kind with its state; nothing else is constructed.
             (kind, _) => g.problem("internal", format!("{} input without its state", kind.name())),
@@ -766,11 +769,12 @@ fn physical_cpus(ctx: &HostContext) -> Option<u64> {
 fn gather_system(
     ctx: &HostContext,
     files: &mut KeptFiles,
+    reads: &mut CycleReads,
     cache: &mut Option<(String, Option<u64>)>,
     g: &mut Gathered,
 ) {
     let mut sample = system::SystemSample::default();
-    match files.read(&ctx.proc("loadavg"), Shape::Whole) {
+    match reads.read(files, &ctx.proc("loadavg"), Shape::Whole) {
         Ok(text) => match system::parse_loadavg(text) {
             Some(load) => sample.load = Some(load),
             None => g.problem(
@@ -992,7 +996,13 @@ fn read_held(file: &std::fs::File, buf: &mut Vec<u8>) -> Option<usize> {
     read_stat(file, buf).ok().filter(|&n| n > 0)
 }
 
-fn gather_processes(ctx: &HostContext, kept: &mut KeptFiles, files: &mut ProcessFiles, g: &mut Gathered) {
+fn gather_processes(
+    ctx: &HostContext,
+    kept: &mut KeptFiles,
+    reads: &mut CycleReads,
+    files: &mut ProcessFiles,
+    g: &mut Gathered,
+) {
     let mut tally = ProcessTally { threads_known: true, ..ProcessTally::default() };
     // The processes held since the last cycle first, in pid order.
     files.next.clear();
@@ -1013,10 +1023,10 @@ fn gather_processes(ctx: &HostContext, kept: &mut KeptFiles, files: &mut Process
     // last pid is the namespace's own: the first listing then covers most of `/proc`.)
     let root = &ctx.roots.proc;
     // An unreadable `loadavg` only costs the shortcut.
-    let loadavg = kept
-        .read_bytes(&ctx.proc("loadavg"), Shape::Whole)
+    let loadavg = reads
+        .read(kept, &ctx.proc("loadavg"), Shape::Whole)
         .ok()
-        .and_then(|n| processes::loadavg_tasks(&kept.buf[..n]));
+        .and_then(|text| processes::loadavg_tasks(text.as_bytes()));
     let since = std::mem::replace(&mut files.last_pid, loadavg.map(|l| l.last_pid));
     let all_held = |tally: &ProcessTally| {
         tally.threads_known && loadavg.map(|l| l.tasks) == Some(tally.counts.total_threads)
@@ -1342,6 +1352,28 @@ mod tests {
         let mut reads = CycleReads::default();
         mem.gather_with(&ctx, &mut reads);
         assert_eq!(swap_used(&swap.gather_with(&ctx, &mut reads)), Some(FieldValue::Int(60 * 1024)));
+
+        // processes and system (one thread in `run`) share `/proc/loadavg` the same way.
+        std::fs::write(
+            proc.join("loadavg"),
+            "1.00 2.00 3.00 1/1 5
+",
+        )
+        .unwrap();
+        let (mut processes, mut system) =
+            (FileInput::new(HostInput::Processes), FileInput::new(HostInput::System));
+        let load1 = |g: &Gathered| g.points.iter().find_map(|p| p.field_value("load1").cloned());
+        let mut reads = CycleReads::default();
+        processes.gather_with(&ctx, &mut reads);
+        std::fs::write(
+            proc.join("loadavg"),
+            "4.00 2.00 3.00 1/1 5
+",
+        )
+        .unwrap();
+        assert_eq!(load1(&system.gather_with(&ctx, &mut reads)), Some(FieldValue::Float(1.0)));
+        let mut reads = CycleReads::default();
+        assert_eq!(load1(&system.gather_with(&ctx, &mut reads)), Some(FieldValue::Float(4.0)));
     }
 
     /// A device's `wwid` is looked up until it is found missing, and again once the device
